@@ -1,0 +1,68 @@
+/**
+ * The `imageio` command line: one executable, one subcommand per job.
+ */
+import { Command, CommanderError } from "commander";
+import { notAvailableYet } from "./commands/unavailable.js";
+import { VERSION } from "./version.js";
+
+/** Builds the command tree; exported so tests can inspect help without spawning. */
+export function buildProgram(): Command {
+  const program = new Command("imageio")
+    .description(
+      "Move virtual-machine disk images fast and safely: an ovirt-imageio compatible daemon, proxy and copy tool",
+    )
+    .version(VERSION, "-V, --version", "print the version and exit")
+    .showHelpAfterError("(run 'imageio --help' for usage)")
+    .configureOutput({ outputError: (text, write) => write(text) })
+    // Set before the subcommands are added so they inherit it: errors reach main() as exceptions.
+    .exitOverride();
+
+  program
+    .command("daemon")
+    .description("serve images to ticket holders over HTTPS (port 54322) and a local unix socket")
+    .option("-c, --config <path>", "configuration directory or .conf file", "/etc/ovirt-imageio")
+    .addHelpText("after", "\nExample:\n  imageio daemon --config /etc/ovirt-imageio")
+    .action(notAvailableYet("daemon"));
+
+  program
+    .command("proxy")
+    .description("serve images on port 54323, forwarding I/O to host daemons")
+    .option("-c, --config <path>", "configuration directory or .conf file", "/etc/ovirt-imageio-proxy")
+    .addHelpText("after", "\nExample:\n  imageio proxy --config /etc/ovirt-imageio-proxy")
+    .action(notAvailableYet("proxy"));
+
+  program
+    .command("copy")
+    .description("copy a disk image between files and block devices with direct I/O, moving only data")
+    .argument("<src>", "source file, block device or file: URL")
+    .argument("<dst>", "destination file, block device or file: URL")
+    .addHelpText("after", "\nExample:\n  imageio copy /var/tmp/disk.raw /dev/vg0/lv-disk")
+    .action(notAvailableYet("copy"));
+
+  program.addHelpText(
+    "after",
+    [
+      "",
+      "Examples:",
+      "  imageio daemon --config /etc/ovirt-imageio",
+      "  imageio proxy --config /etc/ovirt-imageio-proxy",
+      "  imageio copy disk.raw /dev/vg0/lv-disk",
+    ].join("\n"),
+  );
+  return program;
+}
+
+/** Runs the command line; exits 2 on usage errors. */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version end with exit code 0; usage errors with 2.
+      process.exitCode = error.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * Domain errors. Each class carries a stable `code` that callers, logs and tests match on;
+ * messages are for people and may change. Nothing here knows about HTTP: src/http maps these
+ * codes to statuses in one table.
+ */
+
+export interface ImageioErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every error imageio raises on purpose. */
+export class ImageioError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options: ImageioErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A caller passed a value that can never be valid (negative offset, bad URL, wrong type). */
+export class InvalidArgumentError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_INVALID_ARGUMENT";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(InvalidArgumentError.code, message, options);
+  }
+}
+
+/** A range reaches past what the image or device holds. */
+export class OutOfRangeError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_OUT_OF_RANGE";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(OutOfRangeError.code, message, options);
+  }
+}
+
+/** The backend cannot do this operation at all (dirty extents on a file, writes on a read-only backend). */
+export class NotSupportedError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_NOT_SUPPORTED";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(NotSupportedError.code, message, options);
+  }
+}
+
+/** No backend handles this URL scheme, or the URL is malformed. */
+export class UnsupportedUrlError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_UNSUPPORTED_URL";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(UnsupportedUrlError.code, message, options);
+  }
+}
+
+/** The image could not be opened (missing, a directory, no permission, direct I/O refused). */
+export class BackendOpenError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_BACKEND_OPEN";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(BackendOpenError.code, message, options);
+  }
+}
+
+/** A read, write, zero or flush failed in the system; `errno` names the system error (EIO, ENOSPC). */
+export class BackendIoError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_BACKEND_IO";
+  readonly errno: string | undefined;
+  constructor(message: string, errno: string | undefined, options?: ImageioErrorOptions) {
+    super(BackendIoError.code, message, options);
+    this.errno = errno;
+  }
+}
+
+/** The backend was used after close(). */
+export class ClosedError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_CLOSED";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(ClosedError.code, message, options);
+  }
+}
+
+/** The operation was stopped on request (Ctrl-C, a cancelled ticket). */
+export class CancelledError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_CANCELLED";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(CancelledError.code, message, options);
+  }
+}
+
+/** The `code` of a Node system error (ENOENT, EINVAL…), or undefined for anything else. */
+export function systemErrorCode(error: unknown): string | undefined {
+  if (error instanceof Error && "code" in error && typeof error.code === "string") return error.code;
+  return undefined;
+}

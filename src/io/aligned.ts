@@ -1,0 +1,204 @@
+/**
+ * Lets callers use any offset, length and buffer with a backend that needs aligned I/O
+ * (O_DIRECT). Aligned parts in aligned memory go straight through; everything else moves
+ * through a bounce buffer, and a partial block is written by read-modify-write of the whole
+ * block. Kept apart from the backends, like nbdkit's blocksize filter, so file.ts only ever
+ * sees aligned requests.
+ */
+
+import { InvalidArgumentError, NotSupportedError, OutOfRangeError } from "../errors.js";
+import { MiB } from "../units.js";
+import {
+  alignDown,
+  alignUp,
+  type Backend,
+  type ByteRange,
+  checkRange,
+  type DirtyExtent,
+  type ZeroExtent,
+  type ZeroOptions,
+} from "./backend.js";
+import { BUFFER_ALIGNMENT, zeroBuffer } from "./buffers.js";
+import { allocAligned, isAligned } from "./native.js";
+
+/** Default bounce buffer: large enough to copy unaligned buffers without many small calls. */
+const DEFAULT_BOUNCE_SIZE = MiB;
+
+export class AlignedBackend implements Backend {
+  readonly blockSize = 1;
+  private bounceBuffer: Buffer | undefined;
+  /** Serializes use of the bounce buffer; aligned I/O does not wait for it. */
+  private bounceLock: Promise<unknown> = Promise.resolve();
+
+  /**
+   * @param inner the backend that needs aligned requests.
+   * @param alignment block size to align to (a power of two ≤ 4096); default `inner.blockSize`.
+   * @param bounceSize bounce buffer size in bytes, a multiple of `alignment`.
+   */
+  constructor(
+    readonly inner: Backend,
+    readonly alignment: number = inner.blockSize,
+    private readonly bounceSize: number = DEFAULT_BOUNCE_SIZE,
+  ) {
+    const powerOfTwo = alignment > 0 && (alignment & (alignment - 1)) === 0;
+    if (!powerOfTwo || alignment > BUFFER_ALIGNMENT || bounceSize % alignment !== 0 || bounceSize < alignment) {
+      throw new InvalidArgumentError(`Invalid alignment ${alignment} or bounce buffer size ${bounceSize}`);
+    }
+  }
+
+  get name(): string {
+    return this.inner.name;
+  }
+  get caps() {
+    return this.inner.caps;
+  }
+  get directIo(): boolean {
+    return this.inner.directIo;
+  }
+  get readonly(): boolean {
+    return this.inner.readonly;
+  }
+  get growable(): boolean {
+    return this.inner.growable;
+  }
+
+  size(): Promise<number> {
+    return this.inner.size();
+  }
+
+  async read(buf: Buffer, offset: number): Promise<number> {
+    checkRange(offset, buf.length);
+    const a = this.alignment;
+    let done = 0;
+    while (done < buf.length) {
+      const position = offset + done;
+      const target = buf.subarray(done);
+      if (position % a === 0 && target.length >= a && isAligned(target, a)) {
+        const length = alignDown(target.length, a);
+        const got = await this.inner.read(target.subarray(0, length), position);
+        done += got;
+        if (got < length) break;
+        continue;
+      }
+      const copied = await this.withBounce(async (bounce) => {
+        const start = alignDown(position, a);
+        const skip = position - start;
+        const window = Math.min(bounce.length, alignUp(skip + target.length, a));
+        const got = await this.inner.read(bounce.subarray(0, window), start);
+        const length = Math.max(0, Math.min(got - skip, target.length));
+        bounce.copy(target, 0, skip, skip + length);
+        return { length, atEnd: got < window };
+      });
+      done += copied.length;
+      if (copied.atEnd) break;
+    }
+    return done;
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    checkRange(offset, buf.length);
+    await this.checkWritable(offset, buf.length);
+    const a = this.alignment;
+    const end = offset + buf.length;
+    let sizeBefore: number | undefined;
+    let done = 0;
+    while (done < buf.length) {
+      const position = offset + done;
+      const source = buf.subarray(done);
+      if (position % a === 0 && source.length >= a && isAligned(source, a)) {
+        const length = alignDown(source.length, a);
+        await this.inner.write(source.subarray(0, length), position);
+        done += length;
+        continue;
+      }
+      done += await this.withBounce(async (bounce) => {
+        const start = alignDown(position, a);
+        const skip = position - start;
+        const window = Math.min(bounce.length, alignUp(skip + source.length, a));
+        const length = Math.min(source.length, window - skip);
+        const partialTail = (skip + length) % a !== 0;
+        if (skip > 0 || partialTail) {
+          sizeBefore ??= await this.inner.size();
+          if (skip > 0) await this.readBlock(bounce, 0, start);
+          const tailBlock = alignDown(skip + length, a);
+          if (partialTail && !(skip > 0 && tailBlock === 0)) await this.readBlock(bounce, tailBlock, start + tailBlock);
+        }
+        source.copy(bounce, skip, 0, length);
+        await this.inner.write(bounce.subarray(0, window), start);
+        return length;
+      });
+    }
+    // A read-modify-write of the last block of a growing file wrote up to the block end;
+    // give the file the size the caller asked for.
+    if (sizeBefore !== undefined && end > sizeBefore && end % a !== 0) await this.inner.resize(end);
+  }
+
+  async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    checkRange(offset, length);
+    await this.checkWritable(offset, length);
+    const a = this.alignment;
+    const end = offset + length;
+    const bodyStart = Math.min(alignUp(offset, a), end);
+    const bodyEnd = Math.max(alignDown(end, a), bodyStart);
+    // Partial blocks at the edges are zeroed by writing zeros (spec §6.2).
+    if (bodyStart > offset) await this.write(zeroBuffer().subarray(0, bodyStart - offset), offset);
+    if (bodyEnd > bodyStart) await this.inner.zero(bodyStart, bodyEnd - bodyStart, options);
+    if (end > bodyEnd) await this.write(zeroBuffer().subarray(0, end - bodyEnd), bodyEnd);
+  }
+
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+
+  resize(size: number): Promise<void> {
+    return this.inner.resize(size);
+  }
+
+  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
+  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
+  extents(
+    context: "zero" | "dirty" = "zero",
+    range?: ByteRange,
+  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
+    return context === "dirty" ? this.inner.extents("dirty", range) : this.inner.extents("zero", range);
+  }
+
+  async clone(): Promise<AlignedBackend> {
+    return new AlignedBackend(await this.inner.clone(), this.alignment, this.bounceSize);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  /** Reads the block at `offset` into `bounce[at, at + alignment)`, zero-filling past the end of the image. */
+  private async readBlock(bounce: Buffer, at: number, offset: number): Promise<void> {
+    const block = bounce.subarray(at, at + this.alignment);
+    const got = await this.inner.read(block, offset);
+    block.fill(0, got);
+  }
+
+  /**
+   * Rejects a write before any part of it is done: a write split into several inner writes
+   * must not leave a prefix behind when its end lies past a device that cannot grow.
+   */
+  private async checkWritable(offset: number, length: number): Promise<void> {
+    if (this.inner.readonly) throw new NotSupportedError(`Backend ${this.inner.name} is opened read-only`);
+    if (this.inner.growable) return;
+    const size = await this.inner.size();
+    if (offset + length > size) {
+      throw new OutOfRangeError(
+        `Cannot write ${length} bytes at offset ${offset}: range ends at ${offset + length}, past the image size ${size}`,
+      );
+    }
+  }
+
+  private withBounce<T>(use: (bounce: Buffer) => Promise<T>): Promise<T> {
+    const run = this.bounceLock.then(() => {
+      this.bounceBuffer ??= allocAligned(this.bounceSize, BUFFER_ALIGNMENT);
+      return use(this.bounceBuffer);
+    });
+    this.bounceLock = run.catch(() => undefined);
+    return run;
+  }
+}

@@ -1,0 +1,487 @@
+/**
+ * The file backend: regular files and block devices with true O_DIRECT (spec §6.2, [D7],
+ * [D10]). It only accepts requests aligned to its block size, in aligned memory; wrap it in
+ * AlignedBackend (open.ts does) for arbitrary offsets.
+ */
+import { constants as fsConstants } from "node:fs";
+import { type FileHandle, open, stat } from "node:fs/promises";
+import { setImmediate as yieldToEventLoop } from "node:timers/promises";
+import {
+  BackendIoError,
+  BackendOpenError,
+  ClosedError,
+  InvalidArgumentError,
+  NotSupportedError,
+  OutOfRangeError,
+  systemErrorCode,
+} from "../errors.js";
+import { GiB, MiB } from "../units.js";
+import {
+  type Backend,
+  type ByteRange,
+  type Capabilities,
+  checkByteCount,
+  checkRange,
+  clipRange,
+  type DirtyExtent,
+  mergeExtents,
+  sameZeroExtent,
+  type ZeroExtent,
+  type ZeroOptions,
+} from "./backend.js";
+import { BUFFER_ALIGNMENT, zeroBuffer } from "./buffers.js";
+import {
+  allocAligned,
+  blockDeviceSectorSize,
+  blockDeviceSize,
+  blockDeviceZeroOut,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+  isAligned,
+  seekData,
+  seekHole,
+} from "./native.js";
+
+export type DirectMode = "auto" | "always" | "never";
+
+/**
+ * Finds the alignment O_DIRECT needs on an open regular file, or null when direct reads do
+ * not work at all. Injectable so tests can simulate filesystems that reject O_DIRECT.
+ */
+export type DirectProbe = (handle: FileHandle) => Promise<number | null>;
+
+export interface FileBackendOptions {
+  readonly?: boolean;
+  /** [backend_file] direct: auto (default) falls back to buffered I/O, always never does. */
+  direct?: DirectMode;
+  /** daemon.max_connections, advertised as max_readers (and max_writers on devices). */
+  maxConnections?: number;
+  probeDirect?: DirectProbe;
+  /** Told once when `direct = auto` falls back to buffered I/O, with the reason. */
+  onDirectFallback?: (reason: string) => void;
+}
+
+/** errno codes meaning "this method is not available here": the zero chain moves on. */
+const NOT_SUPPORTED = new Set(["EOPNOTSUPP", "ENOTSUP", "ENODEV", "ENOTTY", "ENOSYS"]);
+
+/**
+ * Zeroing calls run synchronously on the main thread (so errno survives); they are issued in
+ * steps so that zeroing a large range never blocks the event loop for long. Block devices may
+ * write the zeros for real, so their steps are small.
+ */
+const FILE_ZERO_STEP = 4 * GiB;
+const DEVICE_ZERO_STEP = 128 * MiB;
+
+type ZeroMethod = "zeroRange" | "punchHole" | "allocate" | "zeroOut";
+
+interface OpenState {
+  path: string;
+  blockDevice: boolean;
+  direct: boolean;
+  blockSize: number;
+  options: FileBackendOptions;
+  unsupported: Set<ZeroMethod>;
+}
+
+export class FileBackend implements Backend {
+  readonly name = "file";
+  readonly blockSize: number;
+  readonly directIo: boolean;
+  readonly readonly: boolean;
+  readonly growable: boolean;
+  readonly caps: Capabilities;
+  readonly path: string;
+  readonly isBlockDevice: boolean;
+  private handle: FileHandle | undefined;
+
+  private constructor(
+    handle: FileHandle,
+    private readonly state: OpenState,
+  ) {
+    this.handle = handle;
+    this.path = state.path;
+    this.isBlockDevice = state.blockDevice;
+    this.blockSize = state.blockSize;
+    this.directIo = state.direct;
+    this.readonly = state.options.readonly ?? false;
+    this.growable = !state.blockDevice;
+    const maxConnections = state.options.maxConnections ?? 8;
+    this.caps = {
+      zero: true,
+      flush: true,
+      extents: !state.blockDevice,
+      dirty: false,
+      maxReaders: maxConnections,
+      // A growing regular file assumes one writer (spec §6.2).
+      maxWriters: state.blockDevice ? maxConnections : 1,
+    };
+  }
+
+  /**
+   * Opens a regular file or block device.
+   * @throws BackendOpenError naming the path and the reason (missing, directory, permission,
+   *   not a file or device, direct I/O refused with `direct = always`).
+   */
+  static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
+    const mode = options.direct ?? "auto";
+    const access = options.readonly ? "reading" : "writing";
+    let info: Awaited<ReturnType<typeof stat>>;
+    try {
+      info = await stat(path);
+    } catch (error) {
+      throw openError(path, access, error);
+    }
+    if (info.isDirectory()) throw new BackendOpenError(`Cannot open '${path}' for ${access}: it is a directory`);
+    const blockDevice = info.isBlockDevice();
+    if (!blockDevice && !info.isFile()) {
+      throw new BackendOpenError(`Cannot open '${path}' for ${access}: not a regular file or block device`);
+    }
+    const state: OpenState = { path, blockDevice, direct: false, blockSize: 1, options, unsupported: new Set() };
+    if (mode !== "never") {
+      const direct = await openDirect(path, options, blockDevice);
+      if (direct.handle !== undefined) {
+        return new FileBackend(direct.handle, { ...state, direct: true, blockSize: direct.blockSize });
+      }
+      if (mode === "always") {
+        throw new BackendOpenError(`Cannot open '${path}' for ${access} with direct I/O: ${direct.reason}`);
+      }
+      options.onDirectFallback?.(`direct I/O not usable on '${path}': ${direct.reason}; using buffered I/O`);
+    }
+    return new FileBackend(await openHandle(path, options, 0), state);
+  }
+
+  /** Zeroing methods found unsupported on this handle, for diagnostics. */
+  get unsupportedZeroMethods(): ZeroMethod[] {
+    return [...this.state.unsupported];
+  }
+
+  async size(): Promise<number> {
+    const handle = this.open_();
+    if (this.isBlockDevice) return blockDeviceSize(handle.fd);
+    return (await handle.stat()).size;
+  }
+
+  async read(buf: Buffer, offset: number): Promise<number> {
+    const handle = this.open_();
+    this.checkAligned("read", offset, buf);
+    if (this.isBlockDevice) await this.checkInside("read", offset, buf.length);
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (error) {
+      throw this.ioError(`read ${buf.length} bytes at offset ${offset} from`, error);
+    }
+    return done;
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    const handle = this.writable();
+    this.checkAligned("write", offset, buf);
+    if (this.isBlockDevice) await this.checkInside("write", offset, buf.length);
+    await this.writeAll(handle, buf, offset);
+  }
+
+  async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    const handle = this.writable();
+    checkRange(offset, length);
+    if (offset % this.blockSize !== 0 || length % this.blockSize !== 0) {
+      throw new InvalidArgumentError(
+        `Unaligned zero on '${this.path}': offset ${offset} and length ${length} must be multiples of ${this.blockSize}`,
+      );
+    }
+    if (length === 0) return;
+    if (this.isBlockDevice) {
+      await this.checkInside("zero", offset, length);
+      await this.zeroDevice(handle, offset, length);
+    } else if (options.punchHole) {
+      await this.punchFile(handle, offset, length);
+    } else {
+      await this.zeroFile(handle, offset, length);
+    }
+  }
+
+  async flush(): Promise<void> {
+    const handle = this.open_();
+    try {
+      // Buffered mode only needs the data on disk; with O_DIRECT, fsync also flushes the
+      // metadata of a file that grew ([D10]).
+      await (this.directIo ? handle.sync() : handle.datasync());
+    } catch (error) {
+      throw this.ioError("flush", error);
+    }
+  }
+
+  async resize(size: number): Promise<void> {
+    const handle = this.writable();
+    checkByteCount("size", size);
+    if (this.isBlockDevice) {
+      const deviceSize = blockDeviceSize(handle.fd);
+      if (size === deviceSize) return;
+      throw new NotSupportedError(`Cannot resize block device '${this.path}' from ${deviceSize} to ${size} bytes`);
+    }
+    try {
+      await handle.truncate(size);
+    } catch (error) {
+      throw this.ioError(`resize to ${size} bytes`, error);
+    }
+  }
+
+  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
+  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
+  extents(
+    context: "zero" | "dirty" = "zero",
+    range?: ByteRange,
+  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
+    this.open_();
+    if (context === "dirty") throw new NotSupportedError("Backend file does not support dirty extents");
+    return mergeExtents(this.zeroExtents(range), sameZeroExtent);
+  }
+
+  private async *zeroExtents(range: ByteRange | undefined): AsyncGenerator<ZeroExtent> {
+    const handle = this.open_();
+    const [start, end] = clipRange(range, await this.size());
+    if (this.isBlockDevice) {
+      yield { start, length: end - start, zero: false, hole: false };
+      return;
+    }
+    // [D7]: holes of a raw file read as zeros; hole: true is kept for layered formats.
+    for (let position = start; position < end; ) {
+      const data = this.seek(seekData, handle, position);
+      if (data === "unsupported") {
+        yield { start: position, length: end - position, zero: false, hole: false };
+        return;
+      }
+      const dataStart = Math.min(data ?? end, end);
+      if (dataStart > position) yield { start: position, length: dataStart - position, zero: true, hole: false };
+      if (dataStart >= end) return;
+      const hole = this.seek(seekHole, handle, dataStart);
+      const dataEnd = Math.min(typeof hole === "number" ? hole : end, end);
+      yield { start: dataStart, length: dataEnd - dataStart, zero: false, hole: false };
+      position = dataEnd;
+    }
+  }
+
+  private seek(
+    how: (fd: number, offset: number) => number | null,
+    handle: FileHandle,
+    offset: number,
+  ): number | null | "unsupported" {
+    try {
+      return how(handle.fd, offset);
+    } catch (error) {
+      if (NOT_SUPPORTED.has(systemErrorCode(error) ?? "") || systemErrorCode(error) === "EINVAL") return "unsupported";
+      throw this.ioError(`find extents at offset ${offset} in`, error);
+    }
+  }
+
+  async clone(): Promise<FileBackend> {
+    this.open_();
+    const flags = this.directIo ? fsConstants.O_DIRECT : 0;
+    const handle = await openHandle(this.path, this.state.options, flags);
+    return new FileBackend(handle, { ...this.state, unsupported: new Set(this.state.unsupported) });
+  }
+
+  async close(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    await handle?.close();
+  }
+
+  // Zeroing (spec §6.2): each method is tried once per handle; only "not supported" errors
+  // move on to the next one, and the failure is remembered.
+
+  private async zeroDevice(handle: FileHandle, offset: number, length: number): Promise<void> {
+    const fd = handle.fd;
+    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(fd, FALLOC_FL_ZERO_RANGE, o, l))) return;
+    if (await this.tryZero("zeroOut", offset, length, (o, l) => blockDeviceZeroOut(fd, o, l))) return;
+    await this.writeZeros(handle, offset, length);
+  }
+
+  private async zeroFile(handle: FileHandle, offset: number, length: number): Promise<void> {
+    const fd = handle.fd;
+    // Without KEEP_SIZE, ZERO_RANGE also extends the file when the range passes its end.
+    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(fd, FALLOC_FL_ZERO_RANGE, o, l))) return;
+    const size = await this.size();
+    const insideEnd = Math.min(offset + length, size);
+    if (insideEnd > offset) {
+      const inside = insideEnd - offset;
+      const punched = await this.tryZero("punchHole", offset, inside, (o, l) =>
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l),
+      );
+      // Allocate the punched range again so a non-sparse image stays allocated.
+      if (punched) await this.tryZero("allocate", offset, inside, (o, l) => fallocate(fd, 0, o, l));
+      else await this.writeZeros(handle, offset, inside);
+    }
+    const pastStart = Math.max(offset, size);
+    const past = offset + length - pastStart;
+    if (past > 0 && !(await this.tryZero("allocate", pastStart, past, (o, l) => fallocate(fd, 0, o, l)))) {
+      await this.writeZeros(handle, pastStart, past);
+    }
+  }
+
+  private async punchFile(handle: FileHandle, offset: number, length: number): Promise<void> {
+    const size = await this.size();
+    const end = offset + length;
+    if (end > size) await this.resize(end);
+    const insideEnd = Math.min(end, size);
+    if (insideEnd <= offset) return;
+    const fd = handle.fd;
+    const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    if (await this.tryZero("punchHole", offset, insideEnd - offset, (o, l) => fallocate(fd, mode, o, l))) return;
+    await this.writeZeros(handle, offset, insideEnd - offset);
+  }
+
+  /** Runs a zeroing call over the range in steps; false when the method is not supported here. */
+  private async tryZero(
+    method: ZeroMethod,
+    offset: number,
+    length: number,
+    call: (offset: number, length: number) => void,
+  ): Promise<boolean> {
+    if (this.state.unsupported.has(method)) return false;
+    const step = this.isBlockDevice ? DEVICE_ZERO_STEP : FILE_ZERO_STEP;
+    const end = offset + length;
+    try {
+      for (let position = offset; position < end; position += step) {
+        if (position > offset) await yieldToEventLoop();
+        call(position, Math.min(step, end - position));
+      }
+      return true;
+    } catch (error) {
+      if (NOT_SUPPORTED.has(systemErrorCode(error) ?? "")) {
+        this.state.unsupported.add(method);
+        return false;
+      }
+      throw this.ioError(`zero ${length} bytes at offset ${offset} in`, error);
+    }
+  }
+
+  private async writeZeros(handle: FileHandle, offset: number, length: number): Promise<void> {
+    const zeros = zeroBuffer();
+    for (let done = 0; done < length; done += zeros.length) {
+      await this.writeAll(handle, zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
+    }
+  }
+
+  private async writeAll(handle: FileHandle, buf: Buffer, offset: number): Promise<void> {
+    try {
+      for (let done = 0; done < buf.length; ) {
+        const { bytesWritten } = await handle.write(buf, done, buf.length - done, offset + done);
+        done += bytesWritten;
+      }
+    } catch (error) {
+      throw this.ioError(`write ${buf.length} bytes at offset ${offset} to`, error);
+    }
+  }
+
+  private checkAligned(op: string, offset: number, buf: Buffer): void {
+    checkRange(offset, buf.length);
+    if (!this.directIo) return;
+    const bs = this.blockSize;
+    if (offset % bs !== 0 || buf.length % bs !== 0 || !isAligned(buf, bs)) {
+      throw new InvalidArgumentError(
+        `Unaligned direct ${op} on '${this.path}': offset ${offset}, length ${buf.length} and memory must be aligned to ${bs}`,
+      );
+    }
+  }
+
+  private async checkInside(op: string, offset: number, length: number): Promise<void> {
+    const size = await this.size();
+    if (offset + length > size) {
+      throw new OutOfRangeError(
+        `Cannot ${op} ${length} bytes at offset ${offset} on '${this.path}': range ends at ${offset + length}, past the device size ${size}`,
+      );
+    }
+  }
+
+  private open_(): FileHandle {
+    if (this.handle === undefined) throw new ClosedError(`Backend file '${this.path}' is closed`);
+    return this.handle;
+  }
+
+  private writable(): FileHandle {
+    const handle = this.open_();
+    if (this.readonly) throw new NotSupportedError(`Backend file '${this.path}' is opened read-only`);
+    return handle;
+  }
+
+  private ioError(what: string, error: unknown): BackendIoError {
+    const code = systemErrorCode(error);
+    const reason = error instanceof Error ? error.message : String(error);
+    return new BackendIoError(`Cannot ${what} '${this.path}': ${reason}`, code, { cause: error });
+  }
+}
+
+function openError(path: string, access: string, error: unknown): BackendOpenError {
+  const code = systemErrorCode(error);
+  const reasons: Record<string, string> = {
+    ENOENT: "no such file or directory",
+    EACCES: "permission denied",
+    EPERM: "operation not permitted",
+    EROFS: "read-only file system",
+    EISDIR: "it is a directory",
+  };
+  const reason = (code && reasons[code]) ?? (error instanceof Error ? error.message : String(error));
+  return new BackendOpenError(`Cannot open '${path}' for ${access}: ${reason}${code ? ` (${code})` : ""}`, {
+    cause: error,
+  });
+}
+
+async function openHandle(path: string, options: FileBackendOptions, extraFlags: number): Promise<FileHandle> {
+  const access = options.readonly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+  try {
+    return await open(path, access | extraFlags);
+  } catch (error) {
+    throw openError(path, options.readonly ? "reading" : "writing", error);
+  }
+}
+
+type DirectOpen = { handle: FileHandle; blockSize: number; reason?: never } | { handle?: never; reason: string };
+
+async function openDirect(path: string, options: FileBackendOptions, blockDevice: boolean): Promise<DirectOpen> {
+  let handle: FileHandle;
+  try {
+    handle = await openHandle(path, options, fsConstants.O_DIRECT);
+  } catch (error) {
+    // EINVAL from open(O_DIRECT) means the filesystem does not support it.
+    if (error instanceof BackendOpenError && systemErrorCode(error.cause) === "EINVAL") {
+      return { reason: "the filesystem rejects O_DIRECT (EINVAL)" };
+    }
+    throw error;
+  }
+  try {
+    const blockSize = blockDevice
+      ? blockDeviceSectorSize(handle.fd)
+      : await (options.probeDirect ?? probeDirectBlockSize)(handle);
+    if (blockSize !== null) return { handle, blockSize };
+  } catch (error) {
+    await handle.close();
+    throw openError(path, options.readonly ? "reading" : "writing", error);
+  }
+  await handle.close();
+  return { reason: "aligned direct reads of 1, 512 and 4096 bytes all failed" };
+}
+
+/**
+ * The block size for O_DIRECT on a regular file (spec §6.2): try aligned direct reads of 1,
+ * 512 and 4096 bytes at offset 0, moving on at EINVAL. One byte working means the filesystem
+ * does not pass O_DIRECT down (NFS, or an empty file), and 4096 is safe everywhere.
+ */
+export async function probeDirectBlockSize(handle: FileHandle): Promise<number | null> {
+  const buf = allocAligned(BUFFER_ALIGNMENT, BUFFER_ALIGNMENT);
+  for (const size of [1, 512, 4096]) {
+    try {
+      await handle.read(buf, 0, size, 0);
+      return size === 1 ? 4096 : size;
+    } catch (error) {
+      if (systemErrorCode(error) !== "EINVAL") throw error;
+    }
+  }
+  return null;
+}

@@ -1,0 +1,153 @@
+/**
+ * The only module that talks to libc through koffi. It supplies what Node's fs lacks for
+ * direct I/O: page-aligned memory, fallocate, SEEK_DATA/SEEK_HOLE and block-device ioctls.
+ *
+ * Every call here is synchronous so that errno can be read immediately after it (koffi's
+ * asynchronous calls run on another thread and lose errno). Failures become Node-style
+ * errors with `code`, `errno` and `syscall`, like the ones fs throws.
+ */
+import { constants as osConstants } from "node:os";
+import koffi from "koffi";
+
+const libc = koffi.load("libc.so.6");
+
+const posixMemalign = libc.func("int posix_memalign(_Out_ void **memptr, size_t alignment, size_t size)");
+const libcFree = libc.func("void free(void *ptr)");
+const libcLseek = libc.func("int64_t lseek(int fd, int64_t offset, int whence)");
+const libcFallocate = libc.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
+const libcIoctl = libc.func("int ioctl(int fd, unsigned long request, ...)");
+const libcStrerror = libc.func("const char *strerror(int errnum)");
+
+/** fallocate(2) mode bits, from linux/falloc.h. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** lseek(2) whence values for sparse files (Linux 3.1+). */
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+/** Block-device ioctls, from linux/fs.h (x86_64 and aarch64 encodings). */
+const BLKSSZGET = 0x1268; // _IO(0x12, 104): logical sector size, int
+const BLKGETSIZE64 = 0x80081272; // _IOR(0x12, 114, size_t): size in bytes
+const BLKDISCARD = 0x1277; // _IO(0x12, 119): uint64_t range[2]
+const BLKZEROOUT = 0x127f; // _IO(0x12, 127): uint64_t range[2]
+
+const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
+
+/** A failed system call, shaped like the errors Node's fs throws. */
+export interface SystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+/** Builds a Node-style error for a failed call; `errno` is the positive errno value. */
+export function systemError(syscall: string, errno: number, path?: string): SystemError {
+  const code = errnoNames.get(errno) ?? `E${errno}`;
+  const reason = libcStrerror(errno) as string;
+  const where = path === undefined ? "" : ` '${path}'`;
+  const error = new Error(`${code}: ${reason.toLowerCase()}, ${syscall}${where}`) as SystemError;
+  error.code = code;
+  error.errno = -errno;
+  error.syscall = syscall;
+  if (path !== undefined) error.path = path;
+  return error;
+}
+
+function check(result: number | bigint, syscall: string): void {
+  if (Number(result) === -1) throw systemError(syscall, koffi.errno());
+}
+
+/**
+ * Allocates `size` bytes aligned to `alignment` with posix_memalign and exposes them as a
+ * Buffer without copying. The memory is freed when the Buffer's ArrayBuffer is garbage
+ * collected, so a view can never outlive its memory.
+ * @throws SystemError (ENOMEM, EINVAL) when allocation fails.
+ */
+export function allocAligned(size: number, alignment = 4096): Buffer {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`Invalid aligned buffer size: ${size}`);
+  const out: unknown[] = [null];
+  const rc = posixMemalign(out, alignment, size) as number;
+  // posix_memalign returns the error number instead of setting errno.
+  if (rc !== 0) throw systemError("posix_memalign", rc);
+  const pointer = out[0];
+  const arrayBuffer = koffi.view(pointer, size);
+  freeOnCollect.register(arrayBuffer, pointer);
+  alignedMemory.set(arrayBuffer, alignment);
+  return Buffer.from(arrayBuffer);
+}
+
+const freeOnCollect = new FinalizationRegistry<unknown>((pointer) => libcFree(pointer));
+/** Memory from allocAligned, with the alignment of its start address. */
+const alignedMemory = new WeakMap<ArrayBufferLike, number>();
+
+/**
+ * True when `buf` lies in memory from allocAligned and its address is a multiple of
+ * `alignment` (a power of two), so it can be handed to an O_DIRECT read or write as it is.
+ */
+export function isAligned(buf: Buffer, alignment: number): boolean {
+  const baseAlignment = alignedMemory.get(buf.buffer);
+  return baseAlignment !== undefined && alignment <= baseAlignment && buf.byteOffset % alignment === 0;
+}
+
+/**
+ * fallocate(2). Returns normally on success; throws SystemError otherwise (EOPNOTSUPP when
+ * the filesystem or device lacks `mode`).
+ */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  check(libcFallocate(fd, mode, offset, length) as number, "fallocate");
+}
+
+/**
+ * lseek(2) with SEEK_DATA: the first data offset at or after `offset`, or null when there is
+ * no data after it (ENXIO).
+ */
+export function seekData(fd: number, offset: number): number | null {
+  return seekSparse(fd, offset, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+/** lseek(2) with SEEK_HOLE: the first hole at or after `offset` (the end of file counts as a hole). */
+export function seekHole(fd: number, offset: number): number | null {
+  return seekSparse(fd, offset, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+function seekSparse(fd: number, offset: number, whence: number, syscall: string): number | null {
+  const result = Number(libcLseek(fd, offset, whence));
+  if (result !== -1) return result;
+  const errno = koffi.errno();
+  if (errno === osConstants.errno.ENXIO) return null;
+  throw systemError(syscall, errno);
+}
+
+/** Size of a block device in bytes (BLKGETSIZE64); fstat reports 0 for devices. */
+export function blockDeviceSize(fd: number): number {
+  const out = Buffer.alloc(8);
+  check(libcIoctl(fd, BLKGETSIZE64, "void *", out) as number, "ioctl(BLKGETSIZE64)");
+  return Number(out.readBigUInt64LE());
+}
+
+/** Logical sector size of a block device (BLKSSZGET): the alignment O_DIRECT needs. */
+export function blockDeviceSectorSize(fd: number): number {
+  const out = Buffer.alloc(4);
+  check(libcIoctl(fd, BLKSSZGET, "void *", out) as number, "ioctl(BLKSSZGET)");
+  return out.readInt32LE();
+}
+
+/** Zeroes a byte range of a block device (BLKZEROOUT); offset and length must be sector aligned. */
+export function blockDeviceZeroOut(fd: number, offset: number, length: number): void {
+  rangeIoctl(fd, BLKZEROOUT, offset, length, "ioctl(BLKZEROOUT)");
+}
+
+/** Discards a byte range of a block device (BLKDISCARD); its contents become unspecified. */
+export function blockDeviceDiscard(fd: number, offset: number, length: number): void {
+  rangeIoctl(fd, BLKDISCARD, offset, length, "ioctl(BLKDISCARD)");
+}
+
+function rangeIoctl(fd: number, request: number, offset: number, length: number, syscall: string): void {
+  const range = Buffer.alloc(16);
+  range.writeBigUInt64LE(BigInt(offset), 0);
+  range.writeBigUInt64LE(BigInt(length), 8);
+  check(libcIoctl(fd, request, "void *", range) as number, syscall);
+}

@@ -1,0 +1,68 @@
+/**
+ * Opens a backend from an image URL: the scheme picks the implementation, like
+ * ovirt-imageio's backends. Backends that need aligned I/O come wrapped in AlignedBackend,
+ * so every caller may use any offset, length and buffer.
+ */
+import { isAbsolute } from "node:path";
+import { fileURLToPath } from "node:url";
+import { UnsupportedUrlError } from "../errors.js";
+import { AlignedBackend } from "./aligned.js";
+import type { Backend } from "./backend.js";
+import { FileBackend, type FileBackendOptions } from "./file.js";
+import { MemoryBackend } from "./memory.js";
+
+export interface OpenOptions extends FileBackendOptions {}
+
+type Opener = (url: URL, options: OpenOptions) => Promise<Backend>;
+
+const openers: Record<string, Opener> = {
+  "file:": openFile,
+  "memory:": async (_url, options) => MemoryBackend.create({ readonly: options.readonly ?? false }),
+};
+
+/** URL schemes openBackend understands. */
+export const supportedSchemes = (): string[] => Object.keys(openers).map((scheme) => scheme.slice(0, -1));
+
+/**
+ * Opens the image at `url` (`file:///path`, `memory:`).
+ * @throws UnsupportedUrlError for a malformed URL or an unknown scheme; the backend's open
+ *   errors (BackendOpenError) otherwise.
+ */
+export async function openBackend(url: string | URL, options: OpenOptions = {}): Promise<Backend> {
+  const parsed = parseUrl(url);
+  const opener = openers[parsed.protocol];
+  if (opener === undefined) {
+    throw new UnsupportedUrlError(
+      `Unsupported URL scheme '${parsed.protocol.slice(0, -1)}' in '${parsed.href}', expecting one of ${supportedSchemes().join(", ")}`,
+    );
+  }
+  return opener(parsed, options);
+}
+
+function parseUrl(url: string | URL): URL {
+  if (url instanceof URL) return url;
+  try {
+    return new URL(url);
+  } catch (error) {
+    throw new UnsupportedUrlError(`Invalid image URL: '${url}'`, { cause: error });
+  }
+}
+
+async function openFile(url: URL, options: OpenOptions): Promise<Backend> {
+  if (url.host !== "" && url.host !== "localhost") {
+    throw new UnsupportedUrlError(`File URL '${url.href}' names a remote host; only local paths are supported`);
+  }
+  if (url.search !== "" || url.hash !== "") {
+    throw new UnsupportedUrlError(`File URL '${url.href}' must not have a query or fragment`);
+  }
+  let path: string;
+  try {
+    path = fileURLToPath(url);
+  } catch (error) {
+    throw new UnsupportedUrlError(`File URL '${url.href}' is not a valid path`, { cause: error });
+  }
+  if (!isAbsolute(path) || path.endsWith("/"))
+    throw new UnsupportedUrlError(`File URL '${url.href}' does not name a file`);
+  const file = await FileBackend.open(path, options);
+  return file.blockSize > 1 ? new AlignedBackend(file) : file;
+}

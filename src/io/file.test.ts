@@ -251,8 +251,14 @@ describe("file backend", () => {
       const handle = (file as unknown as { handle: { sync(): Promise<void>; datasync(): Promise<void> } }).handle;
       const calls: string[] = [];
       const { sync, datasync } = handle;
-      handle.sync = () => (calls.push("fsync"), sync.call(handle));
-      handle.datasync = () => (calls.push("fdatasync"), datasync.call(handle));
+      handle.sync = () => {
+        calls.push("fsync");
+        return sync.call(handle);
+      };
+      handle.datasync = () => {
+        calls.push("fdatasync");
+        return datasync.call(handle);
+      };
       await file.flush();
       expect(calls).toEqual([direct === "always" ? "fsync" : "fdatasync"]);
       await file.close();

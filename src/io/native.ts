@@ -92,6 +92,11 @@ export function isAligned(buf: Buffer, alignment: number): boolean {
   return baseAlignment !== undefined && alignment <= baseAlignment && buf.byteOffset % alignment === 0;
 }
 
+/** The address of a buffer's first byte: lets tests and diagnostics verify alignment. */
+export function bufferAddress(buf: Buffer): bigint {
+  return koffi.address(buf) as bigint;
+}
+
 /**
  * fallocate(2). Returns normally on success; throws SystemError otherwise (EOPNOTSUPP when
  * the filesystem or device lacks `mode`).

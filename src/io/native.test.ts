@@ -1,0 +1,82 @@
+import { open, truncate, writeFile } from "node:fs/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
+import { MiB } from "../units.js";
+import {
+  allocAligned,
+  blockDeviceSize,
+  bufferAddress,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  fallocate,
+  isAligned,
+  seekData,
+  seekHole,
+} from "./native.js";
+
+let tmp: TempDir;
+beforeAll(async () => {
+  tmp = await makeTempDir();
+});
+afterAll(async () => {
+  await tmp.remove();
+});
+
+describe("native", () => {
+  it("allocates page-aligned memory shared zero-copy with a Buffer", () => {
+    const buf = allocAligned(MiB);
+    expect(buf.length).toBe(MiB);
+    expect(bufferAddress(buf) % 4096n).toBe(0n);
+    buf.fill(0x5a);
+    expect(buf.subarray(MiB - 1)[0]).toBe(0x5a);
+    expect(isAligned(buf, 4096)).toBe(true);
+    expect(isAligned(buf.subarray(512), 512)).toBe(true);
+    expect(isAligned(buf.subarray(512), 4096)).toBe(false);
+    // Node's own buffers are never known to be aligned, even when they happen to be.
+    expect(isAligned(Buffer.alloc(4096), 1)).toBe(false);
+    expect(() => allocAligned(0)).toThrow(RangeError);
+  });
+
+  it("turns a failed call into a Node-style error with code, errno and syscall", () => {
+    let error: unknown;
+    try {
+      fallocate(-1, 0, 0, 4096);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: "EBADF", errno: -9, syscall: "fallocate" });
+    expect(String(error)).toContain("EBADF: bad file descriptor, fallocate");
+  });
+
+  it("finds data and holes with SEEK_DATA and SEEK_HOLE", async () => {
+    const path = tmp.file("sparse.raw");
+    await writeFile(path, "");
+    await truncate(path, 4 * MiB);
+    const handle = await open(path, "r+");
+    try {
+      await handle.write(Buffer.alloc(MiB, 1), 0, MiB, 2 * MiB);
+      await handle.sync();
+      expect(seekData(handle.fd, 0)).toBe(2 * MiB);
+      expect(seekHole(handle.fd, 2 * MiB)).toBe(3 * MiB);
+      expect(seekData(handle.fd, 3 * MiB)).toBeNull();
+      fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MiB, MiB);
+      expect(seekData(handle.fd, 0)).toBeNull();
+      expect((await handle.stat()).size).toBe(4 * MiB);
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it("fails block-device ioctls on a regular file with ENOTTY", async () => {
+    const path = tmp.file("plain.raw");
+    await writeFile(path, "x");
+    const handle = await open(path, "r");
+    try {
+      expect(() => blockDeviceSize(handle.fd)).toThrow(
+        expect.objectContaining({ code: "ENOTTY", syscall: "ioctl(BLKGETSIZE64)" }),
+      );
+    } finally {
+      await handle.close();
+    }
+  });
+});

@@ -90,3 +90,11 @@ export function systemErrorCode(error: unknown): string | undefined {
   if (error instanceof Error && "code" in error && typeof error.code === "string") return error.code;
   return undefined;
 }
+
+/** A copy finished but its destination does not hold the same bytes as its source (`--verify`). */
+export class VerifyError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_VERIFY_FAILED";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(VerifyError.code, message, options);
+  }
+}

@@ -67,4 +67,14 @@ describe("aligned wrapper", () => {
     expect(check.subarray(4094).toString()).toBe("world");
     expect(check.subarray(5, 4094).every((b) => b === 0)).toBe(true);
   });
+
+  it("keeps the size of an image whose last partial block is rewritten", async () => {
+    const inner = MemoryBackend.create({ data: Buffer.alloc(5000, 1) });
+    const aligned = new AlignedBackend(inner, 4096);
+    await aligned.write(Buffer.alloc(100, 2), 4900);
+    await aligned.zero(4097, 10);
+    expect(await aligned.size()).toBe(5000);
+    const expected = Buffer.alloc(5000, 1).fill(2, 4900).fill(0, 4097, 4107);
+    expect(inner.contents().equals(expected)).toBe(true);
+  });
 });

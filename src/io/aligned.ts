@@ -129,8 +129,10 @@ export class AlignedBackend implements Backend {
       });
     }
     // A read-modify-write of the last block of a growing file wrote up to the block end;
-    // give the file the size the caller asked for.
-    if (sizeBefore !== undefined && end > sizeBefore && end % a !== 0) await this.inner.resize(end);
+    // give the file the size it had, or the end of this write when that is further.
+    if (sizeBefore !== undefined && end % a !== 0 && alignUp(end, a) > sizeBefore) {
+      await this.inner.resize(Math.max(sizeBefore, end));
+    }
   }
 
   async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {

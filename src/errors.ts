@@ -91,6 +91,44 @@ export function systemErrorCode(error: unknown): string | undefined {
   return undefined;
 }
 
+/** A ticket does not allow this request (unknown, cancelled, expired, or op not allowed). */
+export class ForbiddenError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_FORBIDDEN";
+  /** The message with ticket ids shortened, for logs ([D11]). */
+  readonly logMessage: string;
+  constructor(reason: string, logReason: string = reason, options?: ImageioErrorOptions) {
+    super(ForbiddenError.code, `You are not allowed to access this resource: ${reason}`, options);
+    this.logMessage = `You are not allowed to access this resource: ${logReason}`;
+  }
+}
+
+/** The control API was asked about a ticket it does not hold. */
+export class TicketNotFoundError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_TICKET_NOT_FOUND";
+  /** The message with the ticket id shortened, for logs ([D11]). */
+  readonly logMessage: string;
+  constructor(message: string, logMessage: string = message, options?: ImageioErrorOptions) {
+    super(TicketNotFoundError.code, message, options);
+    this.logMessage = logMessage;
+  }
+}
+
+/** Removing a ticket timed out waiting for its operations to stop; the caller retries. */
+export class CancelTimeoutError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_CANCEL_TIMEOUT";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(CancelTimeoutError.code, message, options);
+  }
+}
+
+/** Invalid configuration: names the file and key. */
+export class ConfigError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_CONFIG";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(ConfigError.code, message, options);
+  }
+}
+
 /** A copy finished but its destination does not hold the same bytes as its source (`--verify`). */
 export class VerifyError extends ImageioError {
   static readonly code = "IMAGEIO_ERR_VERIFY_FAILED";

@@ -17,6 +17,11 @@ const libcLseek = libc.func("int64_t lseek(int fd, int64_t offset, int whence)")
 const libcFallocate = libc.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
 const libcIoctl = libc.func("int ioctl(int fd, unsigned long request, ...)");
 const libcStrerror = libc.func("const char *strerror(int errnum)");
+const libcSocket = libc.func("int socket(int domain, int type, int protocol)");
+const libcSendto = libc.func(
+  "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
+);
+const libcClose = libc.func("int close(int fd)");
 
 /** fallocate(2) mode bits, from linux/falloc.h. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -155,4 +160,33 @@ function rangeIoctl(fd: number, request: number, offset: number, length: number,
   range.writeBigUInt64LE(BigInt(offset), 0);
   range.writeBigUInt64LE(BigInt(length), 8);
   check(libcIoctl(fd, request, "void *", range) as number, syscall);
+}
+
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const SUN_PATH_MAX = 108;
+
+/**
+ * Sends one datagram to a unix socket (path, or abstract when it starts with "@" or NUL).
+ * Node's dgram module has no unix datagram sockets; systemd's sd_notify protocol needs one.
+ * @throws SystemError when the socket cannot be created or the message not sent.
+ */
+export function sendUnixDatagram(socketPath: string, message: string): void {
+  const abstract = socketPath.startsWith("@") || socketPath.startsWith("\0");
+  const pathBytes = Buffer.from(abstract ? `\0${socketPath.slice(1)}` : socketPath, "utf8");
+  if (pathBytes.length >= SUN_PATH_MAX) throw systemError("sendto", osConstants.errno.ENAMETOOLONG, socketPath);
+  const address = Buffer.alloc(2 + SUN_PATH_MAX);
+  address.writeUInt16LE(AF_UNIX, 0);
+  pathBytes.copy(address, 2);
+  const addressLength = 2 + pathBytes.length + (abstract ? 0 : 1);
+  const fd = libcSocket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+  if (fd === -1) throw systemError("socket", koffi.errno());
+  try {
+    const data = Buffer.from(message, "utf8");
+    const sent = Number(libcSendto(fd, data, data.length, 0, address, addressLength));
+    if (sent === -1) throw systemError("sendto", koffi.errno(), socketPath);
+  } finally {
+    libcClose(fd);
+  }
 }

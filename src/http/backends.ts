@@ -1,0 +1,24 @@
+/** Opens the backend a ticket names, with the daemon's backend settings. */
+import type { Config } from "../config.js";
+import { openBackend } from "../io/open.js";
+import type { Logger } from "../log.js";
+import type { Ticket } from "../tickets/ticket.js";
+import type { BackendOpener } from "./connection.js";
+
+export function ticketBackendOpener(config: Readonly<Config>, log: Logger): BackendOpener {
+  const warned = new WeakSet<Ticket>();
+  return async (ticket) => {
+    const backend = await openBackend(ticket.fields.url, {
+      readonly: !ticket.mayWrite(),
+      direct: config.backend_file.direct as "auto" | "always" | "never",
+      maxConnections: config.daemon.max_connections,
+      onDirectFallback: (reason) => {
+        // One warning per ticket, not per connection ([D10]).
+        if (warned.has(ticket)) return;
+        warned.add(ticket);
+        log.warning("DIRECT_IO fallback", { transfer: ticket.label, reason });
+      },
+    });
+    return { backend, bufferSize: config.backend_file.buffer_size };
+  };
+}

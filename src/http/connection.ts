@@ -1,0 +1,116 @@
+/**
+ * Per-connection state: the client's name for logs, the inactivity timeout (spec §3.4), and
+ * the backend contexts opened for tickets on this connection (spec §6.1).
+ */
+import type { Socket } from "node:net";
+import type { Backend } from "../io/backend.js";
+import { BUFFER_ALIGNMENT } from "../io/buffers.js";
+import { allocAligned } from "../io/native.js";
+import type { Logger } from "../log.js";
+import type { Ticket, TicketContext } from "../tickets/ticket.js";
+
+/** Timeout of a connection that has not opened a backend for a ticket. */
+export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
+
+let nextConnectionId = 1;
+
+/** A ticket's backend held open by one connection, with its reusable I/O buffers. */
+export class BackendContext implements TicketContext {
+  private readonly buffers: Buffer[] = [];
+  closed = false;
+
+  constructor(
+    readonly ticket: Ticket,
+    readonly backend: Backend,
+    readonly bufferSize: number,
+    private readonly onClose: (context: BackendContext) => void,
+  ) {}
+
+  /** The i-th aligned I/O buffer of this context (allocated on first use, then reused). */
+  buffer(index: number): Buffer {
+    let buf = this.buffers[index];
+    if (buf === undefined) {
+      buf = allocAligned(this.bufferSize, BUFFER_ALIGNMENT);
+      this.buffers[index] = buf;
+    }
+    return buf;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.ticket.removeContext(this);
+    this.onClose(this);
+    await this.backend.close();
+  }
+}
+
+export type BackendOpener = (ticket: Ticket) => Promise<{ backend: Backend; bufferSize: number }>;
+
+export class ClientConnection {
+  readonly id = nextConnectionId++;
+  private readonly contexts = new Map<string, BackendContext>();
+  private timeoutMs = UNAUTHENTICATED_TIMEOUT_MS;
+  private busy = 0;
+
+  constructor(
+    readonly socket: Socket,
+    /** "local" for unix sockets, else the peer address. */
+    readonly client: string,
+    private readonly log: Logger,
+  ) {
+    socket.setTimeout(this.timeoutMs);
+    socket.on("timeout", () => {
+      this.log.info("TIMEOUT", { connection: this.id, client: this.client, seconds: this.timeoutMs / 1000 });
+      socket.destroy();
+    });
+    socket.once("close", () => {
+      for (const context of [...this.contexts.values()]) {
+        context
+          .close()
+          .catch((error: unknown) => this.log.error("CLOSE backend failed", { connection: this.id }, error));
+      }
+    });
+  }
+
+  /**
+   * Suspends the inactivity timeout while the server itself is busy (extents, checksum, zero),
+   * so a long computation is not mistaken for an idle client.
+   */
+  async whileBusy<T>(work: () => Promise<T>): Promise<T> {
+    if (this.busy++ === 0) this.socket.setTimeout(0);
+    try {
+      return await work();
+    } finally {
+      if (--this.busy === 0 && !this.socket.destroyed) this.socket.setTimeout(this.timeoutMs);
+    }
+  }
+
+  /**
+   * This connection's backend for `ticket`, opened on first use. Opening sets the
+   * connection's timeout to the ticket's inactivity_timeout.
+   */
+  async backendFor(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
+    const existing = this.contexts.get(ticket.uuid);
+    if (existing !== undefined && !existing.closed && existing.ticket === ticket) return existing;
+    if (existing !== undefined) await existing.close();
+    const { backend, bufferSize } = await open(ticket);
+    const context = new BackendContext(ticket, backend, bufferSize, (closed) => {
+      if (this.contexts.get(ticket.uuid) === closed) this.contexts.delete(ticket.uuid);
+    });
+    if (this.socket.destroyed) {
+      await backend.close();
+      throw new Error("client disconnected while the backend was opening");
+    }
+    this.contexts.set(ticket.uuid, context);
+    ticket.addContext(context);
+    this.timeoutMs = ticket.fields.inactivity_timeout * 1000;
+    if (this.busy === 0) this.socket.setTimeout(this.timeoutMs);
+    return context;
+  }
+
+  /** Context counts and ids, for the CLOSE log line. */
+  get openContexts(): number {
+    return this.contexts.size;
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * `GET /images/{id}` (download, spec §5.3) and `HEAD /images/{id}` [D3]. The body streams from
+ * two aligned buffers: the next chunk is read while the previous one is sent, and a chunk is
+ * not reused before the socket took it (backpressure).
+ */
+import type { ServerResponse } from "node:http";
+import { CancelledError } from "../../errors.js";
+import type { Ticket } from "../../tickets/ticket.js";
+import type { App } from "../app.js";
+import type { BackendContext } from "../connection.js";
+import { type HeaderList, HttpError } from "../errors.js";
+import { type ByteRangeRequest, parseRange } from "../range.js";
+import type { RequestContext } from "../request.js";
+import { send, writeHead } from "../response.js";
+import { requireId } from "../router.js";
+import { clientTag, honourCloseParam, openForTicket } from "./common.js";
+
+/** Reads at offsets that are multiples of this are aligned for any device we support. */
+const ALIGNMENT = 4096;
+
+function contentHeaders(ticket: Ticket): HeaderList {
+  const filename = ticket.fields.filename;
+  // The filename goes out as raw UTF-8 bytes (Node writes header strings as latin1).
+  const disposition =
+    filename === undefined ? "attachment" : `attachment; filename=${Buffer.from(filename, "utf8").toString("latin1")}`;
+  return [
+    ["content-type", "application/octet-stream"],
+    ["content-disposition", disposition],
+    ["accept-ranges", "bytes"],
+  ];
+}
+
+function outOfTicket(ticketSize: number): HttpError {
+  return new HttpError(416, "Requested range out of allowed range", {
+    headers: [["content-range", `bytes */${ticketSize}`]],
+  });
+}
+
+function moreThanAvailable(requested: number, available: number): HttpError {
+  return new HttpError(416, `Requested more bytes than available: ${requested} > ${available}`, {
+    headers: [["content-range", `bytes */${available}`]],
+  });
+}
+
+/** The byte range to send: `[first, first + length)`, checked against ticket and image (spec §5.3 step 4). */
+function resolveRange(range: ByteRangeRequest | undefined, ticketSize: number, available: number) {
+  if (range === undefined) return { first: 0, length: available };
+  const { first, last } = range;
+  if (last !== undefined) {
+    const length = last - first + 1;
+    if (first + length > ticketSize) throw outOfTicket(ticketSize);
+    if (first + length > available) throw moreThanAvailable(first + length, available);
+    return { first, length };
+  }
+  if (first >= ticketSize) throw outOfTicket(ticketSize);
+  if (first >= available) throw moreThanAvailable(first + 1, available);
+  return { first, length: available - first };
+}
+
+export async function head(ctx: RequestContext, app: App, id: string): Promise<void> {
+  requireId(id);
+  const { ticket, context } = await openForTicket(ctx, app, id, "read");
+  const available = Math.min(ticket.fields.size, await context.backend.size());
+  ticket.touch();
+  writeHead(ctx, 200, available, contentHeaders(ticket));
+  ctx.res.end();
+}
+
+export async function get(ctx: RequestContext, app: App, id: string): Promise<void> {
+  requireId(id);
+  honourCloseParam(ctx);
+  const rangeHeader = ctx.header("range");
+  const range = rangeHeader === undefined ? undefined : parseRange(rangeHeader);
+  const { ticket, context } = await openForTicket(ctx, app, id, "read");
+  const available = Math.min(ticket.fields.size, await context.backend.size());
+  const { first, length } = resolveRange(range, ticket.fields.size, available);
+  app.log.info(`${clientTag(ctx)} READ`, {
+    size: length,
+    offset: first,
+    close: ctx.closeAfter ? "y" : "n",
+    transfer: ticket.label,
+  });
+  const headers = contentHeaders(ticket);
+  if (range !== undefined)
+    headers.push(["content-range", `bytes ${first}-${first + length - 1}/${ticket.fields.size}`]);
+  const status = range === undefined ? 200 : 206;
+  if (length === 0) {
+    send(ctx, status, undefined, headers);
+    return;
+  }
+  await stream(ctx, ticket, context, first, length, () => writeHead(ctx, status, length, headers));
+}
+
+async function stream(
+  ctx: RequestContext,
+  ticket: Ticket,
+  context: BackendContext,
+  first: number,
+  length: number,
+  startResponse: () => void,
+): Promise<void> {
+  const { backend } = context;
+  const end = first + length;
+  const buffers = [context.buffer(0), context.buffer(1)];
+  const operation = ticket.begin(first);
+  try {
+    // Data sits in the buffer at the same offset modulo 4096 as in the image, so the aligned
+    // middle of every chunk goes straight to O_DIRECT without a bounce copy.
+    const readChunk = async (buf: Buffer, at: number): Promise<Buffer> => {
+      const skew = at % ALIGNMENT;
+      const view = buf.subarray(skew, skew + Math.min(end - at, buf.length - skew));
+      const got = await backend.read(view, at);
+      if (got < view.length) {
+        throw new HttpError(400, `Requested ${view.length} bytes, available ${got} bytes`);
+      }
+      return view;
+    };
+    let position = first;
+    let index = 0;
+    let pending = readChunk(buffers[0] as Buffer, position);
+    let started = false;
+    while (position < end) {
+      const chunk = await pending;
+      if (operation.signal.aborted) {
+        throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+      }
+      if (!started) {
+        startResponse();
+        started = true;
+      }
+      const next = position + chunk.length;
+      index ^= 1;
+      if (next < end) {
+        pending = readChunk(buffers[index] as Buffer, next);
+        pending.catch(() => undefined); // awaited next round; do not report it unhandled meanwhile
+      }
+      operation.done = next - first;
+      // The ticket shows the finished transfer by the time the client has the last byte.
+      if (next === end) ticket.end(operation);
+      await writeChunk(ctx.res, chunk);
+      position = next;
+    }
+    ctx.res.end();
+  } finally {
+    ticket.end(operation);
+  }
+}
+
+/** Writes a chunk and resolves once the socket has taken it (so the buffer may be reused). */
+function writeChunk(res: ServerResponse, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onClose = () => reject(new Error("client disconnected during download"));
+    res.once("close", onClose);
+    res.write(chunk, (error) => {
+      res.off("close", onClose);
+      if (error) reject(error);
+      else resolve();
+    });
+  });
+}

@@ -1,0 +1,55 @@
+/** The control API, `/tickets/{id}` (spec §5.11): add, show, extend and remove tickets. */
+import { parseTicket, shortId } from "../../tickets/ticket.js";
+import type { App } from "../app.js";
+import { HttpError } from "../errors.js";
+import type { RequestContext } from "../request.js";
+import { send, sendJson } from "../response.js";
+import { requireId } from "../router.js";
+
+export async function addTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
+  requireId(id);
+  const body = await ctx.readJsonObject("Ticket is not in a json format:");
+  const fields = parseTicket(body, app.config.daemon.inactivity_timeout);
+  const ticket = app.authorizer.add(fields);
+  app.log.info("ADD", {
+    transfer: ticket.label,
+    ops: fields.ops.join(","),
+    size: fields.size,
+    timeout: fields.timeout,
+    sparse: fields.sparse,
+  });
+  send(ctx, 200);
+}
+
+export async function getTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
+  requireId(id);
+  sendJson(ctx, 200, app.authorizer.get(id).status());
+}
+
+export async function extendTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
+  requireId(id);
+  const body = await ctx.readJsonObject("Invalid JSON message");
+  const timeout = body.timeout;
+  if (timeout === undefined) throw new HttpError(400, "Missing required value for 'timeout'");
+  if (typeof timeout !== "number" || !Number.isSafeInteger(timeout) || timeout < 0) {
+    throw new HttpError(400, `Invalid value for 'timeout': ${JSON.stringify(timeout)}: expecting an integer >= 0`);
+  }
+  const ticket = app.authorizer.find(id);
+  if (ticket === undefined)
+    throw new HttpError(404, `No such ticket: ${id}`, { logMessage: `No such ticket: ${shortId(id)}` });
+  ticket.extend(timeout);
+  app.log.info("EXTEND", { transfer: ticket.label, timeout });
+  send(ctx, 200);
+}
+
+export async function removeTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
+  if (id === "") {
+    app.authorizer.clear();
+    app.log.info("REMOVE all tickets");
+    send(ctx, 204);
+    return;
+  }
+  const ticket = await app.authorizer.remove(id, app.config.control.remove_timeout);
+  if (ticket !== undefined) app.log.info("REMOVE", { transfer: ticket.label });
+  send(ctx, 204);
+}

@@ -1,0 +1,108 @@
+/**
+ * One request as handlers see it: decoded path, query, CORS headers to add, and the body
+ * readers with their limits.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { ClientConnection } from "./connection.js";
+import { type HeaderList, HttpError } from "./errors.js";
+
+/** JSON bodies (PATCH, control API) are small; anything larger is refused (spec §3.3). */
+export const MAX_JSON_BODY = 64 * 1024;
+
+export class RequestContext {
+  /** Extra headers every response to this request carries (CORS). */
+  readonly extraHeaders: HeaderList = [];
+  /** Close the connection after the response (`?close=y`, errors with unread bodies…). */
+  closeAfter = false;
+  /** Set once the request body has been read to its end. */
+  bodyRead = false;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly connection: ClientConnection,
+    readonly path: string,
+    readonly query: ReadonlyMap<string, string>,
+  ) {
+    if (!this.hasBody) this.bodyRead = true;
+  }
+
+  get method(): string {
+    return this.req.method ?? "";
+  }
+
+  /** True when the request is framed with a body (chunked, or a non-zero Content-Length). */
+  get hasBody(): boolean {
+    const length = this.req.headers["content-length"];
+    return this.req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+  }
+
+  /** The body has not been read to its end, so the connection cannot be reused. */
+  get bodyUnread(): boolean {
+    return !this.bodyRead && !this.req.complete;
+  }
+
+  header(name: string): string | undefined {
+    const value = this.req.headers[name];
+    return Array.isArray(value) ? value.join(", ") : value;
+  }
+
+  /**
+   * Reads a JSON object body completely (any framing), up to MAX_JSON_BODY bytes.
+   * @throws HttpError 413 for a larger body; 400 `<invalidPrefix> <reason>` for bad JSON or
+   *   a value that is not an object.
+   */
+  async readJsonObject(invalidPrefix: string): Promise<Record<string, unknown>> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of this.req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_JSON_BODY)
+        throw new HttpError(413, `Request body exceeds ${MAX_JSON_BODY} bytes`, { close: true });
+      chunks.push(chunk);
+    }
+    this.bodyRead = true;
+    let value: unknown;
+    try {
+      value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    } catch (error) {
+      throw new HttpError(400, `${invalidPrefix} ${(error as Error).message}`);
+    }
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      throw new HttpError(400, `${invalidPrefix} expecting a JSON object, got ${JSON.stringify(value)}`);
+    }
+    return value as Record<string, unknown>;
+  }
+}
+
+/** Percent-decodes a path; invalid escapes stay as they are, bytes decode as UTF-8. */
+export function decodePath(raw: string): string {
+  if (!raw.includes("%")) return raw;
+  const bytes: number[] = [];
+  const text = Buffer.from(raw, "utf8");
+  for (let i = 0; i < text.length; i++) {
+    const byte = text[i] as number;
+    if (
+      byte === 0x25 &&
+      i + 2 < text.length + 0 &&
+      /^[0-9a-fA-F]{2}$/.test(text.subarray(i + 1, i + 3).toString("latin1"))
+    ) {
+      bytes.push(Number.parseInt(text.subarray(i + 1, i + 3).toString("latin1"), 16));
+      i += 2;
+    } else {
+      bytes.push(byte);
+    }
+  }
+  return Buffer.from(bytes).toString("utf8");
+}
+
+/** Splits a request target into decoded path and query (form pairs, last duplicate wins). */
+export function splitTarget(target: string): { path: string; query: Map<string, string> } {
+  const at = target.indexOf("?");
+  const rawPath = at === -1 ? target : target.slice(0, at);
+  const query = new Map<string, string>();
+  if (at !== -1) {
+    for (const [key, value] of new URLSearchParams(target.slice(at + 1))) query.set(key, value);
+  }
+  return { path: decodePath(rawPath), query };
+}

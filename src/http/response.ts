@@ -1,0 +1,53 @@
+/**
+ * Writing responses the way upstream does (spec §3.1): lowercase headers, `server` and `date`
+ * first, always a `content-length`, never chunked; JSON like Python's json.dumps plus "\n";
+ * errors as text/plain.
+ */
+import { pythonJson } from "../pyformat.js";
+import { VERSION } from "../version.js";
+import type { HeaderList, HttpError } from "./errors.js";
+import type { RequestContext } from "./request.js";
+
+export const SERVER_HEADER = `imageio/${VERSION}`;
+
+/** Starts a response with a body of `length` bytes to be written by the caller. */
+export function writeHead(ctx: RequestContext, status: number, length: number, headers: HeaderList = []): void {
+  const { res } = ctx;
+  res.sendDate = false;
+  const flat: string[] = ["server", SERVER_HEADER, "date", new Date().toUTCString()];
+  for (const [name, value] of headers) flat.push(name, value);
+  flat.push("content-length", String(length));
+  for (const [name, value] of ctx.extraHeaders) flat.push(name, value);
+  if (ctx.closeAfter) flat.push("connection", "close");
+  res.writeHead(status, flat);
+}
+
+/** Sends a complete response. */
+export function send(ctx: RequestContext, status: number, body?: Buffer | string, headers: HeaderList = []): void {
+  const data = body === undefined ? undefined : Buffer.isBuffer(body) ? body : Buffer.from(body, "utf8");
+  writeHead(ctx, status, data?.length ?? 0, headers);
+  ctx.res.end(ctx.method === "HEAD" ? undefined : data);
+}
+
+export function sendJson(ctx: RequestContext, status: number, value: unknown, headers: HeaderList = []): void {
+  send(ctx, status, `${pythonJson(value)}\n`, [...headers, ["content-type", "application/json"]]);
+}
+
+export function sendError(ctx: RequestContext, error: HttpError): void {
+  if (error.close || ctx.bodyUnread) ctx.closeAfter = true;
+  send(ctx, error.status, `${error.message}\n`, [...error.headers, ["content-type", "text/plain; charset=UTF-8"]]);
+}
+
+/** A complete raw response for errors found before Node parsed a request (clientError). */
+export function rawErrorResponse(status: number, reason: string, message: string): string {
+  const body = `${message}\n`;
+  return (
+    `HTTP/1.1 ${status} ${reason}\r\n` +
+    `server: ${SERVER_HEADER}\r\n` +
+    `date: ${new Date().toUTCString()}\r\n` +
+    "content-type: text/plain; charset=UTF-8\r\n" +
+    `content-length: ${Buffer.byteLength(body)}\r\n` +
+    "connection: close\r\n\r\n" +
+    body
+  );
+}

@@ -1,0 +1,284 @@
+/**
+ * Tickets (spec §5.12): the validated fields a manager sent, and the live state of the
+ * transfer — expiry, ongoing operations, transferred ranges, connections, cancellation.
+ */
+import { ForbiddenError, InvalidArgumentError } from "../errors.js";
+import { pythonRepr } from "../pyformat.js";
+import type { Clock } from "./clock.js";
+import { RangeList } from "./ranges.js";
+
+export type TicketOp = "read" | "write";
+
+/** URL schemes a ticket may name (the backends that exist or will). */
+export const TICKET_URL_SCHEMES = ["file", "nbd", "http", "https"] as const;
+
+export interface TicketFields {
+  uuid: string;
+  size: number;
+  ops: TicketOp[];
+  timeout: number;
+  url: string;
+  inactivity_timeout: number;
+  transfer_id: string;
+  /** True when the manager sent transfer_id; logs then name the ticket by it ([D11]). */
+  transferIdGiven: boolean;
+  filename: string | undefined;
+  sparse: boolean;
+  dirty: boolean;
+}
+
+const invalid = (reason: string) => new InvalidArgumentError(`Invalid ticket: ${reason}`);
+
+function invalidValue(name: string, value: unknown, expecting: string) {
+  return invalid(`Invalid value for '${name}': ${pythonRepr(value)}: expecting ${expecting}`);
+}
+
+/**
+ * Validates a ticket from the control API (types checked strictly; unknown keys ignored).
+ * @throws InvalidArgumentError `Invalid ticket: <reason>` with upstream's reasons.
+ */
+export function parseTicket(body: unknown, defaultInactivityTimeout: number): TicketFields {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw invalid(`Expecting a JSON object, got ${pythonRepr(body)}`);
+  }
+  const ticket = body as Record<string, unknown>;
+  for (const name of ["uuid", "size", "ops", "timeout", "url"]) {
+    if (!(name in ticket)) throw invalid(`Required ticket parameter is missing: ${name}`);
+  }
+  const integer = (name: string, fallback?: number): number => {
+    const value = name in ticket ? ticket[name] : fallback;
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+      throw invalidValue(name, value, "a <class 'int'> value from 0 to 2^53-1");
+    }
+    return value;
+  };
+  const string = (name: string): string | undefined => {
+    const value = ticket[name];
+    if (value === undefined) return undefined;
+    if (typeof value !== "string") throw invalidValue(name, value, "a <class 'str'> value");
+    return value;
+  };
+  const boolean = (name: string): boolean => {
+    const value = ticket[name] ?? false;
+    if (typeof value !== "boolean") throw invalidValue(name, value, "a <class 'bool'> value");
+    return value;
+  };
+
+  const uuid = string("uuid") as string;
+  if (uuid === "") throw invalid("Invalid value for 'uuid': '': expecting a non-empty string");
+  if (uuid.includes("/")) throw invalid(`Invalid value for 'uuid': ${pythonRepr(uuid)}: must not contain '/'`);
+  const size = integer("size");
+  const timeout = integer("timeout");
+  const inactivityTimeout = integer("inactivity_timeout", defaultInactivityTimeout);
+
+  const ops = ticket.ops;
+  if (!Array.isArray(ops) || !ops.every((op) => op === "read" || op === "write")) {
+    throw invalidValue("ops", ops, "a list of 'read' and 'write'");
+  }
+  const url = string("url") as string;
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1]?.toLowerCase();
+  if (scheme === undefined) throw invalid(`Invalid value for 'url': ${pythonRepr(url)}: Invalid url`);
+  if (!(TICKET_URL_SCHEMES as readonly string[]).includes(scheme)) {
+    throw invalid(`Invalid value for 'url': ${pythonRepr(url)}: Unsupported url scheme: ${scheme}`);
+  }
+  const transferId = string("transfer_id");
+  const filename = string("filename");
+  // The filename goes into a content-disposition header: control characters could split it.
+  if (filename !== undefined && [...filename].some((char) => char < " " || char === "\u007f")) {
+    throw invalidValue("filename", filename, "a file name without control characters");
+  }
+  return {
+    uuid,
+    size,
+    ops: [...new Set(ops as TicketOp[])],
+    timeout,
+    url,
+    inactivity_timeout: inactivityTimeout,
+    transfer_id: transferId ?? `(ticket/${uuid.slice(0, 18)})`,
+    transferIdGiven: transferId !== undefined,
+    filename,
+    sparse: boolean("sparse"),
+    dirty: boolean("dirty"),
+  };
+}
+
+/** A running data request on a ticket: its range grows as chunks complete. */
+export class Operation {
+  /** Bytes completed from `offset`. */
+  done = 0;
+  private readonly controller = new AbortController();
+
+  constructor(readonly offset: number) {}
+
+  /** Aborted when the ticket is cancelled: stop at the next chunk. */
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  cancel(): void {
+    this.controller.abort();
+  }
+}
+
+/** Something a connection holds open for a ticket (a backend context); closed on cancel. */
+export interface TicketContext {
+  close(): Promise<void>;
+}
+
+export class Ticket {
+  readonly fields: TicketFields;
+  canceled = false;
+  /** Integer seconds on the clock; the ticket authorizes nothing once `expires <= now`. */
+  expires: number;
+  private lastAccess: number;
+  private readonly ongoing = new Set<Operation>();
+  private readonly completed = new RangeList();
+  private readonly contexts = new Set<TicketContext>();
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    fields: TicketFields,
+    private readonly clock: Clock,
+  ) {
+    this.fields = { ...fields };
+    this.lastAccess = clock.now();
+    this.expires = Math.floor(this.lastAccess) + fields.timeout;
+  }
+
+  get uuid(): string {
+    return this.fields.uuid;
+  }
+
+  /** How logs name this ticket: the manager's transfer_id, else 8 characters of the id ([D11]). */
+  get label(): string {
+    return this.fields.transferIdGiven ? this.fields.transfer_id : shortId(this.fields.uuid);
+  }
+
+  get active(): boolean {
+    return this.ongoing.size > 0;
+  }
+
+  mayRead(): boolean {
+    return this.fields.ops.includes("read") || this.fields.ops.includes("write");
+  }
+
+  mayWrite(): boolean {
+    return this.fields.ops.includes("write");
+  }
+
+  /**
+   * Checks that the ticket allows `op` now (write implies read).
+   * @throws ForbiddenError with upstream's reasons, in upstream's order.
+   */
+  authorize(op: TicketOp): void {
+    const tid = this.fields.transfer_id;
+    const logTid = this.label;
+    if (this.canceled) throw new ForbiddenError(`Transfer=${tid} was canceled`, `Transfer=${logTid} was canceled`);
+    if (this.expires <= this.clock.now())
+      throw new ForbiddenError(`Transfer=${tid} expired`, `Transfer=${logTid} expired`);
+    if (op === "write" ? !this.mayWrite() : !this.mayRead()) {
+      throw new ForbiddenError(`Transfer=${tid} forbids ${op}`, `Transfer=${logTid} forbids ${op}`);
+    }
+  }
+
+  /** Records activity: the ticket expires `timeout` seconds from now and is not idle. */
+  touch(): void {
+    this.lastAccess = this.clock.now();
+    this.expires = Math.floor(this.lastAccess) + this.fields.timeout;
+  }
+
+  /** Sets a new timeout that sticks: later touches use it too ([D5]). */
+  extend(timeout: number): void {
+    this.fields.timeout = timeout;
+    this.touch();
+  }
+
+  /** Starts an operation at `offset`. @throws ForbiddenError when the ticket was cancelled. */
+  begin(offset: number): Operation {
+    if (this.canceled) {
+      throw new ForbiddenError(
+        `Transfer=${this.fields.transfer_id} was canceled`,
+        `Transfer=${this.label} was canceled`,
+      );
+    }
+    const operation = new Operation(offset);
+    this.ongoing.add(operation);
+    return operation;
+  }
+
+  /** Ends an operation (completed or failed): its range counts, and the ticket is touched. */
+  end(operation: Operation): void {
+    if (!this.ongoing.delete(operation)) return;
+    this.completed.add(operation.offset, operation.offset + operation.done);
+    this.touch();
+    if (this.ongoing.size === 0) {
+      for (const wake of this.idleWaiters.splice(0)) wake();
+    }
+  }
+
+  /** Registers a connection's open backend for this ticket; `connections` counts them. */
+  addContext(context: TicketContext): void {
+    this.contexts.add(context);
+  }
+
+  removeContext(context: TicketContext): void {
+    this.contexts.delete(context);
+  }
+
+  /**
+   * Cancels the ticket: refuses new work, asks running operations to stop at their next
+   * chunk, and waits up to `timeoutSeconds` for them.
+   * @returns true when no operation is left running.
+   */
+  async cancel(timeoutSeconds: number): Promise<boolean> {
+    this.canceled = true;
+    for (const operation of this.ongoing) operation.cancel();
+    if (this.ongoing.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, timeoutSeconds * 1000);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    if (this.ongoing.size > 0) return false;
+    await Promise.all([...this.contexts].map((context) => context.close()));
+    this.contexts.clear();
+    return true;
+  }
+
+  /** The status object of `GET /tickets/{id}`, keys in upstream's order. */
+  status(): Record<string, unknown> {
+    const now = this.clock.now();
+    const f = this.fields;
+    const status: Record<string, unknown> = {
+      active: this.active,
+      canceled: this.canceled,
+      connections: this.contexts.size,
+      expires: this.expires,
+      idle_time: this.active ? 0 : Math.max(0, Math.floor(now - this.lastAccess)),
+      inactivity_timeout: f.inactivity_timeout,
+      ops: f.ops,
+      size: f.size,
+      sparse: f.sparse,
+      dirty: f.dirty,
+      timeout: f.timeout,
+      url: f.url,
+      uuid: f.uuid,
+      transfer_id: f.transfer_id,
+    };
+    if (f.filename !== undefined) status.filename = f.filename;
+    if (f.ops.length <= 1) {
+      const running = [...this.ongoing].map((op): [number, number] => [op.offset, op.offset + op.done]);
+      status.transferred = this.completed.totalWith(running);
+    }
+    return status;
+  }
+}
+
+/** The first 8 characters of a ticket id: enough to correlate, useless as a credential. */
+export function shortId(id: string): string {
+  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
+}

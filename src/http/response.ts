@@ -19,6 +19,8 @@ export function writeHead(ctx: RequestContext, status: number, length: number, h
   flat.push("content-length", String(length));
   for (const [name, value] of ctx.extraHeaders) flat.push(name, value);
   if (ctx.closeAfter) flat.push("connection", "close");
+  // Keep-alive is HTTP/1.1's default; without this Node adds a capitalized "Connection" header.
+  else res.removeHeader("connection");
   res.writeHead(status, flat);
 }
 

@@ -42,6 +42,14 @@ export class RequestContext {
     return !this.bodyRead && !this.req.complete;
   }
 
+  /**
+   * The body's chunks. Leaving the loop early does not destroy the request, so an error
+   * response can still be sent before the connection closes.
+   */
+  bodyChunks(): AsyncIterable<Buffer> {
+    return this.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+  }
+
   header(name: string): string | undefined {
     const value = this.req.headers[name];
     return Array.isArray(value) ? value.join(", ") : value;
@@ -55,7 +63,7 @@ export class RequestContext {
   async readJsonObject(invalidPrefix: string): Promise<Record<string, unknown>> {
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of this.req as AsyncIterable<Buffer>) {
+    for await (const chunk of this.bodyChunks()) {
       size += chunk.length;
       if (size > MAX_JSON_BODY)
         throw new HttpError(413, `Request body exceeds ${MAX_JSON_BODY} bytes`, { close: true });

@@ -201,18 +201,25 @@ async function dispatch(app: App, routes: Route[], req: IncomingMessage, res: Se
     if (match.route.cors?.includes(method)) applyCors(ctx);
     await match.handler(ctx, app, match.id);
   } catch (error) {
-    finishWithError(ctx, app, error);
+    try {
+      finishWithError(ctx, app, error);
+    } catch (failure) {
+      // Never let one broken request take the daemon down.
+      app.log.error("ERROR cannot send error response", { connection: connection.id }, failure);
+      connection.socket.destroy();
+    }
   }
 }
 
 function finishWithError(ctx: RequestContext, app: App, error: unknown): void {
-  const { res, req } = ctx;
+  const { res } = ctx;
+  const socket = ctx.connection.socket;
   const fields = { connection: ctx.connection.id, method: ctx.method };
-  if (res.headersSent || req.socket.destroyed) {
+  if (res.headersSent || socket.destroyed) {
     // Mid-stream failure or a vanished client: the client sees a truncated body.
-    if (req.socket.destroyed) app.log.info("ABORT client disconnected", fields);
+    if (socket.destroyed) app.log.info("ABORT client disconnected", fields);
     else app.log.warning("ABORT response cut off", { ...fields, reason: toHttpError(error).logMessage });
-    req.socket.destroy();
+    socket.destroy();
     return;
   }
   const httpError = toHttpError(error);

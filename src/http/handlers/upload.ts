@@ -75,7 +75,7 @@ async function receive(
   let received = 0;
   let overflow = false;
   try {
-    for await (const chunk of ctx.req as AsyncIterable<Buffer>) {
+    for await (const chunk of ctx.bodyChunks()) {
       let data = chunk;
       if (received + data.length > limit) {
         data = data.subarray(0, limit - received);

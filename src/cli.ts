@@ -2,6 +2,7 @@
  * The `imageio` command line: one executable, one subcommand per job.
  */
 import { Command, CommanderError } from "commander";
+import { addCopyCommand } from "./commands/copy.js";
 import { notAvailableYet } from "./commands/unavailable.js";
 import { VERSION } from "./version.js";
 
@@ -31,13 +32,7 @@ export function buildProgram(): Command {
     .addHelpText("after", "\nExample:\n  imageio proxy --config /etc/ovirt-imageio-proxy")
     .action(notAvailableYet("proxy"));
 
-  program
-    .command("copy")
-    .description("copy a disk image between files and block devices with direct I/O, moving only data")
-    .argument("<src>", "source file, block device or file: URL")
-    .argument("<dst>", "destination file, block device or file: URL")
-    .addHelpText("after", "\nExample:\n  imageio copy /var/tmp/disk.raw /dev/vg0/lv-disk")
-    .action(notAvailableYet("copy"));
+  addCopyCommand(program);
 
   program.addHelpText(
     "after",

@@ -20,7 +20,7 @@ import {
   type DirtyExtent,
   type ZeroExtent,
 } from "./backend.js";
-import { type BlkhashResult, blkhash } from "./blkhash.js";
+import type { BlkhashResult } from "./blkhash.js";
 import { BUFFER_ALIGNMENT, DEFAULT_BUFFER_SIZE } from "./buffers.js";
 import { allocAligned } from "./native.js";
 

@@ -3,6 +3,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { addCopyCommand } from "./commands/copy.js";
+import { addDaemonCommand } from "./commands/daemon.js";
 import { notAvailableYet } from "./commands/unavailable.js";
 import { VERSION } from "./version.js";
 
@@ -18,12 +19,7 @@ export function buildProgram(): Command {
     // Set before the subcommands are added so they inherit it: errors reach main() as exceptions.
     .exitOverride();
 
-  program
-    .command("daemon")
-    .description("serve images to ticket holders over HTTPS (port 54322) and a local unix socket")
-    .option("-c, --config <path>", "configuration directory or .conf file", "/etc/ovirt-imageio")
-    .addHelpText("after", "\nExample:\n  imageio daemon --config /etc/ovirt-imageio")
-    .action(notAvailableYet("daemon"));
+  addDaemonCommand(program);
 
   program
     .command("proxy")

@@ -193,7 +193,10 @@ describe("GET", () => {
 
   it("26: a ticket larger than the image: a range past the image is 416 with bytes */<image size>", async () => {
     const id = await newTicket({ size: 4 * MiB });
-    const response = await request(daemon, { path: `/images/${id}`, headers: { range: `bytes=${MiB - 10}-${MiB + 9}` } });
+    const response = await request(daemon, {
+      path: `/images/${id}`,
+      headers: { range: `bytes=${MiB - 10}-${MiB + 9}` },
+    });
     expect(response.status).toBe(416);
     expect(response.headers["content-range"]).toBe(`bytes */${MiB}`);
     expect(response.text).toBe(`Requested more bytes than available: ${MiB + 10} > ${MiB}\n`);
@@ -229,7 +232,10 @@ describe("GET", () => {
 
   it("29: ?close=y sends connection: close and closes the socket", async () => {
     const id = await newTicket();
-    const result = await rawRequest(daemon, `GET /images/${id}?close=y HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n`);
+    const result = await rawRequest(
+      daemon,
+      `GET /images/${id}?close=y HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n`,
+    );
     expect(result.text).toMatch(/^HTTP\/1.1 206 /);
     expect(result.text).toContain("\r\nconnection: close\r\n");
     expect(result.closed).toBe(true);

@@ -1,14 +1,23 @@
 /** Opens the backend a ticket names, with the daemon's backend settings. */
 import type { Config } from "../config.js";
+import type { FileBackendOptions } from "../io/file.js";
 import { openBackend } from "../io/open.js";
 import type { Logger } from "../log.js";
 import type { Ticket } from "../tickets/ticket.js";
 import type { BackendOpener } from "./connection.js";
 
-export function ticketBackendOpener(config: Readonly<Config>, log: Logger): BackendOpener {
+/**
+ * @param fileOptions extra file backend options; tests inject a failing O_DIRECT probe here.
+ */
+export function ticketBackendOpener(
+  config: Readonly<Config>,
+  log: Logger,
+  fileOptions: Pick<FileBackendOptions, "probeDirect"> = {},
+): BackendOpener {
   const warned = new WeakSet<Ticket>();
   return async (ticket) => {
     const backend = await openBackend(ticket.fields.url, {
+      ...fileOptions,
       readonly: !ticket.mayWrite(),
       direct: config.backend_file.direct as "auto" | "always" | "never",
       maxConnections: config.daemon.max_connections,

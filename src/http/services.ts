@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import type { Config } from "../config.js";
+import type { FileBackendOptions } from "../io/file.js";
 import type { Logger } from "../log.js";
 import { Authorizer } from "../tickets/authorizer.js";
 import type { Clock } from "../tickets/clock.js";
@@ -21,6 +22,8 @@ export interface ServicesOptions {
   log: Logger;
   clock?: Clock;
   openBackend?: BackendOpener;
+  /** Extra file backend options (tests: an O_DIRECT probe that fails). */
+  fileOptions?: Pick<FileBackendOptions, "probeDirect">;
   /** Tickets added before any service accepts connections (`--ticket FILE`). */
   tickets?: TicketFields[];
 }
@@ -39,7 +42,7 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
     config,
     authorizer: new Authorizer(options.clock),
     log: options.log,
-    openBackend: options.openBackend ?? ticketBackendOpener(config, options.log),
+    openBackend: options.openBackend ?? ticketBackendOpener(config, options.log, options.fileOptions),
     localSocket: undefined,
   };
   for (const ticket of options.tickets ?? []) {

@@ -13,6 +13,7 @@ import tls from "node:tls";
 import { promisify } from "node:util";
 import { type Config, DAEMON_DEFAULTS, loadConfig } from "../../src/config.js";
 import { portOf, type RunningServices, startServices } from "../../src/http/services.js";
+import type { FileBackendOptions } from "../../src/io/file.js";
 import { createLogger, memorySink } from "../../src/log.js";
 import type { Clock } from "../../src/tickets/clock.js";
 import { type TestCerts, testCerts } from "./certs.js";
@@ -131,7 +132,7 @@ export async function startDaemon(options: { config?: ConfigOverrides; args?: st
 
 /** Starts the services in this process (fake clock, injected backends), on port 0 and temp sockets. */
 export async function startInProcess(
-  options: { config?: ConfigOverrides; clock?: Clock } = {},
+  options: { config?: ConfigOverrides; clock?: Clock; fileOptions?: Pick<FileBackendOptions, "probeDirect"> } = {},
 ): Promise<InProcessDaemon> {
   const tmp = await makeTempDir("imageio-daemon-");
   const confDir = await writeTestConfig(tmp, options.config);
@@ -141,6 +142,7 @@ export async function startInProcess(
   const services = await startServices(config, {
     log: createLogger("DEBUG", sink),
     ...(options.clock ? { clock: options.clock } : {}),
+    ...(options.fileOptions ? { fileOptions: options.fileOptions } : {}),
   });
   return {
     services,

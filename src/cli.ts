@@ -4,6 +4,7 @@
 import { Command, CommanderError } from "commander";
 import { addCopyCommand } from "./commands/copy.js";
 import { addDaemonCommand } from "./commands/daemon.js";
+import { addTicketCommand } from "./commands/ticket.js";
 import { notAvailableYet } from "./commands/unavailable.js";
 import { VERSION } from "./version.js";
 
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     .exitOverride();
 
   addDaemonCommand(program);
+  addTicketCommand(program);
 
   program
     .command("proxy")

@@ -1,0 +1,130 @@
+/**
+ * `imageio ticket add|show|extend|remove`: an admin client for the control service, like
+ * upstream's ovirt-imageioctl. It finds the control socket (or TCP port) in the configuration.
+ */
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import type { Command } from "commander";
+import { type Config, loadConfig } from "../config.js";
+import { DAEMON_PROFILE } from "./daemon.js";
+
+interface ControlResponse {
+  status: number;
+  body: string;
+}
+
+function controlRequest(
+  config: Readonly<Config>,
+  method: string,
+  path: string,
+  body?: string,
+): Promise<ControlResponse> {
+  const target =
+    config.control.transport === "tcp"
+      ? { host: config.control.prefer_ipv4 ? "127.0.0.1" : "::1", port: config.control.port }
+      : { socketPath: config.control.socket };
+  return new Promise((resolve, reject) => {
+    const req = http.request({ ...target, method, path, agent: false }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        text += chunk;
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+async function runTicketCommand(
+  configPath: string,
+  action: (config: Readonly<Config>) => Promise<ControlResponse>,
+  print: (response: ControlResponse) => string,
+): Promise<number> {
+  try {
+    const config = loadConfig(configPath, { systemDirs: [DAEMON_PROFILE.systemDir] });
+    const response = await action(config);
+    if (response.status >= 300) {
+      process.stderr.write(`imageio ticket: ${response.status} ${response.body.trim()}\n`);
+      return 1;
+    }
+    const output = print(response);
+    if (output !== "") process.stdout.write(`${output}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`imageio ticket: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
+
+/** Registers `imageio ticket`. */
+export function addTicketCommand(program: Command): void {
+  const ticket = program
+    .command("ticket")
+    .description("add, show, extend or remove tickets through the daemon's control socket")
+    .option("-c, --config <path>", "the daemon's configuration (to find the control socket)", "/etc/ovirt-imageio")
+    .addHelpText("after", "\nExample:\n  imageio ticket add ticket.json && imageio ticket show 5d3c0f2e-…");
+  const configOf = () => (ticket.opts() as { config: string }).config;
+  const encode = (id: string) => encodeURIComponent(id);
+
+  ticket
+    .command("add <file>")
+    .description("add the ticket in a JSON file")
+    .action(async (file: string) => {
+      let text: string;
+      let id: string;
+      try {
+        text = readFileSync(file, "utf8");
+        id = String((JSON.parse(text) as { uuid?: unknown }).uuid ?? "");
+      } catch (error) {
+        process.stderr.write(`imageio ticket: cannot read ${file}: ${(error as Error).message}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      process.exitCode = await runTicketCommand(
+        configOf(),
+        (config) => controlRequest(config, "PUT", `/tickets/${encode(id || "-")}`, text),
+        () => "",
+      );
+    });
+
+  ticket
+    .command("show <id>")
+    .description("print a ticket's status as JSON")
+    .action(async (id: string) => {
+      process.exitCode = await runTicketCommand(
+        configOf(),
+        (config) => controlRequest(config, "GET", `/tickets/${encode(id)}`),
+        (response) => JSON.stringify(JSON.parse(response.body), null, 4),
+      );
+    });
+
+  ticket
+    .command("extend <id> <seconds>")
+    .description("let a ticket live SECONDS more, and keep that timeout")
+    .action(async (id: string, seconds: string) => {
+      if (!/^\d+$/.test(seconds)) {
+        process.stderr.write(`imageio ticket: invalid seconds: '${seconds}'\n`);
+        process.exitCode = 2;
+        return;
+      }
+      process.exitCode = await runTicketCommand(
+        configOf(),
+        (config) =>
+          controlRequest(config, "PATCH", `/tickets/${encode(id)}`, JSON.stringify({ timeout: Number(seconds) })),
+        () => "",
+      );
+    });
+
+  ticket
+    .command("remove <id>")
+    .description("cancel and remove a ticket")
+    .action(async (id: string) => {
+      process.exitCode = await runTicketCommand(
+        configOf(),
+        (config) => controlRequest(config, "DELETE", `/tickets/${encode(id)}`),
+        () => "",
+      );
+    });
+}

@@ -26,11 +26,16 @@ export class BackendContext implements TicketContext {
     private readonly onClose: (context: BackendContext) => void,
   ) {}
 
-  /** The i-th aligned I/O buffer of this context (allocated on first use, then reused). */
-  buffer(index: number): Buffer {
+  /**
+   * The i-th of the two aligned I/O buffers of this context (allocated on first use, then
+   * reused). Each is half of buffer_size, so a connection holds buffer_size bytes (spec §6.1)
+   * while one half is on the wire or the socket and the other on the disk.
+   */
+  buffer(index: 0 | 1): Buffer {
     let buf = this.buffers[index];
     if (buf === undefined) {
-      buf = allocAligned(this.bufferSize, BUFFER_ALIGNMENT);
+      const half = Math.max(BUFFER_ALIGNMENT, Math.floor(this.bufferSize / 2 / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT);
+      buf = allocAligned(half, BUFFER_ALIGNMENT);
       this.buffers[index] = buf;
     }
     return buf;

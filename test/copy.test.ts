@@ -211,6 +211,18 @@ describe("imageio copy between files", () => {
     expect(records.at(-1)).toMatchObject({ phase: "verify", done: 8 * MiB, total: 8 * MiB });
   });
 
+  it("on a terminal, shows a progress bar with bytes, rate and ETA", async () => {
+    const src = name("src");
+    await makeImage(src, 8 * MiB, [[0, 4 * MiB]]);
+    const dst = name("dst");
+    // script(1) runs the command on a pseudo-terminal, as an admin's shell would.
+    const command = ["node", `${root}/bin/imageio`, "copy", src, dst].map((arg) => `'${arg}'`).join(" ");
+    const { stdout } = await run("script", ["-qfec", command, "/dev/null"], { cwd: root });
+    expect(stdout).toMatch(/copying +\|=+\| 100% \| 8\.00 MiB \/ 8\.00 MiB \| [\d.]+ \w+\/s \| ETA \d+s/);
+    expect(stdout).toContain(`Copied '${src}' to '${dst}'`);
+    expect(await cmp(src, dst)).toBe(true);
+  });
+
   it("--quiet prints nothing", async () => {
     const src = name("src");
     await makeImage(src, MiB, [[0, MiB]]);

@@ -342,6 +342,14 @@ class JsonReporter implements ProgressReporter {
   private phase: CopyProgress["phase"] | undefined;
   private last = 0;
   private pending: string | undefined;
+  private closed = false;
+
+  constructor() {
+    // A reader that goes away (`| head -1`) must not kill the copy: stop reporting instead.
+    process.stdout.on("error", () => {
+      this.closed = true;
+    });
+  }
 
   update(progress: CopyProgress): void {
     const now = performance.now();
@@ -366,7 +374,7 @@ class JsonReporter implements ProgressReporter {
 
   private write(line: string): void {
     this.pending = undefined;
-    process.stdout.write(`${line}\n`);
+    if (!this.closed) process.stdout.write(`${line}\n`);
   }
 }
 

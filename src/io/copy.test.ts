@@ -442,6 +442,25 @@ describe("copy", () => {
     expect([...phases]).toEqual(["copy", "verify"]);
   });
 
+  it("says the copy is complete when interrupted while verifying", async () => {
+    const controller = new AbortController();
+    const dst = SpyBackend.create(Buffer.alloc(0));
+    await expect(
+      copy(SpyBackend.create(image(12 * MiB, [[0, 12 * MiB]])), dst, {
+        verify: true,
+        signal: controller.signal,
+        onProgress: ({ phase }) => {
+          if (phase === "verify") controller.abort();
+        },
+      }),
+    ).rejects.toMatchObject({
+      code: "IMAGEIO_ERR_CANCELLED",
+      message: "Copy completed (12.00 MiB, flushed) but verification was interrupted",
+      copiedUpTo: 12 * MiB,
+    });
+    expect(dst.calls("flush")).toHaveLength(1);
+  });
+
   it("with verify, fails when one byte reached the destination corrupted", async () => {
     const data = image(3 * MiB, [[0, 3 * MiB]]);
     const corrupt = (buf: Buffer, offset: number) => {

@@ -203,7 +203,17 @@ export async function copy(src: Backend, dst: Backend, options: CopyOptions = {}
     if (onProgress !== undefined) {
       verifyOptions.onProgress = (done) => onProgress({ phase: "verify", done, total: 2 * size });
     }
-    result.checksum = await verifyCopy(src, dst, size, verifyOptions);
+    try {
+      result.checksum = await verifyCopy(src, dst, size, verifyOptions);
+    } catch (error) {
+      if (!(error instanceof CancelledError)) throw error;
+      throw new CopyCancelledError(
+        `Copy completed (${formatSize(size)}, flushed) but verification was interrupted`,
+        size,
+        size,
+        size,
+      );
+    }
   }
   return result;
 }

@@ -10,7 +10,7 @@ import { open, stat } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import { resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { SingleBar } from "cli-progress";
+import type { Options, SingleBar } from "cli-progress";
 import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
 import {
   BackendOpenError,
@@ -219,7 +219,7 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
       srcName: src.label,
       dstName: dst.label,
     };
-    reporter = makeReporter(options);
+    reporter = await makeReporter(options);
     const progress = reporter;
     copyOptions.onProgress = (p) => progress.update(p);
     interrupt.onFirst = () => {
@@ -311,10 +311,14 @@ interface ProgressReporter {
   stop(): void;
 }
 
-function makeReporter(options: CopyCommandOptions): ProgressReporter {
+async function makeReporter(options: CopyCommandOptions): Promise<ProgressReporter> {
   if (options.progress === "json") return new JsonReporter();
   if (options.quiet || options.progress === "none") return { update: () => undefined, stop: () => undefined };
-  if (options.progress === "bar" || process.stderr.isTTY) return new BarReporter(options.progress === "bar");
+  if (options.progress === "bar" || process.stderr.isTTY) {
+    // Loaded only when drawn: scripts and --quiet runs start faster without it.
+    const { SingleBar } = await import("cli-progress");
+    return new BarReporter(new SingleBar(BarReporter.options(options.progress === "bar")));
+  }
   return { update: () => undefined, stop: () => undefined };
 }
 
@@ -380,14 +384,15 @@ class JsonReporter implements ProgressReporter {
 
 /** A progress bar on stderr: bytes done and total, rate, and ETA. */
 class BarReporter implements ProgressReporter {
-  private readonly bar: SingleBar;
   private readonly meter = new RateMeter();
   private phase: CopyProgress["phase"] | undefined;
   private running = false;
   private stopped = false;
 
-  constructor(forced: boolean) {
-    this.bar = new SingleBar({
+  constructor(private readonly bar: SingleBar) {}
+
+  static options(forced: boolean): Options {
+    return {
       format: "{phase} |{bar}| {percentage}% | {doneText} / {totalText} | {rateText} | ETA {eta_formatted}",
       barsize: 30,
       fps: 5,
@@ -395,7 +400,7 @@ class BarReporter implements ProgressReporter {
       noTTYOutput: forced,
       notTTYSchedule: 2000,
       stream: process.stderr,
-    });
+    };
   }
 
   update(progress: CopyProgress): void {

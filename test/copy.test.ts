@@ -371,6 +371,7 @@ describe("imageio copy error paths that need root", () => {
             `^imageio copy: Cannot write \\d+ bytes at offset \\d+ to '${dst}': ENOSPC: no space left on device`,
           ),
         );
+        expect(result.stderr).toContain(`imageio copy: '${dst}' was created by this copy and is incomplete\n`);
       } finally {
         await run("umount", [mountPoint]);
         await rm(mountPoint, { recursive: true, force: true });

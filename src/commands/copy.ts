@@ -12,14 +12,7 @@ import { resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import type { Options, SingleBar } from "cli-progress";
 import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
-import {
-  BackendOpenError,
-  CancelledError,
-  ImageioError,
-  InvalidArgumentError,
-  systemErrorCode,
-  UnsupportedUrlError,
-} from "../errors.js";
+import { BackendOpenError, CancelledError, ImageioError, systemErrorCode, UnsupportedUrlError } from "../errors.js";
 import type { Backend } from "../io/backend.js";
 import { DEFAULT_BUFFER_SIZE } from "../io/buffers.js";
 import {
@@ -152,12 +145,14 @@ function parseTarget(arg: string): Target {
   }
 }
 
-async function statOrUndefined(path: string): Promise<Stats | undefined> {
+async function statOrUndefined(target: Target): Promise<Stats | undefined> {
   try {
-    return await stat(path);
+    return await stat(target.path);
   } catch (error) {
-    if (systemErrorCode(error) === "ENOENT") return undefined;
-    throw error;
+    const code = systemErrorCode(error);
+    if (code === "ENOENT") return undefined;
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new BackendOpenError(`Cannot access ${target.label}: ${reason}`, { cause: error });
   }
 }
 
@@ -189,30 +184,31 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
   const opened: Backend[] = [];
   const interrupt = new Interrupt();
   let reporter: ProgressReporter | undefined;
+  let created: string | undefined;
   try {
     const src = parseTarget(srcArg);
     const dst = parseTarget(dstArg);
-    const srcStat = await statOrUndefined(src.path);
-    const dstStat = await statOrUndefined(dst.path);
+    const srcStat = await statOrUndefined(src);
+    const dstStat = await statOrUndefined(dst);
     if (srcStat !== undefined && dstStat !== undefined && sameImage(srcStat, dstStat)) {
       throw new UsageError(`${src.label} and ${dst.label} are the same image`);
     }
     const onDirectFallback = (reason: string) => say(`imageio copy: warning: ${reason}`);
     const srcBackend = await openBackend(src.url, { readonly: true, onDirectFallback });
     opened.push(srcBackend);
-    const created = dstStat === undefined && (await createIfMissing(dst));
+    if (dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
     const dstBackend = await openBackend(dst.url, { onDirectFallback });
     opened.push(dstBackend);
 
     const size = await srcBackend.size();
     // A new file reads as zeros, so zero ranges need no work; preallocating it first with one
     // fallocate keeps that true while making every block allocated.
-    if (created && options.preallocate) await dstBackend.zero(0, size, { punchHole: false });
+    if (created !== undefined && options.preallocate) await dstBackend.zero(0, size, { punchHole: false });
     const copyOptions: CopyOptions = {
       workers: options.workers,
       bufferSize: options.bufferSize,
       sparse: !options.preallocate,
-      targetIsZero: created || (options.targetIsZero ?? false),
+      targetIsZero: created !== undefined || (options.targetIsZero ?? false),
       detectZeroes: options.detectZeroes ?? true,
       verify: options.verify ?? false,
       signal: interrupt.signal,
@@ -237,6 +233,8 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
     process.exitCode = failureStatus(error, interrupt);
     process.stderr.write(`imageio copy: ${describeFailure(error)}\n`);
     if (process.exitCode === 2) process.stderr.write("(run 'imageio copy --help' for usage)\n");
+    else if (created !== undefined)
+      process.stderr.write(`imageio copy: ${created} was created by this copy and is incomplete\n`);
   } finally {
     interrupt.uninstall();
     await Promise.allSettled(opened.map((backend) => backend.close()));
@@ -245,10 +243,7 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
 
 function failureStatus(error: unknown, interrupt: Interrupt): number {
   if (error instanceof CancelledError && interrupt.signalNumber !== undefined) return 128 + interrupt.signalNumber;
-  if (error instanceof UsageError || error instanceof InvalidArgumentError || error instanceof UnsupportedUrlError) {
-    return 2;
-  }
-  return 1;
+  return error instanceof UsageError || error instanceof UnsupportedUrlError ? 2 : 1;
 }
 
 function describeFailure(error: unknown): string {

@@ -185,7 +185,7 @@ export async function copy(src: Backend, dst: Backend, options: CopyOptions = {}
       const { done, copiedUpTo } = progress;
       throw new CopyCancelledError(
         `Copy interrupted after ${formatSize(done)} of ${formatSize(size)} (${percent(done, size)}); ` +
-          `${opts.dstName} holds ${opts.srcName}'s data up to offset ${copiedUpTo}`,
+          `the first ${copiedUpTo} bytes of ${opts.dstName} are copied`,
         done,
         size,
         copiedUpTo,

@@ -4,8 +4,8 @@
 import { Command, CommanderError } from "commander";
 import { addCopyCommand } from "./commands/copy.js";
 import { addDaemonCommand } from "./commands/daemon.js";
+import { addProxyCommand } from "./commands/proxy.js";
 import { addTicketCommand } from "./commands/ticket.js";
-import { notAvailableYet } from "./commands/unavailable.js";
 import { VERSION } from "./version.js";
 
 /** Builds the command tree; exported so tests can inspect help without spawning. */
@@ -21,16 +21,9 @@ export function buildProgram(): Command {
     .exitOverride();
 
   addDaemonCommand(program);
-  addTicketCommand(program);
-
-  program
-    .command("proxy")
-    .description("serve images on port 54323, forwarding I/O to host daemons")
-    .option("-c, --config <path>", "configuration directory or .conf file", "/etc/ovirt-imageio-proxy")
-    .addHelpText("after", "\nExample:\n  imageio proxy --config /etc/ovirt-imageio-proxy")
-    .action(notAvailableYet("proxy"));
-
+  addProxyCommand(program);
   addCopyCommand(program);
+  addTicketCommand(program);
 
   program.addHelpText(
     "after",

@@ -136,3 +136,37 @@ export class VerifyError extends ImageioError {
     super(VerifyError.code, message, options);
   }
 }
+
+/**
+ * A remote images service (the daemon behind a proxy) answered with an error. Its status and
+ * message pass through to our client.
+ */
+export class RemoteError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_REMOTE";
+  constructor(
+    message: string,
+    /** The remote's HTTP status. */
+    readonly status: number,
+    /** The remote's content-range header (416 responses), passed on as it is. */
+    readonly contentRange: string | undefined,
+    options?: ImageioErrorOptions,
+  ) {
+    super(RemoteError.code, message, options);
+  }
+}
+
+/** A remote images service cannot be reached (refused, unknown host, TLS verification failed). */
+export class RemoteUnavailableError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_REMOTE_UNAVAILABLE";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(RemoteUnavailableError.code, message, options);
+  }
+}
+
+/** A remote images service did not answer in time. */
+export class RemoteTimeoutError extends ImageioError {
+  static readonly code = "IMAGEIO_ERR_REMOTE_TIMEOUT";
+  constructor(message: string, options?: ImageioErrorOptions) {
+    super(RemoteTimeoutError.code, message, options);
+  }
+}

@@ -6,7 +6,8 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import type { Command } from "commander";
 import { type Config, loadConfig } from "../config.js";
-import { DAEMON_PROFILE } from "./daemon.js";
+import { DAEMON_PROFILE, type DaemonProfile } from "./daemon.js";
+import { PROXY_PROFILE } from "./proxy.js";
 
 interface ControlResponse {
   status: number;
@@ -38,12 +39,12 @@ function controlRequest(
 }
 
 async function runTicketCommand(
-  configPath: string,
+  { profile, config: configPath }: { profile: DaemonProfile; config: string },
   action: (config: Readonly<Config>) => Promise<ControlResponse>,
   print: (response: ControlResponse) => string,
 ): Promise<number> {
   try {
-    const config = loadConfig(configPath, { systemDirs: [DAEMON_PROFILE.systemDir] });
+    const config = loadConfig(configPath, { defaults: profile.defaults, systemDirs: [profile.systemDir] });
     const response = await action(config);
     if (response.status >= 300) {
       process.stderr.write(`imageio ticket: ${response.status} ${response.body.trim()}\n`);
@@ -63,9 +64,14 @@ export function addTicketCommand(program: Command): void {
   const ticket = program
     .command("ticket")
     .description("add, show, extend or remove tickets through the daemon's control socket")
-    .option("-c, --config <path>", "the daemon's configuration (to find the control socket)", "/etc/ovirt-imageio")
+    .option("-c, --config <path>", "the daemon's configuration (to find the control socket)")
+    .option("--proxy", "talk to the proxy (its defaults and /etc/ovirt-imageio-proxy)")
     .addHelpText("after", "\nExample:\n  imageio ticket add ticket.json && imageio ticket show 5d3c0f2e-…");
-  const configOf = () => (ticket.opts() as { config: string }).config;
+  const profileOf = () => {
+    const { config, proxy } = ticket.opts() as { config?: string; proxy?: boolean };
+    const profile = proxy ? PROXY_PROFILE : DAEMON_PROFILE;
+    return { profile, config: config ?? (proxy ? "/etc/ovirt-imageio-proxy" : "/etc/ovirt-imageio") };
+  };
   const encode = (id: string) => encodeURIComponent(id);
 
   ticket
@@ -83,7 +89,7 @@ export function addTicketCommand(program: Command): void {
         return;
       }
       process.exitCode = await runTicketCommand(
-        configOf(),
+        profileOf(),
         (config) => controlRequest(config, "PUT", `/tickets/${encode(id || "-")}`, text),
         () => "",
       );
@@ -94,7 +100,7 @@ export function addTicketCommand(program: Command): void {
     .description("print a ticket's status as JSON")
     .action(async (id: string) => {
       process.exitCode = await runTicketCommand(
-        configOf(),
+        profileOf(),
         (config) => controlRequest(config, "GET", `/tickets/${encode(id)}`),
         (response) => JSON.stringify(JSON.parse(response.body), null, 4),
       );
@@ -110,7 +116,7 @@ export function addTicketCommand(program: Command): void {
         return;
       }
       process.exitCode = await runTicketCommand(
-        configOf(),
+        profileOf(),
         (config) =>
           controlRequest(config, "PATCH", `/tickets/${encode(id)}`, JSON.stringify({ timeout: Number(seconds) })),
         () => "",
@@ -122,7 +128,7 @@ export function addTicketCommand(program: Command): void {
     .description("cancel and remove a ticket")
     .action(async (id: string) => {
       process.exitCode = await runTicketCommand(
-        configOf(),
+        profileOf(),
         (config) => controlRequest(config, "DELETE", `/tickets/${encode(id)}`),
         () => "",
       );

@@ -18,6 +18,7 @@ export function ticketBackendOpener(
   return async (ticket) => {
     const backend = await openBackend(ticket.fields.url, {
       ...fileOptions,
+      caFile: config.backend_http.ca_file || config.tls.ca_file,
       readonly: !ticket.mayWrite(),
       direct: config.backend_file.direct as "auto" | "always" | "never",
       maxConnections: config.daemon.max_connections,
@@ -28,6 +29,7 @@ export function ticketBackendOpener(
         log.warning("DIRECT_IO fallback", { transfer: ticket.label, reason });
       },
     });
-    return { backend, bufferSize: config.backend_file.buffer_size };
+    const bufferSize = backend.name === "http" ? config.backend_http.buffer_size : config.backend_file.buffer_size;
+    return { backend, bufferSize };
   };
 }

@@ -13,6 +13,9 @@ import {
   InvalidArgumentError,
   NotSupportedError,
   OutOfRangeError,
+  RemoteError,
+  RemoteTimeoutError,
+  RemoteUnavailableError,
   TicketNotFoundError,
   UnsupportedUrlError,
 } from "../errors.js";
@@ -63,6 +66,8 @@ const STATUS_BY_CODE: Record<string, number> = {
   [BackendIoError.code]: 500,
   [ClosedError.code]: 500,
   [UnsupportedUrlError.code]: 500,
+  [RemoteUnavailableError.code]: 502,
+  [RemoteTimeoutError.code]: 504,
 };
 
 /**
@@ -71,9 +76,15 @@ const STATUS_BY_CODE: Record<string, number> = {
  */
 export function toHttpError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
+  if (error instanceof RemoteError) {
+    // The daemon behind a proxy answered: its status, message and content-range pass through.
+    const headers: HeaderList = error.contentRange === undefined ? [] : [["content-range", error.contentRange]];
+    return new HttpError(error.status, error.message, { headers, close: error.status === 403, cause: error });
+  }
   if (error instanceof ImageioError) {
     const status = STATUS_BY_CODE[error.code] ?? 500;
-    if (status >= 500) return new HttpError(500, INTERNAL_ERROR_MESSAGE, { cause: error });
+    // 502 and 504 name the remote and the reason; other 5xx hide internal details.
+    if (status === 500) return new HttpError(500, INTERNAL_ERROR_MESSAGE, { cause: error });
     const message = error instanceof NotSupportedError ? `Operation not supported: ${error.message}` : error.message;
     const close = error instanceof CancelledError;
     const logMessage =

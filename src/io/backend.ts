@@ -2,6 +2,7 @@
  * The contract every storage backend keeps (file, memory, and later nbd and http), and the
  * small range helpers they share. Handlers and copy talk only to this interface.
  */
+import type { Readable, Writable } from "node:stream";
 import { InvalidArgumentError } from "../errors.js";
 
 /** An extent in the `zero` context: `zero` reads as zeros; `hole` exposes a backing chain. */
@@ -21,6 +22,21 @@ export interface DirtyExtent {
 }
 
 export type ExtentContext = "zero" | "dirty";
+
+/** An upload in flight to a remote service. */
+export interface RemoteUpload {
+  body: Writable;
+  done: Promise<void>;
+  /** Aborts the remote request (the client went away). */
+  abort(): void;
+}
+
+/** A block-hash checksum as the images API reports it. */
+export interface ChecksumResult {
+  algorithm: string;
+  block_size: number;
+  checksum: string;
+}
 
 /** A byte range `[start, start + length)`. */
 export interface ByteRange {
@@ -80,6 +96,19 @@ export interface Backend {
   extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
   /** Opens another independent handle on the same image: one per connection or worker. */
   clone(): Promise<Backend>;
+  /**
+   * Backends in front of a remote images service stream instead: one client request becomes
+   * one remote request of the same range, with backpressure both ways (spec [B6]). Resolves
+   * with the remote's response body once its status and length are checked.
+   */
+  readStream?(offset: number, length: number): Promise<Readable>;
+  /**
+   * Starts a remote upload of `length` bytes at `offset` (undefined: chunked). The caller
+   * writes the body into `body` and ends it; `done` settles with the remote's verdict.
+   */
+  writeStream?(offset: number, length: number | undefined, flush: boolean): RemoteUpload;
+  /** A remote that computes checksums itself (spec §5.8), so no data crosses the network. */
+  checksum?(algorithm: string, blockSize: number): Promise<ChecksumResult>;
   /** Releases the handle; idempotent. */
   close(): Promise<void>;
 }

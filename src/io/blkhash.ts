@@ -7,7 +7,7 @@ import { createHash, getHashes } from "node:crypto";
 import { createBLAKE2b } from "hash-wasm";
 import { CancelledError, InvalidArgumentError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
-import type { Backend } from "./backend.js";
+import type { Backend, ChecksumResult } from "./backend.js";
 import { BUFFER_ALIGNMENT, isZero, zeroBuffer } from "./buffers.js";
 import { allocAligned } from "./native.js";
 
@@ -86,11 +86,7 @@ export interface BlkhashOptions {
   onProgress?: (bytes: number) => void;
 }
 
-export interface BlkhashResult {
-  algorithm: string;
-  block_size: number;
-  checksum: string;
-}
+export type BlkhashResult = ChecksumResult;
 
 /** Checks an algorithm name and block size, with the spec's error messages (§5.8). */
 export function validateChecksumParams(algorithm: string, blockSize: number): void {

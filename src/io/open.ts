@@ -9,22 +9,25 @@ import { UnsupportedUrlError } from "../errors.js";
 import { AlignedBackend } from "./aligned.js";
 import type { Backend } from "./backend.js";
 import { FileBackend, type FileBackendOptions } from "./file.js";
+import { HttpBackend, type HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
 
-export interface OpenOptions extends FileBackendOptions {}
+export interface OpenOptions extends FileBackendOptions, HttpBackendOptions {}
 
 type Opener = (url: URL, options: OpenOptions) => Promise<Backend>;
 
 const openers: Record<string, Opener> = {
   "file:": openFile,
   "memory:": async (_url, options) => MemoryBackend.create({ readonly: options.readonly ?? false }),
+  "http:": (url, options) => HttpBackend.open(url, options),
+  "https:": (url, options) => HttpBackend.open(url, options),
 };
 
 /** URL schemes openBackend understands. */
 export const supportedSchemes = (): string[] => Object.keys(openers).map((scheme) => scheme.slice(0, -1));
 
 /**
- * Opens the image at `url` (`file:///path`, `memory:`).
+ * Opens the image at `url` (`file:///path`, `https://host:port/images/ID`, `memory:`).
  * @throws UnsupportedUrlError for a malformed URL or an unknown scheme; the backend's open
  *   errors (BackendOpenError) otherwise.
  */

@@ -76,15 +76,21 @@ async function ensureBuilt(): Promise<void> {
     await execFileAsync("npx", ["tsc", "-p", "tsconfig.build.json"], { cwd: root });
 }
 
-/** Starts `imageio daemon` as a child process and waits until it is READY. */
-export async function startDaemon(options: { config?: ConfigOverrides; args?: string[] } = {}): Promise<DaemonProcess> {
+/** Starts `imageio daemon` (or `imageio proxy`) as a child process and waits until it is READY. */
+export async function startDaemon(
+  options: { config?: ConfigOverrides; args?: string[]; command?: "daemon" | "proxy" } = {},
+): Promise<DaemonProcess> {
   await ensureBuilt();
-  const tmp = await makeTempDir("imageio-daemon-");
-  const confDir = await writeTestConfig(tmp, options.config);
+  const command = options.command ?? "daemon";
+  const tmp = await makeTempDir(`imageio-${command}-`);
+  // The proxy's control service defaults to TCP; tests use a temp unix socket for both.
+  const overrides: ConfigOverrides = { ...options.config };
+  if (command === "proxy") overrides.control = { transport: "unix", ...overrides.control };
+  const confDir = await writeTestConfig(tmp, overrides);
   const certs = await testCerts();
   const child = spawn(
     process.execPath,
-    [`${root}/bin/imageio`, "daemon", "--config", confDir, ...(options.args ?? [])],
+    [`${root}/bin/imageio`, command, "--config", confDir, ...(options.args ?? [])],
     {
       stdio: ["ignore", "pipe", "pipe"],
     },

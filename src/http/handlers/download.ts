@@ -4,11 +4,13 @@
  * not reused before the socket took it (backpressure).
  */
 import type { ServerResponse } from "node:http";
+import type { Readable } from "node:stream";
 import { CancelledError } from "../../errors.js";
 import type { Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
 import { type HeaderList, HttpError } from "../errors.js";
+import { pump } from "../pump.js";
 import { type ByteRangeRequest, parseRange } from "../range.js";
 import type { RequestContext } from "../request.js";
 import { send, writeHead } from "../response.js";
@@ -88,7 +90,42 @@ export async function get(ctx: RequestContext, app: App, id: string): Promise<vo
     send(ctx, status, undefined, headers);
     return;
   }
-  await stream(ctx, ticket, context, first, length, () => writeHead(ctx, status, length, headers));
+  const startResponse = () => writeHead(ctx, status, length, headers);
+  if (context.backend.readStream) await relay(ctx, ticket, context, first, length, startResponse);
+  else await stream(ctx, ticket, context, first, length, startResponse);
+}
+
+/**
+ * Proxy download: one remote GET of the same range, relayed with backpressure both ways
+ * (spec [B6]). Remote errors before the first byte keep their status; later ones cut the
+ * response short, and a client that goes away aborts the remote request.
+ */
+async function relay(
+  ctx: RequestContext,
+  ticket: Ticket,
+  context: BackendContext,
+  first: number,
+  length: number,
+  startResponse: () => void,
+): Promise<void> {
+  const operation = ticket.begin(first);
+  let upstream: Readable | undefined;
+  try {
+    upstream = await (context.backend.readStream as NonNullable<typeof context.backend.readStream>)(first, length);
+    startResponse();
+    const { bytes } = await pump(upstream, ctx.res, {
+      onProgress: (done) => {
+        if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+        operation.done = done;
+      },
+    });
+    if (bytes !== length) throw new Error(`remote sent ${bytes} of ${length} bytes`);
+    ticket.end(operation);
+    ctx.res.end();
+  } finally {
+    upstream?.destroy();
+    ticket.end(operation);
+  }
 }
 
 async function stream(

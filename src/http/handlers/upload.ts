@@ -9,6 +9,7 @@ import type { Operation, Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
 import { HttpError } from "../errors.js";
+import { pump } from "../pump.js";
 import { parseContentRange } from "../range.js";
 import type { RequestContext } from "../request.js";
 import { send } from "../response.js";
@@ -47,6 +48,11 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
   });
   const operation = ticket.begin(offset);
   try {
+    if (context.backend.writeStream) {
+      await relay(ctx, context, operation, ticket, offset, length, flush);
+      send(ctx, 200);
+      return;
+    }
     const received = await receive(ctx, context, operation, ticket, offset, ticketSize - offset);
     if (length !== undefined && received < length) {
       throw new HttpError(400, `Requested ${length} bytes, available ${received} bytes`);
@@ -56,6 +62,46 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
     ticket.end(operation);
   }
   send(ctx, 200);
+}
+
+/**
+ * Proxy upload: the client's body streams into one remote PUT of the same range, with
+ * backpressure both ways (spec [B6]). A chunked body passing the ticket size stops there.
+ */
+async function relay(
+  ctx: RequestContext,
+  context: BackendContext,
+  operation: Operation,
+  ticket: Ticket,
+  offset: number,
+  length: number | undefined,
+  flush: boolean,
+): Promise<void> {
+  const upload = (context.backend.writeStream as NonNullable<typeof context.backend.writeStream>)(
+    offset,
+    length,
+    flush,
+  );
+  let result: { bytes: number; overflow: boolean };
+  try {
+    result = await pump(ctx.req, upload.body, {
+      limit: ticket.fields.size - offset,
+      onProgress: (done) => {
+        if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+        operation.done = done;
+      },
+    });
+  } catch (error) {
+    upload.abort();
+    throw error;
+  }
+  if (!result.overflow) ctx.bodyRead = true;
+  upload.body.end();
+  await upload.done;
+  if (length !== undefined && result.bytes < length) {
+    throw new HttpError(400, `Requested ${length} bytes, available ${result.bytes} bytes`);
+  }
+  if (result.overflow) throw pastTicket(ticket.fields.size);
 }
 
 /**

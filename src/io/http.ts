@@ -1,0 +1,490 @@
+/**
+ * The http backend (spec §6.4): the images API of a remote daemon as a Backend, for the
+ * proxy. It verifies the daemon's certificate and hostname, keeps one keep-alive connection
+ * per handle, learns features and limits with OPTIONS, and moves to the daemon's unix socket
+ * when the daemon runs on this host. Downloads and uploads stream: one client request becomes
+ * one remote request of the same range.
+ */
+
+import { lookup } from "node:dns/promises";
+import { readFileSync } from "node:fs";
+import http, { type ClientRequest, type IncomingMessage } from "node:http";
+import https from "node:https";
+import { isIP } from "node:net";
+import { networkInterfaces } from "node:os";
+import type { Readable } from "node:stream";
+import {
+  ClosedError,
+  InvalidArgumentError,
+  NotSupportedError,
+  RemoteError,
+  RemoteTimeoutError,
+  RemoteUnavailableError,
+  UnsupportedUrlError,
+} from "../errors.js";
+import { MiB } from "../units.js";
+import {
+  type Backend,
+  type ByteRange,
+  type Capabilities,
+  type ChecksumResult,
+  checkRange,
+  clipRange,
+  type DirtyExtent,
+  type RemoteUpload,
+  type ZeroExtent,
+} from "./backend.js";
+
+export interface HttpBackendOptions {
+  readonly?: boolean;
+  /** CA bundle to verify the remote's certificate; empty or unset: the system CAs. */
+  caFile?: string;
+  connectTimeoutMs?: number;
+  readTimeoutMs?: number;
+  /** Use the remote's unix socket when it runs on this host (default true). */
+  preferUnixSocket?: boolean;
+}
+
+/** Bytes of a remote error body passed on to our client (spec §6.4). */
+const REMOTE_MESSAGE_LIMIT = 512;
+/** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
+const ZERO_PUT_SIZE = 4 * MiB;
+
+/** How requests reach the remote: TLS or plain TCP, or its local unix socket. */
+interface Transport {
+  agent: http.Agent;
+  options: http.RequestOptions | https.RequestOptions;
+  secure: boolean;
+  /** For messages: host:port or the socket path. */
+  where: string;
+}
+
+interface RemoteInfo {
+  features: Set<string>;
+  maxReaders: number;
+  maxWriters: number;
+  size: number | undefined;
+  unixSocket: string | undefined;
+}
+
+export class HttpBackend implements Backend {
+  readonly name = "http";
+  readonly blockSize = 1;
+  readonly directIo = false;
+  readonly growable = false;
+  readonly readonly: boolean;
+  readonly caps: Capabilities;
+  private closed = false;
+  private extentsCache = new Map<string, (ZeroExtent | DirtyExtent)[]>();
+
+  private constructor(
+    private readonly url: URL,
+    private readonly options: HttpBackendOptions,
+    private transport: Transport,
+    private readonly info: RemoteInfo,
+  ) {
+    this.readonly = options.readonly ?? false;
+    this.caps = {
+      zero: info.features.has("zero"),
+      flush: info.features.has("flush"),
+      extents: info.features.has("extents"),
+      dirty: info.features.has("extents"),
+      maxReaders: info.maxReaders,
+      maxWriters: info.maxWriters,
+    };
+  }
+
+  /**
+   * Connects to the remote ticket at `url` (`https://host:port/images/ID`) and learns what it
+   * supports.
+   * @throws RemoteUnavailableError (refused, TLS verification), RemoteTimeoutError,
+   *   RemoteError with the remote's status (e.g. 403 for a missing remote ticket).
+   */
+  static async open(url: URL, options: HttpBackendOptions = {}): Promise<HttpBackend> {
+    if (!/^\/images\/[^/]+$/.test(url.pathname) || url.search !== "" || url.hash !== "") {
+      throw new UnsupportedUrlError(`Remote image URL '${url.href}' must look like https://host:port/images/ID`);
+    }
+    const transport = tcpTransport(url, options);
+    const probe = new HttpBackend(url, options, transport, emptyInfo());
+    const info = await probe.options_();
+    const backend = new HttpBackend(url, options, transport, info);
+    if ((options.preferUnixSocket ?? true) && info.unixSocket !== undefined && (await isThisHost(url.hostname))) {
+      await backend.tryUnixSocket(info.unixSocket);
+    }
+    return backend;
+  }
+
+  /** Where requests go now, for logs and tests: host:port or the unix socket. */
+  get endpoint(): string {
+    return this.transport.where;
+  }
+
+  async size(): Promise<number> {
+    this.checkOpen();
+    if (this.info.size !== undefined) return this.info.size;
+    if (this.caps.extents) {
+      const extents = await this.fetchExtents("zero");
+      const last = extents[extents.length - 1];
+      return last === undefined ? 0 : last.start + last.length;
+    }
+    // Old remotes: a GET without Range says the size in content-length; this connection is closed after.
+    const response = await this.request("GET", this.url.pathname, { connection: "close" });
+    response.destroy();
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    return Number(response.headers["content-length"]);
+  }
+
+  async read(buf: Buffer, offset: number): Promise<number> {
+    checkRange(offset, buf.length);
+    const length = Math.min(buf.length, (await this.size()) - offset);
+    if (length <= 0) return 0;
+    const body = await this.readStream(offset, length);
+    let done = 0;
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      chunk.copy(buf, done);
+      done += chunk.length;
+    }
+    if (done !== length) throw new RemoteError(`Remote sent ${done} of ${length} bytes`, 502, undefined);
+    return done;
+  }
+
+  async readStream(offset: number, length: number): Promise<Readable> {
+    this.checkOpen();
+    checkRange(offset, length);
+    const response = await this.request("GET", this.url.pathname, { range: `bytes=${offset}-${offset + length - 1}` });
+    if (response.statusCode !== 206) throw await remoteError(response, this.transport.where);
+    const got = Number(response.headers["content-length"]);
+    if (got !== length) {
+      response.destroy();
+      throw new RemoteError(
+        `Remote ${this.transport.where} sent ${got} bytes for a ${length}-byte range`,
+        502,
+        undefined,
+      );
+    }
+    return response;
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    this.checkWritable();
+    checkRange(offset, buf.length);
+    const upload = this.writeStream(offset, buf.length, false);
+    upload.body.end(buf);
+    await upload.done;
+  }
+
+  writeStream(offset: number, length: number | undefined, flush: boolean): RemoteUpload {
+    this.checkWritable();
+    const headers: http.OutgoingHttpHeaders = {
+      "content-type": "application/octet-stream",
+      "content-range": `bytes ${offset}-${length === undefined || length === 0 ? "*" : offset + length - 1}/*`,
+    };
+    if (length !== undefined) headers["content-length"] = length;
+    const query = this.caps.flush ? `?flush=${flush ? "y" : "n"}` : "";
+    const { request, response } = this.send("PUT", `${this.url.pathname}${query}`, headers);
+    const done = response.then(async (res) => {
+      if (res.statusCode !== 200) throw await remoteError(res, this.transport.where);
+      res.resume();
+    });
+    done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
+    return { body: request, done, abort: () => request.destroy() };
+  }
+
+  async zero(offset: number, length: number): Promise<void> {
+    this.checkWritable();
+    checkRange(offset, length);
+    if (length === 0) return;
+    if (!this.caps.zero) {
+      const zeros = Buffer.alloc(Math.min(ZERO_PUT_SIZE, length));
+      for (let done = 0; done < length; done += zeros.length) {
+        await this.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
+      }
+      return;
+    }
+    await this.patch({ op: "zero", offset, size: length, flush: !this.caps.flush });
+  }
+
+  async flush(): Promise<void> {
+    this.checkOpen();
+    if (this.caps.flush && !this.readonly) await this.patch({ op: "flush" });
+  }
+
+  async resize(size: number): Promise<void> {
+    if (size !== (await this.size())) {
+      throw new NotSupportedError(`Cannot resize remote image ${this.transport.where} to ${size} bytes`);
+    }
+  }
+
+  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
+  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
+  extents(
+    context: "zero" | "dirty" = "zero",
+    range?: ByteRange,
+  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
+    this.checkOpen();
+    if (!this.caps.extents) {
+      if (context === "dirty") throw new NotSupportedError("Backend http does not support dirty extents");
+      return this.oneDataExtent(range);
+    }
+    return this.clippedExtents(context, range);
+  }
+
+  private async *oneDataExtent(range: ByteRange | undefined): AsyncGenerator<ZeroExtent> {
+    const [start, end] = clipRange(range, await this.size());
+    if (end > start) yield { start, length: end - start, zero: false, hole: false };
+  }
+
+  /** Remote extents, cached per handle; partial requests are clipped here ([D8] may be missing remotely). */
+  private async *clippedExtents(
+    context: string,
+    range: ByteRange | undefined,
+  ): AsyncGenerator<ZeroExtent & DirtyExtent> {
+    const all = (await this.fetchExtents(context)) as (ZeroExtent & DirtyExtent)[];
+    const last = all[all.length - 1];
+    const [start, end] = clipRange(range, last === undefined ? 0 : last.start + last.length);
+    for (const extent of all) {
+      const from = Math.max(extent.start, start);
+      const to = Math.min(extent.start + extent.length, end);
+      if (to > from) yield { ...extent, start: from, length: to - from };
+    }
+  }
+
+  private async fetchExtents(context: string): Promise<(ZeroExtent | DirtyExtent)[]> {
+    const cached = this.extentsCache.get(context);
+    if (cached !== undefined) return cached;
+    const response = await this.request("GET", `${this.url.pathname}/extents?context=${context}`);
+    if (response.statusCode === 404) {
+      const message = (await readBody(response)).trim();
+      throw new NotSupportedError(`Remote ${this.transport.where} has no ${context} extents: ${message}`);
+    }
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    const extents = JSON.parse(await readBody(response)) as (ZeroExtent | DirtyExtent)[];
+    if (!Array.isArray(extents))
+      throw new RemoteError(`Remote ${this.transport.where} sent invalid extents`, 502, undefined);
+    this.extentsCache.set(context, extents);
+    return extents;
+  }
+
+  async checksum(algorithm: string, blockSize: number): Promise<ChecksumResult> {
+    this.checkOpen();
+    const query = `algorithm=${encodeURIComponent(algorithm)}&block_size=${blockSize}`;
+    const response = await this.request("GET", `${this.url.pathname}/checksum?${query}`, {}, { busy: true });
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    return JSON.parse(await readBody(response)) as ChecksumResult;
+  }
+
+  async clone(): Promise<HttpBackend> {
+    this.checkOpen();
+    const transport = this.transport.options.socketPath
+      ? unixTransport(this.transport.options.socketPath)
+      : tcpTransport(this.url, this.options);
+    return new HttpBackend(this.url, this.options, transport, this.info);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.transport.agent.destroy();
+  }
+
+  // Protocol helpers.
+
+  private async options_(): Promise<RemoteInfo> {
+    const response = await this.request("OPTIONS", this.url.pathname);
+    // 405 or 204: an old daemon or proxy without OPTIONS support, hence without features.
+    if (response.statusCode === 405 || response.statusCode === 204) {
+      response.resume();
+      return emptyInfo();
+    }
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    let body: Record<string, unknown>;
+    try {
+      body = JSON.parse(await readBody(response)) as Record<string, unknown>;
+    } catch (error) {
+      throw new RemoteError(`Remote ${this.transport.where} sent invalid OPTIONS JSON`, 502, undefined, {
+        cause: error,
+      });
+    }
+    const count = (value: unknown) => (Number.isSafeInteger(value) && (value as number) > 0 ? (value as number) : 1);
+    return {
+      features: new Set(Array.isArray(body.features) ? body.features.filter((f) => typeof f === "string") : []),
+      maxReaders: count(body.max_readers),
+      maxWriters: count(body.max_writers),
+      size: Number.isSafeInteger(body.size) ? (body.size as number) : undefined,
+      unixSocket: typeof body.unix_socket === "string" && body.unix_socket !== "" ? body.unix_socket : undefined,
+    };
+  }
+
+  private async patch(message: Record<string, unknown>): Promise<void> {
+    const body = JSON.stringify(message);
+    const response = await this.request(
+      "PATCH",
+      this.url.pathname,
+      { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+      { body, busy: true },
+    );
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    response.resume();
+  }
+
+  /** Switches to the remote's unix socket if an OPTIONS over it works; else keeps TCP. */
+  private async tryUnixSocket(socketPath: string): Promise<void> {
+    const tcp = this.transport;
+    this.transport = unixTransport(socketPath);
+    try {
+      const response = await this.request("OPTIONS", this.url.pathname);
+      response.resume();
+      if (response.statusCode !== 200) throw new Error(`status ${response.statusCode}`);
+      tcp.agent.destroy();
+    } catch {
+      this.transport.agent.destroy();
+      this.transport = tcp;
+    }
+  }
+
+  private async request(
+    method: string,
+    path: string,
+    headers: http.OutgoingHttpHeaders = {},
+    options: { body?: string; busy?: boolean } = {},
+  ): Promise<IncomingMessage> {
+    const { request, response } = this.send(method, path, headers, options.busy);
+    request.end(options.body);
+    return response;
+  }
+
+  /**
+   * Starts a request. The read timeout covers waiting for the response (unless `busy`: the
+   * remote is computing, as for checksums and zeroing) and stalls in the body after it.
+   */
+  private send(
+    method: string,
+    path: string,
+    headers: http.OutgoingHttpHeaders,
+    busy = false,
+  ): { request: ClientRequest; response: Promise<IncomingMessage> } {
+    const where = this.transport.where;
+    const connectTimeout = this.options.connectTimeoutMs ?? 10_000;
+    const readTimeout = this.options.readTimeoutMs ?? 60_000;
+    const client = this.transport.secure ? https : http;
+    const request = client.request({ ...this.transport.options, method, path, headers, agent: this.transport.agent });
+    const response = new Promise<IncomingMessage>((resolve, reject) => {
+      request.once("error", (error) => reject(classify(error, where)));
+      request.once("response", (res) => {
+        request.setTimeout(readTimeout);
+        resolve(res);
+      });
+      request.once("socket", (socket) => {
+        const connected = () => request.setTimeout(busy ? 0 : readTimeout);
+        if (socket.connecting) {
+          request.setTimeout(connectTimeout);
+          socket.once(this.transport.secure ? "secureConnect" : "connect", connected);
+        } else {
+          connected();
+        }
+      });
+      request.on("timeout", () => {
+        request.destroy(new RemoteTimeoutError(`Remote ${where} did not answer ${method} in time`));
+      });
+    });
+    response.catch(() => undefined);
+    return { request, response };
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ClosedError(`Backend http ${this.url.host} is closed`);
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.readonly) throw new NotSupportedError("Backend http is opened read-only");
+  }
+}
+
+function emptyInfo(): RemoteInfo {
+  return { features: new Set(), maxReaders: 1, maxWriters: 1, size: undefined, unixSocket: undefined };
+}
+
+function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
+  const secure = url.protocol === "https:";
+  const port = Number(url.port || (secure ? 443 : 80));
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const requestOptions: https.RequestOptions = { host, port };
+  let agent: http.Agent;
+  if (secure) {
+    const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1 };
+    if (options.caFile) {
+      try {
+        tls.ca = readFileSync(options.caFile);
+      } catch (error) {
+        throw new InvalidArgumentError(`Cannot read CA file ${options.caFile}: ${(error as Error).message}`, {
+          cause: error,
+        });
+      }
+    }
+    agent = new https.Agent(tls);
+    // Verify the certificate against the host name in the ticket URL (not a resolved address).
+    requestOptions.servername = isIP(host) ? "" : host;
+  } else {
+    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  }
+  return { agent, options: requestOptions, secure, where: `${url.hostname}:${port}` };
+}
+
+function unixTransport(socketPath: string): Transport {
+  const where = socketPath.startsWith("\0") ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
+  return { agent: new http.Agent({ keepAlive: true, maxSockets: 1 }), options: { socketPath }, secure: false, where };
+}
+
+/** True when `host` names an address of this machine (loopback included). */
+async function isThisHost(host: string): Promise<boolean> {
+  const local = new Set<string>(["127.0.0.1", "::1"]);
+  for (const addresses of Object.values(networkInterfaces())) {
+    for (const address of addresses ?? []) local.add(address.address);
+  }
+  try {
+    const resolved = await lookup(host.replace(/^\[(.*)\]$/, "$1"), { all: true });
+    return resolved.some((entry) => local.has(entry.address) || entry.address.startsWith("127."));
+  } catch {
+    return false;
+  }
+}
+
+async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of response as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      response.destroy();
+      throw new RemoteError(`Remote response exceeds ${limit} bytes`, 502, undefined);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** The remote's error with its status, content-range and the start of its message. */
+async function remoteError(response: IncomingMessage, where: string): Promise<RemoteError> {
+  let message: string;
+  try {
+    message = (await readBody(response, 64 * 1024)).slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
+  } catch {
+    message = "";
+  }
+  const status = response.statusCode ?? 502;
+  const contentRange = response.headers["content-range"];
+  return new RemoteError(message || `Remote ${where} answered ${status}`, status, contentRange);
+}
+
+const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);
+
+/** Turns a request failure into "cannot reach" (502) or "too slow" (504), naming the remote. */
+function classify(error: Error, where: string): Error {
+  if (error instanceof RemoteTimeoutError || error instanceof RemoteError) return error;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code !== undefined && TIMEOUT_CODES.has(code)) {
+    return new RemoteTimeoutError(`Remote ${where} timed out: ${error.message}`, { cause: error });
+  }
+  return new RemoteUnavailableError(`Cannot reach remote ${where}: ${error.message}`, { cause: error });
+}

@@ -172,6 +172,24 @@ describe("TLS", () => {
     expect(await handshake({})).toBe("TLSv1.3");
   });
 
+  it("prefers AES-128-GCM, the cheapest strong suite, whatever the client lists first", async () => {
+    const cipher = await new Promise<string>((resolve, reject) => {
+      const socket = tls.connect({
+        host: "127.0.0.1",
+        port: daemon.remotePort,
+        ca: readFileSync(daemon.certs.caFile),
+        servername: "localhost",
+        ciphers: "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+      });
+      socket.once("secureConnect", () => {
+        resolve(socket.getCipher().name);
+        socket.destroy();
+      });
+      socket.once("error", reject);
+    });
+    expect(cipher).toBe("TLS_AES_128_GCM_SHA256");
+  });
+
   it("a client that does not trust the daemon's CA cannot connect", async () => {
     await expect(handshake({ ca: [] as unknown as string })).rejects.toThrow();
   });

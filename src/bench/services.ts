@@ -5,10 +5,12 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import http from "node:http";
 import { join } from "node:path";
+import { createSelfSignedCertificate } from "../commands/dev.js";
+import { commandExists } from "./harness.js";
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -29,6 +31,33 @@ export function parseBenchOptions(args: string[]): BenchOptions {
     else throw new Error(`unknown option '${args[i]}'`);
   }
   return options;
+}
+
+export interface BenchImages {
+  dir: string;
+  size: number;
+  /** A fully allocated image to read. */
+  image: string;
+  /** A fully allocated image of the same size to write over. */
+  target: string;
+}
+
+/**
+ * Checks the tools a suite needs and writes its two images in a new directory under
+ * `options.dir` (same disk as the baseline's files). The caller removes `dir`.
+ * @throws when a tool is missing.
+ */
+export async function prepareImages(suite: string, options: BenchOptions, tools: string[]): Promise<BenchImages> {
+  for (const tool of tools) {
+    if (!commandExists(tool)) throw new Error(`${tool} is required for this benchmark`);
+  }
+  const dir = mkdtempSync(join(options.dir, `imageio-bench-${suite}-`));
+  const size = options.sizeGiB * GiB;
+  const images = { dir, size, image: join(dir, "image.raw"), target: join(dir, "target.raw") };
+  process.stdout.write(`Writing two ${options.sizeGiB} GiB images in ${dir} ...\n`);
+  await writeImage(images.image, size);
+  await writeImage(images.target, size);
+  return images;
 }
 
 /** utime + stime of a process, in seconds (clock ticks of 1/100 s on Linux). */
@@ -68,27 +97,7 @@ export function dropCaches(): void {
 export function makeCertificate(dir: string): { key: string; cert: string } {
   const key = join(dir, "key.pem");
   const cert = join(dir, "cert.pem");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      key,
-      "-out",
-      cert,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ],
-    { stdio: "ignore" },
-  );
+  createSelfSignedCertificate(key, cert, 1);
   return { key, cert };
 }
 

@@ -1,12 +1,11 @@
 /**
  * `imageio daemon`: loads the configuration, starts the images, local and control services,
  * tells systemd it is ready, drops privileges, and stops cleanly on SIGTERM/SIGINT.
- * The proxy is this command with other defaults (commands/proxy.ts).
+ * The proxy is this command with other defaults (commands/profiles.ts).
  */
 import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
-import type { Command } from "commander";
-import { type Config, configToJson, DAEMON_DEFAULTS, loadConfig } from "../config.js";
+import { type Config, configToJson, loadConfig } from "../config.js";
 import { ConfigError, ImageioError } from "../errors.js";
 import { describeAddress } from "../http/server.js";
 import { type RunningServices, startServices } from "../http/services.js";
@@ -15,6 +14,7 @@ import { createLogger, fileSink, type Logger, type LogLevel, stderrSink } from "
 import { parseTicket, type TicketFields } from "../tickets/ticket.js";
 import { VERSION } from "../version.js";
 import { type DevSetup, prepareDevEnvironment, printDevInstructions } from "./dev.js";
+import { DAEMON_PROFILE, type DaemonProfile } from "./profiles.js";
 
 export interface DaemonOptions {
   config: string;
@@ -22,19 +22,6 @@ export interface DaemonOptions {
   ticket?: string;
   dev?: boolean;
 }
-
-export interface DaemonProfile {
-  name: string;
-  defaults: Config;
-  /** System drop-in directory read along with the conf dir. */
-  systemDir: string;
-}
-
-export const DAEMON_PROFILE: DaemonProfile = {
-  name: "daemon",
-  defaults: DAEMON_DEFAULTS,
-  systemDir: "/usr/lib/ovirt-imageio/conf.d",
-};
 
 /** How long running requests may take to finish after SIGTERM. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -164,23 +151,4 @@ function notifySystemd(config: Readonly<Config>, log: Logger): void {
   } catch (error) {
     log.warning("NOTIFY failed", { reason: (error as Error).message });
   }
-}
-
-/** Registers `imageio daemon`. */
-export function addDaemonCommand(program: Command): void {
-  program
-    .command("daemon")
-    .description("serve images to ticket holders over HTTPS (port 54322) and a local unix socket")
-    .option(
-      "-c, --config <path>",
-      "configuration directory (with conf.d/*.conf) or one .conf file",
-      "/etc/ovirt-imageio",
-    )
-    .option("--show-config", "print the merged configuration as JSON and exit")
-    .option("--ticket <file>", "load a ticket (JSON) before accepting connections")
-    .option("--dev", "run on the development setup in ./.imageio-dev (what npm start does)")
-    .addHelpText("after", "\nExample:\n  imageio daemon --config /etc/ovirt-imageio")
-    .action(async (options: DaemonOptions) => {
-      process.exitCode = await runDaemon(options);
-    });
 }

@@ -23,38 +23,45 @@ export interface DevSetup {
 
 export const DEV_STATE_DIR = ".imageio-dev";
 
+/**
+ * Makes a self-signed certificate for localhost and 127.0.0.1 with openssl (Node can make
+ * keys but not X.509 certificates). It verifies itself, so it also serves as its own CA.
+ * @throws ConfigError when openssl is missing or fails.
+ */
+export function createSelfSignedCertificate(keyFile: string, certFile: string, days: number): void {
+  try {
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        keyFile,
+        "-out",
+        certFile,
+        "-days",
+        String(days),
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      ],
+      { stdio: "ignore" },
+    );
+  } catch (error) {
+    throw new ConfigError(`Cannot create a self-signed certificate with openssl: ${(error as Error).message}`);
+  }
+}
+
 export function prepareDevEnvironment(cwd: string): DevSetup {
   const stateDir = resolve(cwd, DEV_STATE_DIR);
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const key = join(stateDir, "key.pem");
   const cert = join(stateDir, "cert.pem");
-  if (!existsSync(key) || !existsSync(cert)) {
-    try {
-      execFileSync(
-        "openssl",
-        [
-          "req",
-          "-x509",
-          "-newkey",
-          "rsa:2048",
-          "-nodes",
-          "-keyout",
-          key,
-          "-out",
-          cert,
-          "-days",
-          "365",
-          "-subj",
-          "/CN=localhost",
-          "-addext",
-          "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        { stdio: "ignore" },
-      );
-    } catch (error) {
-      throw new ConfigError(`Cannot create a development certificate with openssl: ${(error as Error).message}`);
-    }
-  }
+  if (!existsSync(key) || !existsSync(cert)) createSelfSignedCertificate(key, cert, 365);
   const image = join(stateDir, "demo.raw");
   if (!existsSync(image)) {
     const fd = openSync(image, "w");

@@ -6,8 +6,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import type { Command } from "commander";
 import { type Config, loadConfig } from "../config.js";
-import { DAEMON_PROFILE, type DaemonProfile } from "./daemon.js";
-import { PROXY_PROFILE } from "./proxy.js";
+import { DAEMON_PROFILE, type DaemonProfile, PROXY_PROFILE } from "./profiles.js";
 
 interface ControlResponse {
   status: number;
@@ -70,7 +69,7 @@ export function addTicketCommand(program: Command): void {
   const profileOf = () => {
     const { config, proxy } = ticket.opts() as { config?: string; proxy?: boolean };
     const profile = proxy ? PROXY_PROFILE : DAEMON_PROFILE;
-    return { profile, config: config ?? (proxy ? "/etc/ovirt-imageio-proxy" : "/etc/ovirt-imageio") };
+    return { profile, config: config ?? profile.confDir };
   };
   const encode = (id: string) => encodeURIComponent(id);
 

@@ -2,7 +2,7 @@
  * Tickets (spec §5.12): the validated fields a manager sent, and the live state of the
  * transfer — expiry, ongoing operations, transferred ranges, connections, cancellation.
  */
-import { ForbiddenError, InvalidArgumentError } from "../errors.js";
+import { CancelledError, ForbiddenError, InvalidArgumentError } from "../errors.js";
 import { pythonRepr } from "../pyformat.js";
 import type { Clock } from "./clock.js";
 import { RangeList } from "./ranges.js";
@@ -108,11 +108,19 @@ export class Operation {
   done = 0;
   private readonly controller = new AbortController();
 
-  constructor(readonly offset: number) {}
+  constructor(
+    readonly offset: number,
+    private readonly transferId: string,
+  ) {}
 
   /** Aborted when the ticket is cancelled: stop at the next chunk. */
   get signal(): AbortSignal {
     return this.controller.signal;
+  }
+
+  /** Called between chunks. @throws CancelledError once the ticket was cancelled. */
+  checkCancelled(): void {
+    if (this.signal.aborted) throw new CancelledError(`Transfer=${this.transferId} was canceled`);
   }
 
   cancel(): void {
@@ -201,7 +209,7 @@ export class Ticket {
         `Transfer=${this.label} was canceled`,
       );
     }
-    const operation = new Operation(offset);
+    const operation = new Operation(offset, this.fields.transfer_id);
     this.ongoing.add(operation);
     return operation;
   }

@@ -36,6 +36,11 @@ export interface DaemonProcess extends Endpoints {
   child: ChildProcess;
   /** Everything the daemon logged so far. */
   logs(): string;
+  /**
+   * Everything logged once `pattern` appears (the log pipe may deliver a line after the
+   * response it was written before). @throws after `timeoutMs` without it.
+   */
+  waitForLog(pattern: RegExp | string, timeoutMs?: number): Promise<string>;
   /** Sends a signal and waits for the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
@@ -127,6 +132,15 @@ export async function startDaemon(
     localSocket: /local=(\S+)/.exec(ready)?.[1],
     controlSocket: tmp.file("control.sock"),
     logs: () => output,
+    waitForLog: async (pattern, timeoutMs = 5000) => {
+      const deadline = Date.now() + timeoutMs;
+      const found = () => (typeof pattern === "string" ? output.includes(pattern) : pattern.test(output));
+      while (!found()) {
+        if (Date.now() > deadline) throw new Error(`no log line matching ${pattern} in:\n${output.slice(-3000)}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      return output;
+    },
     stop: async (signal = "SIGTERM") => {
       if (child.exitCode === null) child.kill(signal);
       const code = await exited;

@@ -5,7 +5,6 @@
  */
 import type { ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
-import { CancelledError } from "../../errors.js";
 import type { Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
@@ -115,7 +114,7 @@ async function relay(
     startResponse();
     const { bytes } = await pump(upstream, ctx.res, {
       onProgress: (done) => {
-        if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+        operation.checkCancelled();
         operation.done = done;
       },
     });
@@ -158,9 +157,7 @@ async function stream(
     let started = false;
     while (position < end) {
       const chunk = await pending;
-      if (operation.signal.aborted) {
-        throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
-      }
+      operation.checkCancelled();
       if (!started) {
         startResponse();
         started = true;

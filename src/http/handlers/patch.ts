@@ -1,5 +1,4 @@
 /** `PATCH /images/{id}`: zero a range or flush (spec §5.6). */
-import { CancelledError } from "../../errors.js";
 import { MiB } from "../../units.js";
 import type { App } from "../app.js";
 import { HttpError } from "../errors.js";
@@ -60,7 +59,7 @@ export async function patch(ctx: RequestContext, app: App, id: string): Promise<
   try {
     await ctx.connection.whileBusy(async () => {
       for (let done = 0; done < size; done += ZERO_STEP) {
-        if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+        operation.checkCancelled();
         const step = Math.min(ZERO_STEP, size - done);
         await context.backend.zero(offset + done, step, { punchHole: ticket.fields.sparse });
         operation.done = done + step;

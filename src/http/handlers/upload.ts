@@ -3,7 +3,6 @@
  * chunks into two aligned buffers; a full buffer is written at its offset while the other one
  * fills, and the request is paused only while both are busy. No body is ever held whole.
  */
-import { CancelledError } from "../../errors.js";
 import type { Backend } from "../../io/backend.js";
 import type { Operation, Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
@@ -87,7 +86,7 @@ async function relay(
     result = await pump(ctx.req, upload.body, {
       limit: ticket.fields.size - offset,
       onProgress: (done) => {
-        if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+        operation.checkCancelled();
         operation.done = done;
       },
     });
@@ -129,7 +128,7 @@ async function receive(
       }
       received += data.length;
       await writer.add(data);
-      if (operation.signal.aborted) throw new CancelledError(`Transfer=${ticket.fields.transfer_id} was canceled`);
+      operation.checkCancelled();
       if (overflow) break;
     }
     if (!overflow) ctx.bodyRead = true;

@@ -98,7 +98,7 @@ describe("the single executable", () => {
     expect((await run(exe, ["bogus"])).code).toBe(2);
   });
 
-  it("runs the daemon: listening at once, an upload and a download round trip over HTTPS with O_DIRECT", async () => {
+  it("runs the daemon: an upload and a download round trip over HTTPS with O_DIRECT", async () => {
     const daemonTmp = await makeTempDir("imageio-package-daemon-");
     // direct = always: the daemon must open the image with O_DIRECT or fail the request.
     const confDir = await writeTestConfig(daemonTmp, { backend_file: { direct: "always" } });

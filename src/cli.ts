@@ -39,6 +39,11 @@ export function buildProgram(): Command {
 
 /** Runs the command line; exits 2 on usage errors. */
 export async function main(argv: string[]): Promise<void> {
+  // `imageio --help | head` closes the pipe early: that is the reader's choice, not an error.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0);
+    throw error;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

@@ -136,7 +136,10 @@ function dropPrivileges(config: Readonly<Config>, log: Logger): void {
   if (config.control.enable && config.control.transport === "unix") owned.push(config.control.socket);
   if (config.logging.file !== "") owned.push(config.logging.file);
   for (const path of owned) if (existsSync(path)) chownSync(path, uid, gid);
-  process.setgroups?.([gid]);
+  // The user's own supplementary groups (e.g. kvm or qemu for image access), as login does.
+  // (process.initgroups is POSIX-only and missing from @types/node 20.)
+  const posix = process as NodeJS.Process & { initgroups?: (user: string, extraGroup: number) => void };
+  posix.initgroups?.(user, gid);
   process.setgid?.(gid);
   process.setuid?.(uid);
   log.info("PRIVILEGES dropped", { user, group });

@@ -296,6 +296,45 @@ describe("proxy OPTIONS and errors (70, 71)", () => {
     }
   });
 
+  it("a daemon stopped mid-upload ends the proxied upload with an error instead of hanging", async () => {
+    const victim = await startDaemon();
+    try {
+      const { proxyUrl } = await proxiedImage({ target: victim, contents: Buffer.alloc(64 * MiB) });
+      const outcome = new Promise<string>((resolve) => {
+        const req = https.request(
+          {
+            host: "127.0.0.1",
+            port: proxy.remotePort,
+            path: proxyUrl,
+            method: "PUT",
+            headers: { "content-length": 64 * MiB },
+            ca: readFileSync(proxy.certs.caFile),
+            servername: "localhost",
+            agent: false,
+          },
+          (res) => {
+            res.resume();
+            resolve(`status ${res.statusCode}`);
+          },
+        );
+        req.on("error", (error) => resolve(`error ${(error as NodeJS.ErrnoException).code ?? error.message}`));
+        // Send the first MiB, stop the daemon, then keep sending: the proxy must answer or close.
+        req.write(Buffer.alloc(MiB, 1), () => {
+          victim.child.kill("SIGKILL");
+          const timer = setInterval(() => {
+            if (!req.destroyed) req.write(Buffer.alloc(MiB, 2));
+            else clearInterval(timer);
+          }, 20);
+          req.once("close", () => clearInterval(timer));
+        });
+      });
+      expect(await outcome).toMatch(/^(status 50[24]|error )/);
+      expect((await request(proxy, { path: "/info/" })).status).toBe(200);
+    } finally {
+      await victim.stop();
+    }
+  });
+
   it("a proxy ticket removed mid-transfer cuts the transfer, and later requests get 403", async () => {
     const { id, proxyUrl } = await proxiedImage({ contents: Buffer.alloc(256 * MiB), ops: ["read"] });
     const res = await startDownload(proxy, proxyUrl);

@@ -67,6 +67,10 @@ describe("configuration", () => {
         /a\.conf: \[remote\] port: invalid value '70000': expecting an integer from 0 to 65535/,
       ],
       ["[remote]\nport = x\n", /\[remote\] port: invalid value 'x': expecting an integer/],
+      [
+        "[control]\nremove_timeout = 3000000\n",
+        /\[control\] remove_timeout: invalid value '3000000': expecting an integer from 0 to 2147483/,
+      ],
       ["[daemon]\ndrop_privileges = maybe\n", /\[daemon\] drop_privileges: invalid value 'maybe': expecting a boolean/],
       [
         "[backend_file]\ndirect = sometimes\n",

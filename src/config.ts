@@ -87,7 +87,8 @@ const INT_RANGES: Record<string, [number, number]> = {
   "daemon.inactivity_timeout": [0, Number.MAX_SAFE_INTEGER],
   "remote.port": [0, 65535],
   "control.port": [-1, 65535],
-  "control.remove_timeout": [0, Number.MAX_SAFE_INTEGER],
+  // Timers in Node hold at most 2^31-1 ms (24.8 days); longer would fire at once.
+  "control.remove_timeout": [0, 2_147_483],
   "backend_file.buffer_size": [4096, 1024 * 1024 * 1024],
   "backend_http.buffer_size": [4096, 1024 * 1024 * 1024],
   "backend_nbd.buffer_size": [4096, 1024 * 1024 * 1024],

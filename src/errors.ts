@@ -143,15 +143,18 @@ export class VerifyError extends ImageioError {
  */
 export class RemoteError extends ImageioError {
   static readonly code = "IMAGEIO_ERR_REMOTE";
+  /** The message with the remote's ticket id shortened, for logs ([D11]). */
+  readonly logMessage: string;
   constructor(
     message: string,
     /** The remote's HTTP status. */
     readonly status: number,
     /** The remote's content-range header (416 responses), passed on as it is. */
     readonly contentRange: string | undefined,
-    options?: ImageioErrorOptions,
+    options: ImageioErrorOptions & { logMessage?: string } = {},
   ) {
     super(RemoteError.code, message, options);
+    this.logMessage = options.logMessage ?? message;
   }
 }
 

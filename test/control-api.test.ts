@@ -84,6 +84,8 @@ describe("control API", () => {
       { url: "ftp://x" },
       { uuid: "a/b" },
       { filename: "a\r\nb" },
+      { sparse: null },
+      { transfer_id: 7 },
     ];
     for (const extra of cases) {
       const response = await control("PUT", "/tickets/x", ticket(extra));
@@ -139,6 +141,12 @@ describe("control API", () => {
     const rwStatus = await ticketStatus(daemon, rw.uuid);
     expect(rwStatus.filename).toBe("x.raw");
     expect("transferred" in rwStatus).toBe(false);
+  });
+
+  it("the default transfer_id takes 18 characters of the uuid, not UTF-16 halves", async () => {
+    const t = ticket({ uuid: `${"a".repeat(17)}😀${"b".repeat(5)}` });
+    await addTicket(daemon, t);
+    expect((await ticketStatus(daemon, t.uuid)).transfer_id).toBe(`(ticket/${"a".repeat(17)}😀)`);
   });
 
   it("5: GET of an unknown ticket is 404", async () => {

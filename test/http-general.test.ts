@@ -212,6 +212,39 @@ describe("bad input keeps the daemon serving", () => {
     expect((await request(daemon, { path: "/info/" })).status).toBe(200);
   });
 
+  it("an Expect value other than 100-continue is ignored, as upstream does", async () => {
+    const own = daemon.tmp.file("expect.raw");
+    await writeFile(own, Buffer.alloc(10));
+    const id = await newTicket({ url: `file://${own}`, size: 10 });
+    const result = await rawRequest(
+      daemon,
+      `PUT /images/${id} HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 3\r\n\r\nabc`,
+      { waitMs: 500 },
+    );
+    expect(result.text).toMatch(/^HTTP\/1.1 200 OK\r\nserver: /);
+    expect((await request(daemon, { path: `/images/${id}`, headers: { range: "bytes=0-2" } })).text).toBe("abc");
+  });
+
+  it("CONNECT is 405 Invalid method", async () => {
+    const result = await rawRequest(daemon, "CONNECT /images/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect(result.text).toMatch(/^HTTP\/1.1 405 /);
+    expect(result.text.endsWith("Invalid method 'CONNECT'\n")).toBe(true);
+  });
+
+  it("a write ending within the last block below 2^53 is 416, not an internal error", async () => {
+    const own = daemon.tmp.file("huge-offset.raw");
+    await writeFile(own, "");
+    const id = await newTicket({ url: `file://${own}`, size: Number.MAX_SAFE_INTEGER });
+    const response = await request(daemon, {
+      method: "PUT",
+      path: `/images/${id}`,
+      headers: { "content-range": `bytes ${Number.MAX_SAFE_INTEGER - 100}-*/*` },
+      body: "abc",
+    });
+    expect(response.status).toBe(416);
+    expect(response.text).toMatch(/reaches past the largest supported offset/);
+  });
+
   it("a JSON body over 64 KiB is 413", async () => {
     const id = await newTicket();
     const response = await request(daemon, {

@@ -275,9 +275,9 @@ describe("PATCH", () => {
     const cases: [unknown, string][] = [
       [{ op: "zero" }, "Missing required value for 'size'"],
       [{ op: "zero", size: -1 }, "Invalid value -1 < 0"],
-      [{ op: "zero", size: "x" }, "Integer required for 'size': \"x\""],
+      [{ op: "zero", size: "x" }, "Integer required for 'size': 'x'"],
       [{ op: "zero", size: 1, offset: -1 }, "Invalid value -1 < 0"],
-      [{ op: "zero", size: 1, flush: "x" }, "Boolean required for 'flush': \"x\""],
+      [{ op: "zero", size: 1, flush: "x" }, "Boolean required for 'flush': 'x'"],
     ];
     for (const [body, message] of cases) {
       const response = await patch("/images/unknown-ticket", body);

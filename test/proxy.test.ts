@@ -6,8 +6,9 @@ import { execFile } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
-import type { IncomingMessage } from "node:http";
+import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
+import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
@@ -255,6 +256,45 @@ describe("proxy OPTIONS and errors (70, 71)", () => {
     expect(failed.text).toBe("Server failed to perform the request, check logs\n");
   });
 
+  it("70: a large upload the daemon refuses early keeps the daemon's status (416, 403), not 500", async () => {
+    const small = await proxiedImage({ contents: Buffer.alloc(MiB) });
+    await addTicket(proxy, {
+      uuid: small.id,
+      size: 8 * MiB,
+      url: `https://localhost:${daemon.remotePort}/images/${small.remoteId}`,
+      timeout: 300,
+      ops: ["read", "write"],
+    });
+    const tooFar = await request(proxy, {
+      method: "PUT",
+      path: small.proxyUrl,
+      headers: { "content-range": `bytes ${MiB - 1000}-*/*` },
+      body: Buffer.alloc(4 * MiB, 7),
+    });
+    expect(tooFar.status).toBe(416);
+    expect(tooFar.headers["content-range"]).toBe(`bytes */${MiB}`);
+    const readOnly = await proxiedImage({ contents: Buffer.alloc(MiB), ops: ["read"], proxyOps: ["read", "write"] });
+    const refused = await request(proxy, { method: "PUT", path: readOnly.proxyUrl, body: Buffer.alloc(MiB, 1) });
+    expect(refused.status).toBe(403);
+    expect(refused.text).toMatch(/forbids write\n$/);
+  });
+
+  it("[D11] the proxy's logs shorten the daemon's ticket ids in the daemon's messages", async () => {
+    const id = randomUUID();
+    const remote = `remote-${randomUUID()}`;
+    await addTicket(proxy, {
+      uuid: id,
+      size: MiB,
+      url: `https://localhost:${daemon.remotePort}/images/${remote}`,
+      timeout: 300,
+      ops: ["read"],
+    });
+    const response = await request(proxy, { path: `/images/${id}` });
+    expect(response.text).toContain(remote);
+    const logs = await proxy.waitForLog(`No such ticket ${remote.slice(0, 8)}…`);
+    expect(logs).not.toContain(remote);
+  });
+
   it("an unreachable daemon is 502 naming the host and the reason", async () => {
     const id = randomUUID();
     await addTicket(proxy, { uuid: id, size: MiB, url: "https://localhost:1/images/x", timeout: 300, ops: ["read"] });
@@ -345,6 +385,57 @@ describe("proxy OPTIONS and errors (70, 71)", () => {
     expect((await removal).status).toBe(204);
     const after = await request(proxy, { path: proxyUrl, headers: { range: "bytes=0-0" } });
     expect(after.status).toBe(403);
+  });
+});
+
+describe("proxy to an old daemon that needs Content-Length", () => {
+  it("turns a chunked client upload into PUTs with content-length", async () => {
+    const image = Buffer.alloc(3 * MiB, ".");
+    const seen: string[] = [];
+    const old = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.headers["content-length"] ?? "chunked"}`);
+      if (req.method === "OPTIONS") {
+        res.writeHead(405).end();
+      } else if (req.method === "PUT") {
+        if (req.headers["content-length"] === undefined) {
+          res.writeHead(400).end("Content-Length header is required\n");
+          return;
+        }
+        const at = Number(/^bytes (\d+)-/.exec(String(req.headers["content-range"]))?.[1]);
+        const chunks: Buffer[] = [];
+        req.on("data", (chunk: Buffer) => chunks.push(chunk));
+        req.on("end", () => {
+          Buffer.concat(chunks).copy(image, at);
+          res.writeHead(200, { "content-length": 0 }).end();
+        });
+      } else {
+        res.writeHead(200, { "content-length": image.length }).end(image);
+      }
+    });
+    await new Promise<void>((resolve) => old.listen(0, "127.0.0.1", resolve));
+    try {
+      const id = randomUUID();
+      const port = (old.address() as AddressInfo).port;
+      await addTicket(proxy, {
+        uuid: id,
+        size: image.length,
+        url: `http://127.0.0.1:${port}/images/old`,
+        timeout: 300,
+        ops: ["read", "write"],
+      });
+      const data = randomBytes(2 * MiB + 5);
+      const put = await request(proxy, {
+        method: "PUT",
+        path: `/images/${id}`,
+        headers: { "transfer-encoding": "chunked", "content-range": "bytes 10-*/*" },
+        body: data,
+      });
+      expect(put.status).toBe(200);
+      expect(image.subarray(10, 10 + data.length).equals(data)).toBe(true);
+      expect(seen.filter((line) => line.startsWith("PUT")).every((line) => line !== "PUT chunked")).toBe(true);
+    } finally {
+      await new Promise((resolve) => old.close(resolve));
+    }
   });
 });
 

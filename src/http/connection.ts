@@ -7,7 +7,7 @@ import type { Backend } from "../io/backend.js";
 import { BUFFER_ALIGNMENT } from "../io/buffers.js";
 import { allocAligned } from "../io/native.js";
 import type { Logger } from "../log.js";
-import type { Ticket, TicketContext } from "../tickets/ticket.js";
+import { MAX_TIMER_MS, type Ticket, type TicketContext } from "../tickets/ticket.js";
 
 /** Timeout of a connection that has not opened a backend for a ticket. */
 export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
@@ -109,7 +109,7 @@ export class ClientConnection {
     }
     this.contexts.set(ticket.uuid, context);
     ticket.addContext(context);
-    this.timeoutMs = ticket.fields.inactivity_timeout * 1000;
+    this.timeoutMs = Math.min(ticket.fields.inactivity_timeout * 1000, MAX_TIMER_MS);
     if (this.busy === 0) this.socket.setTimeout(this.timeoutMs);
     return context;
   }

@@ -79,7 +79,12 @@ export function toHttpError(error: unknown): HttpError {
   if (error instanceof RemoteError) {
     // The daemon behind a proxy answered: its status, message and content-range pass through.
     const headers: HeaderList = error.contentRange === undefined ? [] : [["content-range", error.contentRange]];
-    return new HttpError(error.status, error.message, { headers, close: error.status === 403, cause: error });
+    return new HttpError(error.status, error.message, {
+      headers,
+      close: error.status === 403,
+      cause: error,
+      logMessage: error.logMessage,
+    });
   }
   if (error instanceof ImageioError) {
     const status = STATUS_BY_CODE[error.code] ?? 500;

@@ -107,6 +107,13 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket) =>
     answerParserError(error, socket),
   );
+  // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
+  // own 417 (which would break our response format).
+  server.on("checkExpectation", onRequest);
+  // Node hands CONNECT requests over as raw sockets; they are just another unknown method.
+  server.on("connect", (req: IncomingMessage, socket: Socket) => {
+    socket.end(rawErrorResponse(405, "Method Not Allowed", `Invalid method '${req.method ?? "CONNECT"}'`));
+  });
   if (tls) {
     server.on("tlsClientError", (error) => log.debug("TLS handshake failed", { reason: error.message }));
   }

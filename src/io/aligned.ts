@@ -67,7 +67,7 @@ export class AlignedBackend implements Backend {
   }
 
   async read(buf: Buffer, offset: number): Promise<number> {
-    checkRange(offset, buf.length);
+    this.checkAlignable(offset, buf.length);
     const a = this.alignment;
     let done = 0;
     while (done < buf.length) {
@@ -96,7 +96,7 @@ export class AlignedBackend implements Backend {
   }
 
   async write(buf: Buffer, offset: number): Promise<void> {
-    checkRange(offset, buf.length);
+    this.checkAlignable(offset, buf.length);
     await this.checkWritable(offset, buf.length);
     const a = this.alignment;
     const end = offset + buf.length;
@@ -136,7 +136,7 @@ export class AlignedBackend implements Backend {
   }
 
   async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    checkRange(offset, length);
+    this.checkAlignable(offset, length);
     await this.checkWritable(offset, length);
     const a = this.alignment;
     const end = offset + length;
@@ -171,6 +171,20 @@ export class AlignedBackend implements Backend {
 
   close(): Promise<void> {
     return this.inner.close();
+  }
+
+  /**
+   * Validates a range, including that its end rounded up to a block stays below 2^53: the
+   * aligned requests below must be representable too.
+   * @throws InvalidArgumentError for bad numbers; OutOfRangeError past the largest offset.
+   */
+  private checkAlignable(offset: number, length: number): void {
+    checkRange(offset, length);
+    if (alignUp(offset + length, this.alignment) > Number.MAX_SAFE_INTEGER) {
+      throw new OutOfRangeError(
+        `Range ${offset}-${offset + length} reaches past the largest supported offset ${alignDown(Number.MAX_SAFE_INTEGER, this.alignment)}`,
+      );
+    }
   }
 
   /** Reads the block at `offset` into `bounce[at, at + alignment)`, zero-filling past the end of the image. */

@@ -102,6 +102,27 @@ describe("http backend, old remote without features", () => {
     await expect(openBackend(`${base}/images/a/b`)).rejects.toMatchObject({ code: "IMAGEIO_ERR_UNSUPPORTED_URL" });
   });
 
+  it("gives up connecting after the connect timeout when a TLS handshake never completes", async () => {
+    const { createServer } = await import("node:net");
+    const accepted = new Set<import("node:net").Socket>();
+    const silent = createServer((socket) => accepted.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (silent.address() as AddressInfo).port;
+      const started = Date.now();
+      await expect(
+        HttpBackend.open(new URL(`https://127.0.0.1:${port}/images/x`), {
+          connectTimeoutMs: 300,
+          readTimeoutMs: 60_000,
+        }),
+      ).rejects.toMatchObject({ code: "IMAGEIO_ERR_REMOTE_TIMEOUT", message: expect.stringContaining("connect") });
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      for (const socket of accepted) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
   it("times out on a remote that never answers, as 504 material", async () => {
     const silent = http.createServer(() => undefined);
     await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));

@@ -45,6 +45,9 @@ export interface HttpBackendOptions {
   preferUnixSocket?: boolean;
 }
 
+/** Connections that finished connecting (and their TLS handshake): reused ones skip the connect timeout. */
+const readySockets = new WeakSet<object>();
+
 /** Bytes of a remote error body passed on to our client (spec §6.4). */
 const REMOTE_MESSAGE_LIMIT = 512;
 /** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
@@ -102,7 +105,9 @@ export class HttpBackend implements Backend {
    */
   static async open(url: URL, options: HttpBackendOptions = {}): Promise<HttpBackend> {
     if (!/^\/images\/[^/]+$/.test(url.pathname) || url.search !== "" || url.hash !== "") {
-      throw new UnsupportedUrlError(`Remote image URL '${url.href}' must look like https://host:port/images/ID`);
+      throw new UnsupportedUrlError(
+        `Remote image URL ${url.protocol}//${url.host}/… must look like https://host:port/images/ID`,
+      );
     }
     const transport = tcpTransport(url, options);
     const probe = new HttpBackend(url, options, transport, emptyInfo());
@@ -112,6 +117,11 @@ export class HttpBackend implements Backend {
       await backend.tryUnixSocket(info.unixSocket);
     }
     return backend;
+  }
+
+  /** The remote's ticket id, from the URL path (a credential: never logged whole). */
+  private get remoteId(): string {
+    return decodeURIComponent(this.url.pathname.slice("/images/".length));
   }
 
   /** Where requests go now, for logs and tests: host:port or the unix socket. */
@@ -130,7 +140,7 @@ export class HttpBackend implements Backend {
     // Old remotes: a GET without Range says the size in content-length; this connection is closed after.
     const response = await this.request("GET", this.url.pathname, { connection: "close" });
     response.destroy();
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
     return Number(response.headers["content-length"]);
   }
 
@@ -152,7 +162,7 @@ export class HttpBackend implements Backend {
     this.checkOpen();
     checkRange(offset, length);
     const response = await this.request("GET", this.url.pathname, { range: `bytes=${offset}-${offset + length - 1}` });
-    if (response.statusCode !== 206) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 206) throw await remoteError(response, this.transport.where, this.remoteId);
     const got = Number(response.headers["content-length"]);
     if (got !== length) {
       response.destroy();
@@ -183,7 +193,7 @@ export class HttpBackend implements Backend {
     const query = this.caps.flush ? `?flush=${flush ? "y" : "n"}` : "";
     const { request, response } = this.send("PUT", `${this.url.pathname}${query}`, headers);
     const done = response.then(async (res) => {
-      if (res.statusCode !== 200) throw await remoteError(res, this.transport.where);
+      if (res.statusCode !== 200) throw await remoteError(res, this.transport.where, this.remoteId);
       res.resume();
     });
     done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
@@ -257,7 +267,7 @@ export class HttpBackend implements Backend {
       const message = (await readBody(response)).trim();
       throw new NotSupportedError(`Remote ${this.transport.where} has no ${context} extents: ${message}`);
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
     const extents = JSON.parse(await readBody(response)) as (ZeroExtent | DirtyExtent)[];
     if (!Array.isArray(extents))
       throw new RemoteError(`Remote ${this.transport.where} sent invalid extents`, 502, undefined);
@@ -269,7 +279,7 @@ export class HttpBackend implements Backend {
     this.checkOpen();
     const query = `algorithm=${encodeURIComponent(algorithm)}&block_size=${blockSize}`;
     const response = await this.request("GET", `${this.url.pathname}/checksum?${query}`, {}, { busy: true });
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
     return JSON.parse(await readBody(response)) as ChecksumResult;
   }
 
@@ -296,7 +306,7 @@ export class HttpBackend implements Backend {
       response.resume();
       return emptyInfo();
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
     let body: Record<string, unknown>;
     try {
       body = JSON.parse(await readBody(response)) as Record<string, unknown>;
@@ -323,7 +333,7 @@ export class HttpBackend implements Backend {
       { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
       { body, busy: true },
     );
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where);
+    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
     response.resume();
   }
 
@@ -375,13 +385,26 @@ export class HttpBackend implements Backend {
         resolve(res);
       });
       request.once("socket", (socket) => {
-        const connected = () => request.setTimeout(busy ? 0 : readTimeout);
-        if (socket.connecting) {
-          request.setTimeout(connectTimeout);
-          socket.once(this.transport.secure ? "secureConnect" : "connect", connected);
-        } else {
+        const connected = () => {
+          clearTimeout(connectTimer);
+          readySockets.add(socket);
+          request.setTimeout(busy ? 0 : readTimeout);
+        };
+        // A reused keep-alive connection is ready at once; a new one must be up (TCP and TLS
+        // handshake) within the connect timeout. A plain timer, since a socket timeout would
+        // only start counting once TCP is connected.
+        let connectTimer: NodeJS.Timeout | undefined;
+        if (readySockets.has(socket)) {
           connected();
+          return;
         }
+        connectTimer = setTimeout(
+          () =>
+            request.destroy(new RemoteTimeoutError(`Cannot connect to remote ${where} within ${connectTimeout} ms`)),
+          connectTimeout,
+        );
+        socket.once(this.transport.secure ? "secureConnect" : "connect", connected);
+        socket.once("close", () => clearTimeout(connectTimer));
       });
       request.on("timeout", () => {
         request.destroy(new RemoteTimeoutError(`Remote ${where} did not answer ${method} in time`));
@@ -465,7 +488,7 @@ async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<st
 }
 
 /** The remote's error with its status, content-range and the start of its message. */
-async function remoteError(response: IncomingMessage, where: string): Promise<RemoteError> {
+async function remoteError(response: IncomingMessage, where: string, remoteId?: string): Promise<RemoteError> {
   let message: string;
   try {
     message = (await readBody(response, 64 * 1024)).slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
@@ -474,7 +497,15 @@ async function remoteError(response: IncomingMessage, where: string): Promise<Re
   }
   const status = response.statusCode ?? 502;
   const contentRange = response.headers["content-range"];
-  return new RemoteError(message || `Remote ${where} answered ${status}`, status, contentRange);
+  const text = message || `Remote ${where} answered ${status}`;
+  // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
+  const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));
+  return new RemoteError(text, status, contentRange, { logMessage: logText });
+}
+
+/** The first 8 characters of a ticket id, as logs show ticket ids ([D11]). */
+function shortId(id: string): string {
+  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
 }
 
 const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);

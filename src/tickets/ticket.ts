@@ -47,9 +47,8 @@ export function parseTicket(body: unknown, defaultInactivityTimeout: number): Ti
   }
   const integer = (name: string, fallback?: number): number => {
     const value = name in ticket ? ticket[name] : fallback;
-    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
-      throw invalidValue(name, value, "a <class 'int'> value from 0 to 2^53-1");
-    }
+    if (typeof value !== "number" || !Number.isInteger(value)) throw invalidValue(name, value, "a <class 'int'> value");
+    if (!Number.isSafeInteger(value) || value < 0) throw invalidValue(name, value, "an integer from 0 to 2^53-1");
     return value;
   };
   const string = (name: string): string | undefined => {
@@ -59,7 +58,7 @@ export function parseTicket(body: unknown, defaultInactivityTimeout: number): Ti
     return value;
   };
   const boolean = (name: string): boolean => {
-    const value = ticket[name] ?? false;
+    const value = name in ticket ? ticket[name] : false;
     if (typeof value !== "boolean") throw invalidValue(name, value, "a <class 'bool'> value");
     return value;
   };
@@ -94,7 +93,8 @@ export function parseTicket(body: unknown, defaultInactivityTimeout: number): Ti
     timeout,
     url,
     inactivity_timeout: inactivityTimeout,
-    transfer_id: transferId ?? `(ticket/${uuid.slice(0, 18)})`,
+    // Upstream slices the id in characters (code points), not UTF-16 units.
+    transfer_id: transferId ?? `(ticket/${[...uuid].slice(0, 18).join("")})`,
     transferIdGiven: transferId !== undefined,
     filename,
     sparse: boolean("sparse"),
@@ -246,7 +246,7 @@ export class Ticket {
       await Promise.race([
         new Promise<void>((resolve) => this.idleWaiters.push(resolve)),
         new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, timeoutSeconds * 1000);
+          timer = setTimeout(resolve, Math.min(timeoutSeconds * 1000, MAX_TIMER_MS));
         }),
       ]);
       clearTimeout(timer);
@@ -285,6 +285,9 @@ export class Ticket {
     return status;
   }
 }
+
+/** The longest delay a Node timer holds (2^31-1 ms, 24.8 days); longer ones fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** The first 8 characters of a ticket id: enough to correlate, useless as a credential. */
 export function shortId(id: string): string {

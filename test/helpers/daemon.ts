@@ -248,14 +248,14 @@ export async function addTicket(daemon: Endpoints, ticket: Record<string, unknow
   const response = await request(daemon, {
     service: "control",
     method: "PUT",
-    path: `/tickets/${ticket.uuid}`,
+    path: `/tickets/${encodeURIComponent(String(ticket.uuid))}`,
     body: JSON.stringify(ticket),
   });
   if (response.status !== 200) throw new Error(`adding ticket failed: ${response.status} ${response.text}`);
 }
 
 export async function ticketStatus(daemon: Endpoints, id: string): Promise<Record<string, unknown>> {
-  const response = await request(daemon, { service: "control", path: `/tickets/${id}` });
+  const response = await request(daemon, { service: "control", path: `/tickets/${encodeURIComponent(id)}` });
   if (response.status !== 200) throw new Error(`ticket status failed: ${response.status} ${response.text}`);
   return JSON.parse(response.text) as Record<string, unknown>;
 }

@@ -1,4 +1,5 @@
 /** `PATCH /images/{id}`: zero a range or flush (spec §5.6). */
+import { pythonRepr } from "../../pyformat.js";
 import { MiB } from "../../units.js";
 import type { App } from "../app.js";
 import { HttpError } from "../errors.js";
@@ -14,7 +15,7 @@ function integerValue(body: Record<string, unknown>, name: string, fallback?: nu
   const value = body[name] ?? fallback;
   if (value === undefined) throw new HttpError(400, `Missing required value for '${name}'`);
   if (typeof value !== "number" || !Number.isInteger(value)) {
-    throw new HttpError(400, `Integer required for '${name}': ${JSON.stringify(value)}`);
+    throw new HttpError(400, `Integer required for '${name}': ${pythonRepr(value)}`);
   }
   if (value < 0) throw new HttpError(400, `Invalid value ${value} < 0`);
   if (!Number.isSafeInteger(value)) throw new HttpError(400, `Invalid value for '${name}': ${value} > 2^53-1`);
@@ -23,7 +24,7 @@ function integerValue(body: Record<string, unknown>, name: string, fallback?: nu
 
 function booleanValue(body: Record<string, unknown>, name: string): boolean {
   const value = body[name] ?? false;
-  if (typeof value !== "boolean") throw new HttpError(400, `Boolean required for '${name}': ${JSON.stringify(value)}`);
+  if (typeof value !== "boolean") throw new HttpError(400, `Boolean required for '${name}': ${pythonRepr(value)}`);
   return value;
 }
 

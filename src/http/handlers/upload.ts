@@ -3,6 +3,7 @@
  * chunks into two aligned buffers; a full buffer is written at its offset while the other one
  * fills, and the request is paused only while both are busy. No body is ever held whole.
  */
+import { RemoteError } from "../../errors.js";
 import type { Backend } from "../../io/backend.js";
 import type { Operation, Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
@@ -47,8 +48,11 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
   });
   const operation = ticket.begin(offset);
   try {
-    if (context.backend.writeStream) {
-      await relay(ctx, context, operation, ticket, offset, length, flush);
+    // A remote takes one PUT of the whole range when the length is known; a chunked body goes
+    // through the buffers instead, one PUT with content-length per buffer (spec §6.4), since
+    // older daemons refuse chunked uploads.
+    if (context.backend.writeStream && length !== undefined) {
+      await relay(ctx, context, operation, offset, length, flush);
       send(ctx, 200);
       return;
     }
@@ -64,16 +68,15 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
 }
 
 /**
- * Proxy upload: the client's body streams into one remote PUT of the same range, with
- * backpressure both ways (spec [B6]). A chunked body passing the ticket size stops there.
+ * Proxy upload: the client's body of known length streams into one remote PUT of the same
+ * range, with backpressure both ways (spec [B6]).
  */
 async function relay(
   ctx: RequestContext,
   context: BackendContext,
   operation: Operation,
-  ticket: Ticket,
   offset: number,
-  length: number | undefined,
+  length: number,
   flush: boolean,
 ): Promise<void> {
   const upload = (context.backend.writeStream as NonNullable<typeof context.backend.writeStream>)(
@@ -81,27 +84,35 @@ async function relay(
     length,
     flush,
   );
-  let result: { bytes: number; overflow: boolean };
+  let result: { bytes: number };
   try {
     result = await pump(ctx.req, upload.body, {
-      limit: ticket.fields.size - offset,
       onProgress: (done) => {
         operation.checkCancelled();
         operation.done = done;
       },
     });
   } catch (error) {
+    // The remote may have refused the upload early (416, 403) and closed, which is what
+    // broke the relay: its answer, when it came, explains the failure better.
+    const verdict = await Promise.race([
+      upload.done.then(
+        () => undefined,
+        (remote: unknown) => remote,
+      ),
+      new Promise((resolve) => setTimeout(resolve, REMOTE_VERDICT_WAIT_MS)),
+    ]);
     upload.abort();
-    throw error;
+    throw verdict instanceof RemoteError ? verdict : error;
   }
-  if (!result.overflow) ctx.bodyRead = true;
+  ctx.bodyRead = true;
   upload.body.end();
   await upload.done;
-  if (length !== undefined && result.bytes < length) {
-    throw new HttpError(400, `Requested ${length} bytes, available ${result.bytes} bytes`);
-  }
-  if (result.overflow) throw pastTicket(ticket.fields.size);
+  if (result.bytes < length) throw new HttpError(400, `Requested ${length} bytes, available ${result.bytes} bytes`);
 }
+
+/** How long a failed relay waits for the remote's own answer before giving up on it. */
+const REMOTE_VERDICT_WAIT_MS = 2000;
 
 /**
  * Reads the body into the context's buffers and writes it at `offset`, at most `limit` bytes.

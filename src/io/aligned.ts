@@ -18,8 +18,11 @@ import {
   type ZeroExtent,
   type ZeroOptions,
 } from "./backend.js";
+import { withBlockLocks } from "./block-locks.js";
 import { BUFFER_ALIGNMENT, zeroBuffer } from "./buffers.js";
 import { allocAligned, isAligned } from "./native.js";
+
+let nextPrivateKey = 1;
 
 /** Default bounce buffer: large enough to copy unaligned buffers without many small calls. */
 const DEFAULT_BOUNCE_SIZE = MiB;
@@ -27,6 +30,8 @@ const DEFAULT_BOUNCE_SIZE = MiB;
 export class AlignedBackend implements Backend {
   readonly blockSize = 1;
   private bounceBuffer: Buffer | undefined;
+  /** Names the image for block locks shared with other handles on it. */
+  private readonly lockKey: string;
   /** Serializes use of the bounce buffer; aligned I/O does not wait for it. */
   private bounceLock: Promise<unknown> = Promise.resolve();
 
@@ -44,6 +49,7 @@ export class AlignedBackend implements Backend {
     if (!powerOfTwo || alignment > BUFFER_ALIGNMENT || bounceSize % alignment !== 0 || bounceSize < alignment) {
       throw new InvalidArgumentError(`Invalid alignment ${alignment} or bounce buffer size ${bounceSize}`);
     }
+    this.lockKey = inner.imageKey ?? `aligned:${nextPrivateKey++}`;
   }
 
   get name(): string {
@@ -60,6 +66,9 @@ export class AlignedBackend implements Backend {
   }
   get growable(): boolean {
     return this.inner.growable;
+  }
+  get imageKey(): string {
+    return this.lockKey;
   }
 
   size(): Promise<number> {
@@ -116,22 +125,29 @@ export class AlignedBackend implements Backend {
         const skip = position - start;
         const window = Math.min(bounce.length, alignUp(skip + source.length, a));
         const length = Math.min(source.length, window - skip);
+        const tailBlock = alignDown(skip + length, a);
         const partialTail = (skip + length) % a !== 0;
-        if (skip > 0 || partialTail) {
-          sizeBefore ??= await this.inner.size();
-          if (skip > 0) await this.readBlock(bounce, 0, start);
-          const tailBlock = alignDown(skip + length, a);
-          if (partialTail && !(skip > 0 && tailBlock === 0)) await this.readBlock(bounce, tailBlock, start + tailBlock);
-        }
-        source.copy(bounce, skip, 0, length);
-        await this.inner.write(bounce.subarray(0, window), start);
-        return length;
+        // Blocks this write covers only in part: read, patched and written back whole.
+        const partial = [...(skip > 0 ? [0] : []), ...(partialTail ? [tailBlock] : [])];
+        return withBlockLocks(
+          this.lockKey,
+          partial.map((at) => start + at),
+          async () => {
+            if (partial.length > 0) sizeBefore ??= await this.inner.size();
+            for (const at of new Set(partial)) await this.readBlock(bounce, at, start + at);
+            source.copy(bounce, skip, 0, length);
+            await this.inner.write(bounce.subarray(0, window), start);
+            // Rewriting the last block of a growing file made it reach the block end: give
+            // it the size it had, or this write's end when further. Not when another writer
+            // has grown it past that block meanwhile.
+            const blockEnd = start + window;
+            if (sizeBefore !== undefined && partialTail && blockEnd > sizeBefore && blockEnd >= end) {
+              if ((await this.inner.size()) === blockEnd) await this.inner.resize(Math.max(sizeBefore, end));
+            }
+            return length;
+          },
+        );
       });
-    }
-    // A read-modify-write of the last block of a growing file wrote up to the block end;
-    // give the file the size it had, or the end of this write when that is further.
-    if (sizeBefore !== undefined && end % a !== 0 && alignUp(end, a) > sizeBefore) {
-      await this.inner.resize(Math.max(sizeBefore, end));
     }
   }
 

@@ -72,6 +72,12 @@ export interface Backend {
   readonly readonly: boolean;
   /** Writes past the end grow the image (regular files, memory); otherwise they fail. */
   readonly growable: boolean;
+  /**
+   * The same for every handle on one image in this process (a file's device and inode), so
+   * writers of partial blocks through different handles can coordinate; undefined when
+   * handles cannot share an image.
+   */
+  readonly imageKey?: string;
 
   /** Size of the image in bytes. */
   size(): Promise<number>;

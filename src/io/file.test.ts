@@ -266,6 +266,33 @@ describe("file backend", () => {
   });
 });
 
+describe("file backend: concurrent writers", () => {
+  it("handles on one file writing distinct ranges of one block at once lose nothing", async () => {
+    const path = tmp.file("shared-block.raw");
+    await writeFile(path, Buffer.alloc(8192, "."));
+    const handles = await Promise.all(
+      Array.from({ length: 8 }, () => openBackend(`file://${path}`, { direct: "always" })),
+    );
+    try {
+      for (let round = 0; round < 10; round++) {
+        await Promise.all(handles.map((backend, k) => backend.write(Buffer.alloc(100, 65 + k + round), 10 + k * 100)));
+        const check = Buffer.alloc(8192);
+        await handles[0]?.read(check, 0);
+        for (let k = 0; k < handles.length; k++) {
+          const range = check.subarray(10 + k * 100, 110 + k * 100);
+          expect(
+            range.every((b) => b === 65 + k + round),
+            `round ${round} writer ${k}`,
+          ).toBe(true);
+        }
+        expect(check.subarray(0, 10).toString()).toBe("..........");
+      }
+    } finally {
+      await Promise.all(handles.map((backend) => backend.close()));
+    }
+  });
+});
+
 describe("file backend: bad input", () => {
   it("refuses a missing file, naming the path", async () => {
     const path = tmp.file("no-such.raw");

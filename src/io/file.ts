@@ -78,6 +78,8 @@ type ZeroMethod = "zeroRange" | "punchHole" | "allocate" | "zeroOut";
 
 interface OpenState {
   path: string;
+  /** Device and inode: one key for every handle on this file or device. */
+  imageKey: string;
   blockDevice: boolean;
   direct: boolean;
   blockSize: number;
@@ -94,6 +96,7 @@ export class FileBackend implements Backend {
   readonly caps: Capabilities;
   readonly path: string;
   readonly isBlockDevice: boolean;
+  readonly imageKey: string;
   private handle: FileHandle | undefined;
 
   private constructor(
@@ -102,6 +105,7 @@ export class FileBackend implements Backend {
   ) {
     this.handle = handle;
     this.path = state.path;
+    this.imageKey = state.imageKey;
     this.isBlockDevice = state.blockDevice;
     this.blockSize = state.blockSize;
     this.directIo = state.direct;
@@ -138,7 +142,16 @@ export class FileBackend implements Backend {
     if (!blockDevice && !info.isFile()) {
       throw new BackendOpenError(`Cannot open '${path}' for ${access}: not a regular file or block device`);
     }
-    const state: OpenState = { path, blockDevice, direct: false, blockSize: 1, options, unsupported: new Set() };
+    const imageKey = `file:${info.dev}:${blockDevice ? `rdev:${info.rdev}` : info.ino}`;
+    const state: OpenState = {
+      path,
+      imageKey,
+      blockDevice,
+      direct: false,
+      blockSize: 1,
+      options,
+      unsupported: new Set(),
+    };
     if (mode !== "never") {
       const direct = await openDirect(path, options, blockDevice);
       if (direct.handle !== undefined) {

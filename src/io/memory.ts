@@ -21,9 +21,12 @@ import { isZero } from "./buffers.js";
 const EXTENT_GRANULE = 4096;
 
 /** The bytes behind one memory image, shared by all its handles. */
+let nextImage = 1;
+
 class MemoryImage {
   data: Buffer;
   size: number;
+  readonly key = `memory:${nextImage++}`;
 
   constructor(initial: Buffer) {
     this.data = Buffer.from(initial);
@@ -64,6 +67,11 @@ export class MemoryBackend implements Backend {
   };
   readonly readonly: boolean;
   private closed = false;
+
+  /** Clones share the image, so they share its key. */
+  get imageKey(): string {
+    return this.image.key;
+  }
 
   private constructor(
     private readonly image: MemoryImage,

@@ -1,0 +1,48 @@
+/**
+ * Locks on single blocks of an image, shared by every handle on it in this process. Two
+ * connections writing distinct byte ranges that share a block would otherwise both
+ * read-modify-write it and the later write would put back stale bytes of the other's range.
+ */
+
+/** Tail of the queue of holders per block; a block without an entry is free. */
+type BlockQueues = Map<number, Promise<void>>;
+
+const images = new Map<string, BlockQueues>();
+
+/**
+ * Runs `work` holding the locks of `blocks` (block offsets in bytes) of the image `key`.
+ * Locks are taken in ascending order, so two holders never wait for each other.
+ */
+export async function withBlockLocks<T>(key: string, blocks: number[], work: () => Promise<T>): Promise<T> {
+  if (blocks.length === 0) return work();
+  let queues = images.get(key);
+  if (queues === undefined) {
+    queues = new Map();
+    images.set(key, queues);
+  }
+  const sorted = [...new Set(blocks)].sort((a, b) => a - b);
+  const releases: (() => void)[] = [];
+  try {
+    for (const block of sorted) releases.push(await acquire(queues, block));
+    return await work();
+  } finally {
+    for (const release of releases) release();
+    if (queues.size === 0) images.delete(key);
+  }
+}
+
+async function acquire(queues: BlockQueues, block: number): Promise<() => void> {
+  const previous = queues.get(block);
+  let release: () => void = () => undefined;
+  const mine = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const tail = (previous ?? Promise.resolve()).then(() => mine);
+  queues.set(block, tail);
+  await previous;
+  return () => {
+    release();
+    // The last holder leaves no entry behind.
+    if (queues.get(block) === tail) queues.delete(block);
+  };
+}

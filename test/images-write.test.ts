@@ -221,6 +221,31 @@ describe("PUT", () => {
     expect(next.status).toBe(206);
   });
 
+  it("connections writing distinct ranges of one block at once all keep their bytes", async () => {
+    const { url, path } = await imageWithTicket(Buffer.alloc(8192, "."));
+    for (let round = 0; round < 5; round++) {
+      await Promise.all(
+        Array.from({ length: 8 }, (_, k) =>
+          request(daemon, {
+            service: "local",
+            method: "PUT",
+            path: `${url}?flush=n`,
+            headers: { "content-range": `bytes ${10 + k * 100}-*/*` },
+            body: Buffer.alloc(100, 65 + k + round),
+          }),
+        ),
+      );
+      const contents = await readFile(path);
+      for (let k = 0; k < 8; k++) {
+        expect(
+          contents.subarray(10 + k * 100, 110 + k * 100).every((b) => b === 65 + k + round),
+          `writer ${k}`,
+        ).toBe(true);
+      }
+      expect(contents.subarray(810).every((b) => b === 46)).toBe(true);
+    }
+  });
+
   it("uploads of sizes around the buffer size round-trip byte-exact at unaligned offsets", async () => {
     const size = 8 * MiB;
     const { url } = await imageWithTicket(Buffer.alloc(3 * size));

@@ -169,6 +169,17 @@ describe("PUT", () => {
     expect((await readFile(path)).toString()).toBe("abc.......");
   });
 
+  it("39: a PUT refused before its body gets the final status without 100 Continue, and the connection closes", async () => {
+    const result = await rawRequest(
+      daemon,
+      "PUT /images/no-such-ticket HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    );
+    expect(result.text).toMatch(/^HTTP\/1.1 403 /);
+    expect(result.text).not.toContain("100 Continue");
+    expect(result.text).toContain("\r\nconnection: close\r\n");
+    expect(result.closed).toBe(true);
+  });
+
   it("76: [D4] a chunked PUT with Content-Range bytes 7-*/* writes at 7", async () => {
     const { path, url } = await imageWithTicket(Buffer.alloc(4 * MiB));
     const data = randomBytes(3 * MiB + 5);

@@ -16,6 +16,8 @@ export class RequestContext {
   closeAfter = false;
   /** Set once the request body has been read to its end. */
   bodyRead = false;
+  /** The client sent `Expect: 100-continue` and waits for it before sending the body. */
+  expectsContinue = false;
 
   constructor(
     readonly req: IncomingMessage,
@@ -47,6 +49,11 @@ export class RequestContext {
    * response can still be sent before the connection closes.
    */
   bodyChunks(): AsyncIterable<Buffer> {
+    // The request got this far (validated, authorized): now ask for the body (spec §3.5).
+    if (this.expectsContinue) {
+      this.expectsContinue = false;
+      this.res.writeContinue();
+    }
     return this.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
   }
 

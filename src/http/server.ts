@@ -90,7 +90,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
     noDelay: true,
     maxHeaderSize: 64 * 1024,
   };
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res);
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, false);
   const server = tls
     ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: 60_000 }, onRequest)
     : http.createServer(serverOptions, onRequest);
@@ -107,6 +107,10 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket) =>
     answerParserError(error, socket),
   );
+  // Expect: 100-continue: the 100 goes out only once a handler starts reading the body, so a
+  // request refused before that gets its final status alone (spec §3.5 allows it) and the
+  // client sends no body for nothing.
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, true));
   // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
   // own 417 (which would break our response format).
   server.on("checkExpectation", onRequest);
@@ -194,7 +198,13 @@ function removeStaleSocket(path: string): void {
   }
 }
 
-async function dispatch(app: App, routes: Route[], req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function dispatch(
+  app: App,
+  routes: Route[],
+  req: IncomingMessage,
+  res: ServerResponse,
+  expectsContinue: boolean,
+): Promise<void> {
   const connection = connections.get(req.socket);
   if (connection === undefined) {
     req.socket.destroy();
@@ -203,6 +213,7 @@ async function dispatch(app: App, routes: Route[], req: IncomingMessage, res: Se
   const target = req.url ?? "/";
   const { path, query } = splitTarget(target);
   const ctx = new RequestContext(req, res, connection, path, query);
+  ctx.expectsContinue = expectsContinue;
   const method = req.method ?? "";
   try {
     if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {

@@ -26,6 +26,8 @@ export type ExtentContext = "zero" | "dirty";
 /** An upload in flight to a remote service. */
 export interface RemoteUpload {
   body: Writable;
+  /** Settles before the body should be sent: rejects when the remote refused the upload. */
+  ready: Promise<void>;
   done: Promise<void>;
   /** Aborts the remote request (the client went away). */
   abort(): void;

@@ -48,6 +48,9 @@ export interface HttpBackendOptions {
 /** Connections that finished connecting (and their TLS handshake): reused ones skip the connect timeout. */
 const readySockets = new WeakSet<object>();
 
+/** How long an upload waits for 100 Continue before sending its body anyway. */
+const CONTINUE_WAIT_MS = 1000;
+
 /** Bytes of a remote error body passed on to our client (spec §6.4). */
 const REMOTE_MESSAGE_LIMIT = 512;
 /** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
@@ -178,18 +181,33 @@ export class HttpBackend implements Backend {
   async write(buf: Buffer, offset: number): Promise<void> {
     this.checkWritable();
     checkRange(offset, buf.length);
-    const upload = this.writeStream(offset, buf.length, false);
+    const upload = this.startUpload(offset, buf.length, false, false);
     upload.body.end(buf);
     await upload.done;
   }
 
   writeStream(offset: number, length: number | undefined, flush: boolean): RemoteUpload {
+    return this.startUpload(offset, length, flush, true);
+  }
+
+  /**
+   * Starts a PUT. With `expectContinue`, the remote is asked (`Expect: 100-continue`) to
+   * refuse before the body is sent: a refusal that arrives while a large body is still on its
+   * way can be lost when the remote closes the connection, leaving only a broken pipe.
+   */
+  private startUpload(
+    offset: number,
+    length: number | undefined,
+    flush: boolean,
+    expectContinue: boolean,
+  ): RemoteUpload {
     this.checkWritable();
     const headers: http.OutgoingHttpHeaders = {
       "content-type": "application/octet-stream",
       "content-range": `bytes ${offset}-${length === undefined || length === 0 ? "*" : offset + length - 1}/*`,
     };
     if (length !== undefined) headers["content-length"] = length;
+    if (expectContinue) headers.expect = "100-continue";
     const query = this.caps.flush ? `?flush=${flush ? "y" : "n"}` : "";
     const { request, response } = this.send("PUT", `${this.url.pathname}${query}`, headers);
     const done = response.then(async (res) => {
@@ -197,7 +215,29 @@ export class HttpBackend implements Backend {
       res.resume();
     });
     done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
-    return { body: request, done, abort: () => request.destroy() };
+    // Go ahead on 100 Continue; on an early final answer, fail with it. A remote that ignores
+    // Expect gets the body after a short wait anyway (RFC 9110 §10.1.1).
+    const ready = expectContinue
+      ? new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(resolve, CONTINUE_WAIT_MS);
+          request.once("continue", () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          done.then(
+            () => {
+              clearTimeout(timer);
+              resolve();
+            },
+            (error: unknown) => {
+              clearTimeout(timer);
+              reject(error);
+            },
+          );
+        })
+      : Promise.resolve();
+    ready.catch(() => undefined);
+    return { body: request, ready, done, abort: () => request.destroy() };
   }
 
   async zero(offset: number, length: number): Promise<void> {

@@ -84,6 +84,12 @@ async function relay(
     length,
     flush,
   );
+  try {
+    await upload.ready;
+  } catch (error) {
+    upload.abort();
+    throw error;
+  }
   let result: { bytes: number };
   try {
     result = await pump(ctx.req, upload.body, {

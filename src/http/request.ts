@@ -97,12 +97,9 @@ export function decodePath(raw: string): string {
   const text = Buffer.from(raw, "utf8");
   for (let i = 0; i < text.length; i++) {
     const byte = text[i] as number;
-    if (
-      byte === 0x25 &&
-      i + 2 < text.length + 0 &&
-      /^[0-9a-fA-F]{2}$/.test(text.subarray(i + 1, i + 3).toString("latin1"))
-    ) {
-      bytes.push(Number.parseInt(text.subarray(i + 1, i + 3).toString("latin1"), 16));
+    const hex = byte === 0x25 ? text.subarray(i + 1, i + 3).toString("latin1") : "";
+    if (/^[0-9a-fA-F]{2}$/.test(hex)) {
+      bytes.push(Number.parseInt(hex, 16));
       i += 2;
     } else {
       bytes.push(byte);

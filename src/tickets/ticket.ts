@@ -179,14 +179,14 @@ export class Ticket {
    * @throws ForbiddenError with upstream's reasons, in upstream's order.
    */
   authorize(op: TicketOp): void {
-    const tid = this.fields.transfer_id;
-    const logTid = this.label;
-    if (this.canceled) throw new ForbiddenError(`Transfer=${tid} was canceled`, `Transfer=${logTid} was canceled`);
-    if (this.expires <= this.clock.now())
-      throw new ForbiddenError(`Transfer=${tid} expired`, `Transfer=${logTid} expired`);
-    if (op === "write" ? !this.mayWrite() : !this.mayRead()) {
-      throw new ForbiddenError(`Transfer=${tid} forbids ${op}`, `Transfer=${logTid} forbids ${op}`);
-    }
+    if (this.canceled) throw this.forbidden("was canceled");
+    if (this.expires <= this.clock.now()) throw this.forbidden("expired");
+    if (op === "write" ? !this.mayWrite() : !this.mayRead()) throw this.forbidden(`forbids ${op}`);
+  }
+
+  /** `Transfer=<tid> <reason>` for the client; the log names the ticket by its label ([D11]). */
+  private forbidden(reason: string): ForbiddenError {
+    return new ForbiddenError(`Transfer=${this.fields.transfer_id} ${reason}`, `Transfer=${this.label} ${reason}`);
   }
 
   /** Records activity: the ticket expires `timeout` seconds from now and is not idle. */
@@ -203,12 +203,7 @@ export class Ticket {
 
   /** Starts an operation at `offset`. @throws ForbiddenError when the ticket was cancelled. */
   begin(offset: number): Operation {
-    if (this.canceled) {
-      throw new ForbiddenError(
-        `Transfer=${this.fields.transfer_id} was canceled`,
-        `Transfer=${this.label} was canceled`,
-      );
-    }
+    if (this.canceled) throw this.forbidden("was canceled");
     const operation = new Operation(offset, this.fields.transfer_id);
     this.ongoing.add(operation);
     return operation;

@@ -5,6 +5,7 @@
  */
 import type { ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
+import { BUFFER_ALIGNMENT } from "../../io/buffers.js";
 import type { Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
@@ -15,9 +16,6 @@ import type { RequestContext } from "../request.js";
 import { send, writeHead } from "../response.js";
 import { requireId } from "../router.js";
 import { clientTag, honourCloseParam, openForTicket } from "./common.js";
-
-/** Reads at offsets that are multiples of this are aligned for any device we support. */
-const ALIGNMENT = 4096;
 
 function contentHeaders(ticket: Ticket): HeaderList {
   const filename = ticket.fields.filename;
@@ -143,7 +141,7 @@ async function stream(
     // Data sits in the buffer at the same offset modulo 4096 as in the image, so the aligned
     // middle of every chunk goes straight to O_DIRECT without a bounce copy.
     const readChunk = async (buf: Buffer, at: number): Promise<Buffer> => {
-      const skew = at % ALIGNMENT;
+      const skew = at % BUFFER_ALIGNMENT;
       const view = buf.subarray(skew, skew + Math.min(end - at, buf.length - skew));
       const got = await backend.read(view, at);
       if (got < view.length) {

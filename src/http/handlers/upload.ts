@@ -5,6 +5,7 @@
  */
 import { RemoteError } from "../../errors.js";
 import type { Backend } from "../../io/backend.js";
+import { BUFFER_ALIGNMENT } from "../../io/buffers.js";
 import type { Operation, Ticket } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
@@ -15,8 +16,6 @@ import type { RequestContext } from "../request.js";
 import { send } from "../response.js";
 import { requireId } from "../router.js";
 import { choiceParam, clientTag, honourCloseParam, openForTicket } from "./common.js";
-
-const ALIGNMENT = 4096;
 
 function pastTicket(ticketSize: number): HttpError {
   return new HttpError(416, "Requested range out of allowed range", {
@@ -178,7 +177,7 @@ class DoubleBufferedWriter {
     private readonly offset: number,
     private readonly operation: Operation,
   ) {
-    this.fill = offset % ALIGNMENT;
+    this.fill = offset % BUFFER_ALIGNMENT;
     this.start = this.fill;
     this.position = offset;
   }

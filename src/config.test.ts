@@ -1,7 +1,8 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { makeTempDir, type TempDir } from "../test/helpers/tmp.js";
-import { DAEMON_DEFAULTS, loadConfig } from "./config.js";
+import { configSourcesToText, DAEMON_DEFAULTS, loadConfig, loadConfigWithSources } from "./config.js";
+import { UPSTREAM_LOG_FILE } from "./config-pylogging.js";
 
 let tmp: TempDir;
 beforeEach(async () => {
@@ -38,13 +39,74 @@ describe("configuration", () => {
     expect(() => loadConfig(tmp.path)).toThrow(/TLS enabled .* but not configured/);
   });
 
-  it("reads one .conf file, keeps defaults for what it does not set, and ignores unknown sections and keys", async () => {
-    await conf("only.conf", `${tlsKeys}[logger_root]\nlevel = DEBUG\n[unknown]\nx = 1\n[daemon]\nfuture_key = 1\n`);
+  it("reads one .conf file and keeps defaults for what it does not set", async () => {
+    await conf("only.conf", `${tlsKeys}[logger_root]\nlevel = DEBUG\n`);
     const config = loadConfig(tmp.file("conf.d/only.conf"));
     expect(config.daemon).toEqual(DAEMON_DEFAULTS.daemon);
     expect(config.local.socket).toBe("\0/org/ovirt/imageio");
     // Upstream's [logger_root] level is honoured when [logging] level is not set.
     expect(config.logging.level).toBe("DEBUG");
+  });
+
+  it("13: an unknown key or section stops the start, naming file, section and key", async () => {
+    await conf("99-local.conf", `${tlsKeys}[remote]\nprot = 54323\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(
+      `${tmp.file("conf.d/99-local.conf")}: [remote] prot: unknown option (did you mean 'port'?); [remote] takes host, port`,
+    );
+    await conf("99-local.conf", `${tlsKeys}[remtoe]\nport = 54323\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(
+      /99-local\.conf: \[remtoe\]: unknown section \(did you mean '\[remote\]'\?\)/,
+    );
+    await conf("99-local.conf", `${tlsKeys}[logger_root]\nlevle = DEBUG\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(/\[logger_root\] levle: unknown option \(did you mean 'level'\?\)/);
+  });
+
+  it("13: files as Vdsm and engine-setup write them load, their logging sections honoured", async () => {
+    // Upstream's own defaults, engine-setup's 50-engine.conf and Vdsm's file, in their shapes.
+    await conf(
+      "50-engine.conf",
+      `${tlsKeys}[backend_http]\nca_file = /etc/pki/ovirt-engine/ca.pem\n[remote]\nport = 54323\n` +
+        "[local]\nenable = false\n[control]\ntransport = tcp\nport = 54324\n" +
+        "[handlers]\nkeys = logfile\n[logger_root]\nhandlers = logfile\nlevel = WARNING\n",
+    );
+    await conf(
+      "00-upstream.conf",
+      "[loggers]\nkeys = root\n[formatters]\nkeys = long\n[profile]\nfilename = /run/ovirt-imageio/profile\n" +
+        '[handler_logfile]\nclass = logging.handlers.RotatingFileHandler\nargs = ("/var/log/imageio-test.log",)\n' +
+        'kwargs = {"maxBytes": 20971520, "backupCount": 10}\nlevel = DEBUG\nformatter = long\n' +
+        "[handler_stderr]\nclass = logging.StreamHandler\nargs = ()\n" +
+        "[formatter_long]\nformat = %(asctime)s %(levelname)-7s (%(threadName)s) [%(name)s] %(message)s\n",
+    );
+    const { config, sources } = loadConfigWithSources(tmp.path);
+    expect(config.remote.port).toBe(54323);
+    expect(config.logging).toEqual({ level: "WARNING", file: "/var/log/imageio-test.log" });
+    expect(sources.logging?.level).toBe(`${tmp.file("conf.d/50-engine.conf")} [logger_root] level`);
+    expect(sources.logging?.file).toBe(`${tmp.file("conf.d/50-engine.conf")} [logger_root] handlers = logfile`);
+    // A stream handler means stderr; [logging] set in a file wins over the logging sections.
+    await conf("60-vdsm.conf", "[logger_root]\nhandlers = stderr\nlevel = CRITICAL\n");
+    expect(loadConfig(tmp.path).logging).toEqual({ level: "ERROR", file: "" });
+    await conf("99-local.conf", "[logging]\nlevel = DEBUG\nfile = /tmp/x.log\n");
+    expect(loadConfig(tmp.path).logging).toEqual({ level: "DEBUG", file: "/tmp/x.log" });
+  });
+
+  it("13: upstream's logfile handler without args writes upstream's log file; bad values are named", async () => {
+    await conf("a.conf", `${tlsKeys}[logger_root]\nhandlers = logfile\n`);
+    expect(loadConfig(tmp.path).logging.file).toBe(UPSTREAM_LOG_FILE);
+    await conf("a.conf", `${tlsKeys}[logger_root]\nlevel = LOUD\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(/a\.conf: \[logger_root\] level: invalid value 'LOUD'/);
+    await conf("a.conf", `${tlsKeys}[logger_root]\nhandlers = f\n[handler_f]\nclass = FileHandler\nargs = (x,)\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(/a\.conf: \[handler_f\] args: cannot find the log file in '\(x,\)'/);
+  });
+
+  it("13: --show-config=sources tells default from file for every value", async () => {
+    await conf("50-vdsm.conf", `${tlsKeys}[remote]\nport = 1000\n`);
+    await conf("99-local.conf", "[remote]\nport = 2000\n");
+    const { config, sources } = loadConfigWithSources(tmp.path);
+    const text = configSourcesToText(config, sources);
+    expect(text).toContain(`[remote]\nhost = ::    ; default\nport = 2000    ; ${tmp.file("conf.d/99-local.conf")}\n`);
+    expect(text).toContain(`key_file = /k    ; ${tmp.file("conf.d/50-vdsm.conf")}`);
+    expect(text).toContain('socket = "\\u0000/org/ovirt/imageio"    ; default');
+    expect(text).toContain('file = ""    ; default');
   });
 
   it("accepts ':' separators, any-case option names, comments and booleans in upstream's spellings", async () => {

@@ -11,6 +11,13 @@
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { decode } from "ini";
+import {
+  mapPythonLogging,
+  type PythonLogging,
+  pythonLoggingKeys,
+  pythonLoggingKind,
+  type SetValue,
+} from "./config-pylogging.js";
 import { ConfigError } from "./errors.js";
 import { LOG_LEVELS } from "./log.js";
 
@@ -113,12 +120,31 @@ export interface LoadOptions {
   systemDirs?: string[];
 }
 
+/** Where each value came from: "default", or the file (and for mapped values, the setting). */
+export type ConfigSources = Record<string, Record<string, string>>;
+
+export interface LoadedConfig {
+  config: Readonly<Config>;
+  sources: ConfigSources;
+}
+
+/**
+ * Sections upstream reads that have no effect here, with their keys: accepted so upstream's
+ * files load, shown by nothing.
+ */
+const COMPAT_SECTIONS: Record<string, readonly string[]> = { profile: ["filename"] };
+
 /**
  * Loads the configuration from a conf dir (`PATH/conf.d/*.conf`) or one `.conf` file, plus
  * the system drop-in directories, merged in basename order over the defaults.
  * @throws ConfigError naming the file and key, or `Could not find <pattern>` without any file.
  */
 export function loadConfig(path: string, options: LoadOptions = {}): Readonly<Config> {
+  return loadConfigWithSources(path, options).config;
+}
+
+/** loadConfig, also telling where each value came from (`--show-config=sources`). */
+export function loadConfigWithSources(path: string, options: LoadOptions = {}): LoadedConfig {
   const defaults = options.defaults ?? DAEMON_DEFAULTS;
   const isFile = existsSync(path) && statSync(path).isFile();
   const pattern = isFile ? path : join(path, "conf.d", "*.conf");
@@ -128,28 +154,95 @@ export function loadConfig(path: string, options: LoadOptions = {}): Readonly<Co
   files.sort((a, b) => (basename(a) < basename(b) ? -1 : basename(a) > basename(b) ? 1 : 0));
 
   const config = structuredClone(defaults) as unknown as Record<string, Section>;
-  let levelSet = false;
-  let rootLevel: string | undefined;
+  const sources: ConfigSources = {};
+  for (const [name, section] of Object.entries(config)) {
+    sources[name] = Object.fromEntries(Object.keys(section).map((key) => [key, "default"]));
+  }
+  const pythonLogging: PythonLogging = new Map();
   for (const file of files) {
-    const sections = readIniFile(file);
-    for (const [sectionName, values] of Object.entries(sections)) {
-      if (sectionName === "logger_root" && typeof values.level === "string") rootLevel = values.level;
+    for (const [sectionName, values] of Object.entries(readIniFile(file))) {
+      if (pythonLoggingKind(sectionName) !== undefined) {
+        checkKeys(file, sectionName, values, pythonLoggingKeys(sectionName));
+        const merged = pythonLogging.get(sectionName) ?? new Map<string, SetValue>();
+        for (const [key, value] of Object.entries(values)) merged.set(key, { value, file });
+        pythonLogging.set(sectionName, merged);
+        continue;
+      }
+      const compat = COMPAT_SECTIONS[sectionName];
+      if (compat !== undefined) {
+        checkKeys(file, sectionName, values, compat);
+        continue;
+      }
       const section = config[sectionName];
-      if (section === undefined) continue; // unknown sections (upstream's logging config) are ignored
+      if (section === undefined) throw unknownSection(file, sectionName, Object.keys(config));
+      checkKeys(file, sectionName, values, Object.keys(section));
       for (const [key, raw] of Object.entries(values)) {
-        if (!(key in section)) continue;
         section[key] = convert(file, sectionName, key, String(raw), section[key] as string | number | boolean);
-        if (sectionName === "logging" && key === "level") levelSet = true;
+        (sources[sectionName] as Record<string, string>)[key] = file;
       }
     }
   }
-  // Upstream configured its log level in [logger_root]; honour it when [logging] says nothing.
-  if (!levelSet && rootLevel !== undefined && (LOG_LEVELS as readonly string[]).includes(rootLevel.toUpperCase())) {
-    (config.logging as Section).level = rootLevel.toUpperCase();
+  // [logging] wins where a file sets it; otherwise upstream's logging sections decide.
+  const mapped = mapPythonLogging(pythonLogging);
+  const logging = config.logging as Section;
+  const loggingSources = sources.logging as Record<string, string>;
+  for (const key of ["level", "file"] as const) {
+    const value = mapped[key];
+    if (value !== undefined && loggingSources[key] === "default") {
+      logging[key] = value.value;
+      loggingSources[key] = value.source;
+    }
   }
   const result = config as unknown as Config;
   validate(result);
-  return deepFreeze(result);
+  return { config: deepFreeze(result), sources };
+}
+
+/** @throws ConfigError naming the file, section and key of the first key not in `known`. */
+function checkKeys(file: string, section: string, values: Record<string, string>, known: readonly string[]): void {
+  for (const key of Object.keys(values)) {
+    if (known.includes(key)) continue;
+    const hint = nearest(key, known);
+    throw new ConfigError(
+      `${file}: [${section}] ${key}: unknown option${hint === undefined ? "" : ` (did you mean '${hint}'?)`}; ` +
+        `[${section}] takes ${known.join(", ")}`,
+    );
+  }
+}
+
+function unknownSection(file: string, section: string, known: string[]): ConfigError {
+  const hint = nearest(section, known);
+  return new ConfigError(
+    `${file}: [${section}]: unknown section${hint === undefined ? "" : ` (did you mean '[${hint}]'?)`}; ` +
+      `known sections: ${known.map((name) => `[${name}]`).join(" ")}, and Python logging sections`,
+  );
+}
+
+/** The known name closest to a typo (at most 2 edits away), for the error message. */
+function nearest(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const candidate of known) {
+    const distance = editDistance(name, candidate);
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min((previous[j] as number) + 1, (current[j - 1] as number) + 1, substitution));
+    }
+    previous = current;
+  }
+  return previous[b.length] as number;
 }
 
 function confFiles(dir: string): string[] {
@@ -260,4 +353,22 @@ function deepFreeze<T>(value: T): T {
 /** The merged configuration as JSON for `--show-config` (the abstract socket's NUL escaped). */
 export function configToJson(config: Config): string {
   return `${JSON.stringify(config, null, 4)}\n`;
+}
+
+/**
+ * The merged configuration in the files' own format, each value followed by where it came
+ * from, for `--show-config=sources`. Values print as JSON strings where INI would hide
+ * something (empty, spaces, the abstract socket's NUL).
+ */
+export function configSourcesToText(config: Config, sources: ConfigSources): string {
+  const lines: string[] = [];
+  for (const [name, section] of Object.entries(config) as [string, Section][]) {
+    if (lines.length > 0) lines.push("");
+    lines.push(`[${name}]`);
+    for (const [key, value] of Object.entries(section)) {
+      const text = typeof value === "string" && !/^[^\s"\0]+$/.test(value) ? JSON.stringify(value) : String(value);
+      lines.push(`${key} = ${text}    ; ${sources[name]?.[key] ?? "default"}`);
+    }
+  }
+  return `${lines.join("\n")}\n`;
 }

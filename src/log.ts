@@ -2,7 +2,8 @@
  * Logging: one line per event, `key=value` fields, to stderr (journald picks it up) or a file.
  * Operators grep these lines (spec §7.4), so event names are stable.
  */
-import { appendFileSync } from "node:fs";
+import { closeSync, createWriteStream, openSync, type WriteStream } from "node:fs";
+import { open } from "node:fs/promises";
 
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -24,9 +25,54 @@ export interface LogSink {
 
 export const stderrSink: LogSink = { write: (line) => process.stderr.write(line) };
 
-/** Appends to a file synchronously, so lines survive a crash right after them. */
-export function fileSink(path: string): LogSink {
-  return { write: (line) => appendFileSync(path, line) };
+/**
+ * A log file held open: lines go to one write stream, so the event loop never opens, appends
+ * and closes per line. `reopen()` (on SIGHUP, after logrotate renamed the file) starts a new
+ * file at the same path; the old stream finishes what it holds and closes. A write error is
+ * reported once on stderr and the lines that follow go there too.
+ */
+export class FileSink implements LogSink {
+  private stream: WriteStream;
+  private failed = false;
+
+  /** Opens (creating, mode 0644) `path` for appending. @throws the open error, at startup. */
+  constructor(readonly path: string) {
+    this.stream = this.streamOf(openSync(path, "a", 0o644));
+  }
+
+  write(line: string): void {
+    if (this.failed) process.stderr.write(line);
+    else this.stream.write(line);
+  }
+
+  /** Switches to a new file at the path; resolves once it is open (rejects, keeping the old one). */
+  async reopen(): Promise<void> {
+    const handle = await open(this.path, "a", 0o644);
+    const old = this.stream;
+    this.stream = this.streamOf(handle.fd);
+    this.failed = false;
+    old.end();
+  }
+
+  /** Flushes and closes the file. */
+  close(): Promise<void> {
+    return new Promise((resolve) => this.stream.end(resolve));
+  }
+
+  private streamOf(fd: number): WriteStream {
+    const stream = createWriteStream(this.path, { fd, flags: "a", autoClose: true });
+    stream.on("error", (error) => {
+      if (stream !== this.stream || this.failed) return;
+      this.failed = true;
+      process.stderr.write(`imageio: cannot write log file ${this.path}: ${error.message}; logging to stderr\n`);
+    });
+    return stream;
+  }
+}
+
+/** Checks that `path` can be opened for appending, without keeping it open. @throws the open error. */
+export function checkLogFile(path: string): void {
+  closeSync(openSync(path, "a", 0o644));
 }
 
 /** Collects lines in memory, for tests. */

@@ -3,22 +3,23 @@
  * tells systemd it is ready, drops privileges, and stops cleanly on SIGTERM/SIGINT.
  * The proxy is this command with other defaults (commands/profiles.ts).
  */
-import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
-import { type Config, configToJson, loadConfig } from "../config.js";
+import { type Config, configSourcesToText, configToJson, type LoadedConfig, loadConfigWithSources } from "../config.js";
 import { ConfigError, ImageioError } from "../errors.js";
 import { describeAddress } from "../http/server.js";
 import { type RunningServices, startServices } from "../http/services.js";
 import { sendUnixDatagram } from "../io/native.js";
-import { createLogger, fileSink, type Logger, type LogLevel, stderrSink } from "../log.js";
+import { createLogger, FileSink, type Logger, type LogLevel, type LogSink, stderrSink } from "../log.js";
 import { parseTicket, type TicketFields } from "../tickets/ticket.js";
 import { VERSION } from "../version.js";
 import { type DevSetup, prepareDevEnvironment, printDevInstructions } from "./dev.js";
 import { DAEMON_PROFILE, type DaemonProfile } from "./profiles.js";
+import { backendCaProblem, checkTlsFiles, type ServiceIdentity, serviceIdentity } from "./startup-checks.js";
 
 export interface DaemonOptions {
   config: string;
-  showConfig?: boolean;
+  /** `--show-config` (JSON) or `--show-config=sources` (each value with its origin). */
+  showConfig?: boolean | string;
   ticket?: string;
   dev?: boolean;
 }
@@ -26,45 +27,74 @@ export interface DaemonOptions {
 /** How long running requests may take to finish after SIGTERM. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
-/** Runs the daemon until a signal stops it; resolves with the exit code. */
+/**
+ * Runs the daemon until a signal stops it; resolves with the exit code. Everything that can
+ * fail at start (configuration, log file, ticket file, TLS files, service user, ports) fails
+ * before READY, naming its setting.
+ */
 export async function runDaemon(options: DaemonOptions, profile: DaemonProfile = DAEMON_PROFILE): Promise<number> {
   let dev: DevSetup | undefined;
-  let config: Readonly<Config>;
+  let loaded: LoadedConfig;
   try {
     if (options.dev) {
       dev = prepareDevEnvironment(process.cwd());
-      config = loadConfig(dev.configFile, { defaults: profile.defaults });
+      loaded = loadConfigWithSources(dev.configFile, { defaults: profile.defaults });
     } else {
-      config = loadConfig(options.config, { defaults: profile.defaults, systemDirs: [profile.systemDir] });
+      loaded = loadConfigWithSources(options.config, { defaults: profile.defaults, systemDirs: [profile.systemDir] });
     }
   } catch (error) {
     return startupFailure(error);
   }
-  if (options.showConfig) {
-    process.stdout.write(configToJson(config));
+  const { config } = loaded;
+  if (options.showConfig !== undefined && options.showConfig !== false) {
+    if (options.showConfig === "sources") process.stdout.write(configSourcesToText(config, loaded.sources));
+    else if (options.showConfig === true || options.showConfig === "json") process.stdout.write(configToJson(config));
+    else return startupFailure(`--show-config: unknown format '${options.showConfig}': expecting json or sources`);
     return 0;
   }
-  const log = createLogger(
-    config.logging.level as LogLevel,
-    config.logging.file === "" ? stderrSink : fileSink(config.logging.file),
-    profile.name,
-  );
+  let sink: LogSink = stderrSink;
+  if (config.logging.file !== "") {
+    try {
+      sink = new FileSink(config.logging.file);
+    } catch (error) {
+      return startupFailure(`[logging] file: cannot open ${config.logging.file}: ${(error as Error).message}`);
+    }
+  }
+  const log = createLogger(config.logging.level as LogLevel, sink, profile.name);
+  // A failure goes to stderr (the journal, or the terminal) and, when there is one, the log file.
+  const fail = async (error: unknown) => {
+    if (sink instanceof FileSink) {
+      log.error("STARTUP failed", { reason: error instanceof Error ? error.message : String(error) });
+      await sink.close();
+    }
+    return startupFailure(error);
+  };
 
   let tickets: TicketFields[] = [];
+  let identity: ServiceIdentity | undefined;
   try {
     const ticketFile = options.ticket ?? dev?.ticketFile;
     if (ticketFile !== undefined) tickets = [readTicketFile(ticketFile, config)];
+    checkTlsFiles(config);
+    identity = serviceIdentity(config);
     if (!existsSync(config.daemon.run_dir)) mkdirSync(config.daemon.run_dir, { recursive: true, mode: 0o755 });
   } catch (error) {
-    return startupFailure(error);
+    return fail(error);
   }
+  const caProblem = backendCaProblem(config);
+  if (caProblem !== undefined) log.warning("CONFIG", { problem: caProblem });
 
   let services: RunningServices;
   try {
     services = await startServices(config, { log, tickets });
   } catch (error) {
-    log.error("STARTUP failed", { reason: (error as Error).message });
-    return startupFailure(error);
+    return fail(error);
+  }
+  try {
+    if (identity !== undefined) dropPrivileges(config, identity, log);
+  } catch (error) {
+    await services.close(0);
+    return fail(error);
   }
   log.info("READY", {
     version: VERSION,
@@ -72,12 +102,6 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     local: services.local ? describeAddress(services.local.address) : undefined,
     control: services.control ? describeAddress(services.control.address) : undefined,
   });
-  try {
-    dropPrivileges(config, log);
-  } catch (error) {
-    await services.close(0);
-    return startupFailure(error);
-  }
   notifySystemd(config, log);
   if (dev && services.remote) printDevInstructions(dev, services);
 
@@ -86,8 +110,12 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
       log.info("STOP", { signal });
       process.off("SIGTERM", onTerm);
       process.off("SIGINT", onInt);
+      process.off("SIGHUP", onHup);
       services.close(SHUTDOWN_GRACE_MS).then(
-        () => resolve(0),
+        async () => {
+          if (sink instanceof FileSink) await sink.close();
+          resolve(0);
+        },
         (error: unknown) => {
           log.error("STOP failed", {}, error);
           resolve(1);
@@ -96,8 +124,18 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     };
     const onTerm = () => stop("SIGTERM");
     const onInt = () => stop("SIGINT");
+    // logrotate renamed the file (packaging/imageio.logrotate): write a new one at the path.
+    const onHup = () => {
+      if (!(sink instanceof FileSink)) return;
+      const file = sink.path;
+      sink.reopen().then(
+        () => log.info("LOG reopened", { file }),
+        (error: unknown) => log.error("LOG reopen failed", { file, reason: (error as Error).message }),
+      );
+    };
     process.on("SIGTERM", onTerm);
     process.on("SIGINT", onInt);
+    process.on("SIGHUP", onHup);
   });
 }
 
@@ -125,24 +163,19 @@ function readTicketFile(path: string, config: Readonly<Config>): TicketFields {
  * Started as root with drop_privileges, hand the run dir, control socket and log file to the
  * service user and become that user (spec §2). Sockets are already bound.
  */
-function dropPrivileges(config: Readonly<Config>, log: Logger): void {
-  if (!config.daemon.drop_privileges || process.getuid?.() !== 0) return;
-  const { user_name: user, group_name: group } = config.daemon;
-  const uid = Number(execFileSync("id", ["-u", user], { encoding: "utf8" }).trim());
-  const gid = Number(execFileSync("getent", ["group", group], { encoding: "utf8" }).split(":")[2]);
-  if (!Number.isInteger(uid) || !Number.isInteger(gid))
-    throw new ConfigError(`Cannot find user ${user} or group ${group}`);
+function dropPrivileges(config: Readonly<Config>, identity: ServiceIdentity, log: Logger): void {
+  const { user, group, uid, gid } = identity;
   const owned = [config.daemon.run_dir];
   if (config.control.enable && config.control.transport === "unix") owned.push(config.control.socket);
   if (config.logging.file !== "") owned.push(config.logging.file);
   for (const path of owned) if (existsSync(path)) chownSync(path, uid, gid);
-  // The user's own supplementary groups (e.g. kvm or qemu for image access), as login does.
-  // (process.initgroups is POSIX-only and missing from @types/node 20.)
+  // The user's own supplementary groups (on an oVirt host kvm and qemu, which own the images),
+  // as login does. (process.initgroups is POSIX-only and missing from @types/node 20.)
   const posix = process as NodeJS.Process & { initgroups?: (user: string, extraGroup: number) => void };
   posix.initgroups?.(user, gid);
   process.setgid?.(gid);
   process.setuid?.(uid);
-  log.info("PRIVILEGES dropped", { user, group });
+  log.info("PRIVILEGES dropped", { user, group, groups: process.getgroups?.().join(",") });
 }
 
 /** sd_notify READY=1 once every service listens, when systemd asked for it (Type=notify). */

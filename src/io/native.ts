@@ -64,6 +64,11 @@ export function systemError(syscall: string, errno: number, path?: string): Syst
   return error;
 }
 
+/** The version of the koffi addon in use (for `imageio version --verbose`). */
+export function koffiVersion(): string {
+  return String((koffi as { version?: unknown }).version ?? "unknown");
+}
+
 function check(result: number | bigint, syscall: string): void {
   if (Number(result) === -1) throw systemError(syscall, koffi.errno());
 }

@@ -8,6 +8,7 @@ import { BUFFER_ALIGNMENT } from "../io/buffers.js";
 import { allocAligned } from "../io/native.js";
 import type { Logger } from "../log.js";
 import { MAX_TIMER_MS, type Ticket, type TicketContext } from "../tickets/ticket.js";
+import { ConnectionStats } from "./stats.js";
 
 /** Timeout of a connection that has not opened a backend for a ticket. */
 export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
@@ -54,6 +55,8 @@ export type BackendOpener = (ticket: Ticket) => Promise<{ backend: Backend; buff
 
 export class ClientConnection {
   readonly id = nextConnectionId++;
+  /** What this connection's requests did, logged on CLOSE. */
+  readonly stats = new ConnectionStats();
   private readonly contexts = new Map<string, BackendContext>();
   private timeoutMs = UNAUTHENTICATED_TIMEOUT_MS;
   private busy = 0;

@@ -18,6 +18,10 @@ export class RequestContext {
   bodyRead = false;
   /** The client sent `Expect: 100-continue` and waits for it before sending the body. */
   expectsContinue = false;
+  /** For the connection's statistics: the operation when the route alone does not tell (zero, flush). */
+  operation: string | undefined;
+  /** For the connection's statistics: image bytes read, written or zeroed by this request. */
+  bytesMoved = 0;
 
   constructor(
     readonly req: IncomingMessage,

@@ -9,6 +9,7 @@ import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import tls, { type SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
+import { shortId } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { ClientConnection } from "./connection.js";
 import { HttpError, toHttpError } from "./errors.js";
@@ -24,6 +25,7 @@ import { put } from "./handlers/upload.js";
 import { RequestContext, splitTarget } from "./request.js";
 import { rawErrorResponse, sendError } from "./response.js";
 import { matchRoute, type Route } from "./router.js";
+import { operationName } from "./stats.js";
 
 export type ServiceKind = "remote" | "local" | "control";
 
@@ -79,7 +81,6 @@ const connections = new WeakMap<Socket, ClientConnection>();
  * @throws the listen error (EADDRINUSE, EACCES…).
  */
 export async function listen(app: App, kind: ServiceKind, address: ListenAddress, tls?: TlsFiles): Promise<Listener> {
-  const routes = ROUTES[kind];
   const log = app.log;
   const serverOptions: http.ServerOptions = {
     // Our own inactivity timeouts apply (spec §3.4); Node's defaults would close early.
@@ -90,7 +91,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
     noDelay: true,
     maxHeaderSize: 64 * 1024,
   };
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, false);
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, kind, req, res, false);
   const server = tls
     ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: 60_000 }, onRequest)
     : http.createServer(serverOptions, onRequest);
@@ -102,7 +103,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
     const connection = new ClientConnection(socket, client, log);
     connections.set(socket, connection);
     log.info("OPEN", { connection: connection.id, client });
-    socket.once("close", () => log.info("CLOSE", { connection: connection.id, client }));
+    socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
   });
   server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket) =>
     answerParserError(error, socket),
@@ -110,7 +111,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   // Expect: 100-continue: the 100 goes out only once a handler starts reading the body, so a
   // request refused before that gets its final status alone (spec §3.5 allows it) and the
   // client sends no body for nothing.
-  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, true));
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => dispatch(app, kind, req, res, true));
   // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
   // own 417 (which would break our response format).
   server.on("checkExpectation", onRequest);
@@ -200,7 +201,7 @@ function removeStaleSocket(path: string): void {
 
 async function dispatch(
   app: App,
-  routes: Route[],
+  kind: ServiceKind,
   req: IncomingMessage,
   res: ServerResponse,
   expectsContinue: boolean,
@@ -215,6 +216,8 @@ async function dispatch(
   const ctx = new RequestContext(req, res, connection, path, query);
   ctx.expectsContinue = expectsContinue;
   const method = req.method ?? "";
+  const started = performance.now();
+  let pattern: string | undefined;
   try {
     if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {
       throw new HttpError(414, "Request line too long", { close: true });
@@ -224,7 +227,8 @@ async function dispatch(
       // RFC 9112 §6.1: a coding we cannot decode makes the body unreadable.
       throw new HttpError(501, `Unsupported Transfer-Encoding: '${coding}'`, { close: true });
     }
-    const match = matchRoute(routes, method, path);
+    const match = matchRoute(ROUTES[kind], method, path);
+    pattern = match.route.pattern;
     if (match.route.cors?.includes(method)) applyCors(ctx);
     await match.handler(ctx, app, match.id);
   } catch (error) {
@@ -236,6 +240,24 @@ async function dispatch(
       connection.socket.destroy();
     }
   }
+  const seconds = (performance.now() - started) / 1000;
+  const status = res.headersSent ? res.statusCode : 0;
+  connection.stats.record(
+    ctx.operation ?? operationName(method, pattern),
+    seconds,
+    ctx.bytesMoved,
+    !(status < 400 && status > 0),
+  );
+  if (kind === "control") {
+    // The control API has no per-request lines of its own; ticket ids are credentials.
+    app.log.info("REQUEST", { method, path: redactTicketPath(path), status, seconds: seconds.toFixed(3) });
+  }
+}
+
+/** `/tickets/<id>` with the id shortened: enough to correlate with ADD lines, useless to replay. */
+function redactTicketPath(path: string): string {
+  const match = /^\/tickets\/(.+)$/.exec(path);
+  return match?.[1] === undefined ? path : `/tickets/${shortId(match[1])}`;
 }
 
 function finishWithError(ctx: RequestContext, app: App, error: unknown): void {

@@ -90,6 +90,7 @@ export async function get(ctx: RequestContext, app: App, id: string): Promise<vo
   const startResponse = () => writeHead(ctx, status, length, headers);
   if (context.backend.readStream) await relay(ctx, ticket, context, first, length, startResponse);
   else await stream(ctx, ticket, context, first, length, startResponse);
+  ctx.bytesMoved = length;
 }
 
 /**

@@ -36,6 +36,7 @@ export async function patch(ctx: RequestContext, app: App, id: string): Promise<
   if (op === "flush") {
     const { ticket, context } = await openForTicket(ctx, app, id, "write");
     app.log.info(`${clientTag(ctx)} FLUSH`, { transfer: ticket.label });
+    ctx.operation = "flush";
     const operation = ticket.begin(0);
     try {
       await ctx.connection.whileBusy(() => context.backend.flush());
@@ -55,7 +56,8 @@ export async function patch(ctx: RequestContext, app: App, id: string): Promise<
       headers: [["content-range", `bytes */${ticket.fields.size}`]],
     });
   }
-  app.log.info(`${clientTag(ctx)} ZERO`, { size, offset, flush, transfer: ticket.label });
+  app.log.info(`${clientTag(ctx)} ZERO`, { size, offset, flush: flush ? "y" : "n", transfer: ticket.label });
+  ctx.operation = "zero";
   const operation = ticket.begin(offset);
   try {
     await ctx.connection.whileBusy(async () => {
@@ -67,6 +69,7 @@ export async function patch(ctx: RequestContext, app: App, id: string): Promise<
       }
       if (flush) await context.backend.flush();
     });
+    ctx.bytesMoved = size;
   } finally {
     ticket.end(operation);
   }

@@ -52,6 +52,7 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
     // older daemons refuse chunked uploads.
     if (context.backend.writeStream && length !== undefined) {
       await relay(ctx, context, operation, offset, length, flush);
+      ctx.bytesMoved = length;
       send(ctx, 200);
       return;
     }
@@ -60,6 +61,7 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
       throw new HttpError(400, `Requested ${length} bytes, available ${received} bytes`);
     }
     if (flush) await ctx.connection.whileBusy(() => context.backend.flush());
+    ctx.bytesMoved = received;
   } finally {
     ticket.end(operation);
   }

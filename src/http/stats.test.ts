@@ -1,0 +1,26 @@
+import { describe, expect, it } from "vitest";
+import { ConnectionStats, operationName } from "./stats.js";
+
+describe("connection statistics", () => {
+  it("13: CLOSE fields count requests, time, bytes and rate per operation", () => {
+    const stats = new ConnectionStats();
+    stats.record("write", 1.5, 1024 ** 3, false);
+    stats.record("write", 0.5, 1024 ** 3, false);
+    stats.record("flush", 0.0204, 0, false);
+    stats.record("read", 0.001, 0, true);
+    expect(stats.fields()).toEqual({
+      requests: 4,
+      errors: 1,
+      write: "2 ops, 2.000 s, 2.00 GiB, 1.00 GiB/s",
+      flush: "1 ops, 0.020 s",
+      read: "1 ops, 0.001 s",
+    });
+  });
+
+  it("13: operations are named by method and route", () => {
+    expect(operationName("PUT", "/images/{id}")).toBe("write");
+    expect(operationName("DELETE", "/tickets/{id}")).toBe("remove");
+    expect(operationName("POST", "/images/{id}")).toBe("invalid");
+    expect(operationName("GET", undefined)).toBe("invalid");
+  });
+});

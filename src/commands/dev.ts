@@ -116,6 +116,7 @@ export function printDevInstructions(dev: DevSetup, services: RunningServices): 
     "",
     "imageio development daemon is ready. Try:",
     `  curl -k -X OPTIONS ${url}`,
+    "  head -c 64M /dev/urandom > disk.raw                # something to upload",
     `  curl -k -T disk.raw ${url}                          # upload`,
     `  curl -k -o copy.raw ${url}                          # download`,
     `  curl -k -r 0-1023 ${url} | xxd | head               # ranged download`,

@@ -58,6 +58,29 @@ async function runTicketCommand(
   }
 }
 
+/** The ticket format in brief, after `imageio ticket add --help` (docs/tickets.md has it all). */
+const TICKET_FORMAT = `
+The file is one JSON object:
+  uuid                string, required   the ticket id clients use in /images/<uuid> (a secret)
+  size                integer, required  upper bound of every range, in bytes
+  ops                 list, required     "read", "write" (write implies read)
+  timeout             integer, required  seconds the ticket lives, renewed after each request
+  url                 string, required   file:///path, nbd:unix:/socket[:exportname=NAME],
+                                         nbd://HOST:PORT/EXPORT, https://HOST:54322/images/ID
+  inactivity_timeout  integer            seconds an idle connection stays open
+                                         (default: [daemon] inactivity_timeout, 60)
+  transfer_id         string             names the transfer in messages and logs
+  filename            string             the download's file name (content-disposition)
+  sparse              boolean, false     zeroing may deallocate
+  dirty               boolean, false     allow extents?context=dirty (NBD dirty bitmaps)
+
+Example file:
+  {"uuid": "8f1c0a4e-6d2b-4b8a-9f57-3c1e2d4a5b6c", "size": 1073741824,
+   "ops": ["read", "write"], "timeout": 300, "url": "file:///var/lib/images/disk.raw"}
+
+Example:
+  imageio ticket add ticket.json`;
+
 /** Registers `imageio ticket`. */
 export function addTicketCommand(program: Command): void {
   const ticket = program
@@ -76,6 +99,7 @@ export function addTicketCommand(program: Command): void {
   ticket
     .command("add <file>")
     .description("add the ticket in a JSON file")
+    .addHelpText("after", TICKET_FORMAT)
     .action(async (file: string) => {
       let text: string;
       let id: string;

@@ -210,7 +210,7 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
     return spawnSync("rpm", ["-qp", "--qf", format, rpm], { encoding: "utf8" }).stdout;
   }
 
-  it("installs the executable, the koffi addon, both units and the default configurations, with their modes", () => {
+  it("installs the executable, the koffi addon, both units, the default configurations, docs, man pages, LICENSE and logrotate, with their modes", () => {
     const found: Record<string, string> = {};
     const walk = (dir: string) => {
       for (const name of readdirSync(join(rpmRoot, dir))) {
@@ -230,8 +230,28 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       "/etc/ovirt-imageio/conf.d/99-local.conf": "-644",
       "/etc/ovirt-imageio-proxy/conf.d/99-local.conf": "-644",
       "/usr/share/doc/imageio/README.md": "-644",
+      "/usr/share/doc/imageio/docs/api.md": "-644",
+      "/usr/share/doc/imageio/docs/configuration.md": "-644",
+      "/usr/share/doc/imageio/docs/operations.md": "-644",
+      "/usr/share/doc/imageio/docs/tickets.md": "-644",
+      "/usr/share/licenses/imageio/LICENSE": "-644",
       "/usr/share/licenses/imageio/THIRD-PARTY-LICENSES": "-644",
+      "/etc/logrotate.d/imageio": "-644",
+      "/usr/share/man/man1/imageio.1": "-644",
+      "/usr/share/man/man1/imageio-copy.1": "-644",
+      "/usr/share/man/man1/imageio-daemon.1": "-644",
+      "/usr/share/man/man1/imageio-proxy.1": "-644",
+      "/usr/share/man/man1/imageio-ticket.1": "-644",
+      "/usr/share/man/man1/imageio-version.1": "-644",
     });
+    // The project's own licence, and man pages made from the help of this very build.
+    expect(readFileSync(join(rpmRoot, "usr/share/licenses/imageio/LICENSE"), "utf8")).toBe(
+      readFileSync(join(root, "LICENSE"), "utf8"),
+    );
+    const daemonPage = readFileSync(join(rpmRoot, "usr/share/man/man1/imageio-daemon.1"), "utf8");
+    expect(daemonPage).toContain(`.TH IMAGEIO\\-DAEMON 1 `);
+    expect(daemonPage).toContain("\\-\\-show\\-config [format]");
+    expect(readFileSync(join(rpmRoot, "usr/share/man/man1/imageio-ticket.1"), "utf8")).toContain("inactivity_timeout");
     // The directories the package owns, and none writable by others.
     const owned = query("[%{FILEMODES:perms} %{FILENAMES}\n]")
       .split("\n")
@@ -243,9 +263,15 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       "drwxr-xr-x /etc/ovirt-imageio/conf.d",
       "drwxr-xr-x /usr/lib64/imageio",
       "drwxr-xr-x /usr/share/doc/imageio",
+      "drwxr-xr-x /usr/share/doc/imageio/docs",
       "drwxr-xr-x /usr/share/licenses/imageio",
+      "drwxr-xr-x /var/log/ovirt-imageio",
     ]);
-    expect(new Set(query("[%{FILEUSERNAME}:%{FILEGROUPNAME}\n]").trim().split("\n"))).toEqual(new Set(["root:root"]));
+    // Everything is root's but the log directory, where the service user creates and rotates files.
+    const owners = query("[%{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]").trim().split("\n");
+    expect(owners.filter((line) => !line.startsWith("root:root "))).toEqual([
+      "ovirtimg:ovirtimg /var/log/ovirt-imageio",
+    ]);
     // The executable went in as built: not stripped, the blob intact.
     expect(sha256(readFileSync(join(rpmRoot, "usr/bin/imageio")))).toBe(sha256(readFileSync(exe)));
   });
@@ -273,6 +299,57 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       "libstdc++.so.6(GLIBCXX_3.4.21)(64bit)",
       "shadow-utils",
     ]);
+  });
+
+  it("13: hardened units that systemd-analyze verifies, and a logrotate rule that signals them", async (context) => {
+    const unit = (name: string) => readFileSync(join(rpmRoot, "usr/lib/systemd/system", name), "utf8").split("\n");
+    for (const name of ["imageio.service", "imageio-proxy.service"]) {
+      const lines = unit(name);
+      for (const line of [
+        "KillMode=mixed",
+        "RuntimeDirectoryMode=0750",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=full",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectControlGroups=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "LockPersonality=yes",
+        "RestrictRealtime=yes",
+        "SystemCallArchitectures=native",
+        "CapabilityBoundingSet=CAP_CHOWN CAP_DAC_READ_SEARCH CAP_NET_BIND_SERVICE CAP_SETGID CAP_SETUID",
+      ]) {
+        expect(lines, `${name}: ${line}`).toContain(line);
+      }
+    }
+    const rotate = readFileSync(join(rpmRoot, "etc/logrotate.d/imageio"), "utf8");
+    expect(rotate).toContain("/var/log/ovirt-imageio/*.log");
+    expect(rotate).toContain("systemctl kill --signal=HUP --kill-who=main imageio.service");
+    if (spawnSync("systemd-analyze", ["--version"]).error !== undefined) {
+      console.log("skipped systemd-analyze checks: systemd-analyze not installed (Debian: apt-get install systemd)");
+      context.skip();
+    }
+    // verify and security on the units as installed; verify wants ExecStart's file to exist, so
+    // it checks a copy that runs the extracted executable.
+    for (const name of ["imageio.service", "imageio-proxy.service"]) {
+      const unitPath = join(rpmRoot, "usr/lib/systemd/system", name);
+      const checked = tmp.file(`verify-${randomUUID()}/${name}`);
+      await mkdir(join(checked, ".."), { recursive: true });
+      await writeFile(
+        checked,
+        (await readFile(unitPath, "utf8")).replaceAll("/usr/bin/imageio", join(rpmRoot, "usr/bin/imageio")),
+      );
+      const verify = spawnSync("systemd-analyze", ["verify", "--man=no", checked], { encoding: "utf8" });
+      expect(verify.status, `${verify.stdout}${verify.stderr}`).toBe(0);
+      expect(`${verify.stdout}${verify.stderr}`, name).toBe("");
+      const security = spawnSync("systemd-analyze", ["security", "--offline=true", "--no-pager", unitPath], {
+        encoding: "utf8",
+      });
+      const score = Number(/Overall exposure level for \S+: ([\d.]+)/.exec(security.stdout)?.[1]);
+      console.log(`systemd-analyze security ${name}: ${score}`);
+      expect(score, security.stdout).toBeLessThanOrEqual(4.5);
+    }
   });
 
   it("runs the daemon and the proxy as notify services that restart, with NODE_OPTIONS cleared", () => {
@@ -380,6 +457,29 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       ]),
     );
     expect(calls().filter((line) => /preset|disable/.test(line))).toHaveLength(2);
+    // On a host with kvm and qemu groups (Vdsm, libvirt), ovirtimg joins them, as Vdsm makes
+    // ovirt-imageio's user do; already a member, nothing changes.
+    await writeFile(log, "");
+    await writeFile(
+      join(stubs, "getent"),
+      '#!/bin/sh\ncase "$1 $2" in "group kvm"|"group qemu") exit 0;; esac\nexit 2\n',
+    );
+    await writeFile(join(stubs, "id"), '#!/bin/sh\necho "$IMAGEIO_TEST_GROUPS"\n');
+    await writeFile(join(stubs, "usermod"), `#!/bin/sh\necho "usermod $*" >> "${log}"\n`);
+    for (const name of readdirSync(stubs)) await chmod(join(stubs, name), 0o755);
+    const prein = (groups: string) =>
+      spawnSync("/bin/sh", ["-c", query("%{PREIN}"), "PREIN", "1"], {
+        env: { PATH: `${stubs}:/usr/bin:/bin`, IMAGEIO_TEST_GROUPS: groups },
+        encoding: "utf8",
+      }).status;
+    expect(prein("ovirtimg")).toBe(0);
+    expect(calls().filter((line) => line.startsWith("usermod"))).toEqual([
+      "usermod -a -G kvm ovirtimg",
+      "usermod -a -G qemu ovirtimg",
+    ]);
+    await writeFile(log, "");
+    expect(prein("ovirtimg kvm qemu")).toBe(0);
+    expect(calls().filter((line) => line.startsWith("usermod"))).toEqual([]);
     // No systemctl at all (a container or chroot): every scriptlet still succeeds.
     for (const [tag, arg] of [
       ["POSTIN", 1],

@@ -92,6 +92,15 @@ describe("13: start-up failures name their setting, before READY", () => {
     );
   });
 
+  it("13: a run directory that cannot be created names [daemon] run_dir", async () => {
+    const file = tmp.file("not-a-directory");
+    await writeFile(file, "");
+    const result = await failedStart({ daemon: { run_dir: `${file}/run` } });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain(`imageio: [daemon] run_dir: cannot create ${file}/run: ENOTDIR`);
+    expect(result.output).not.toContain("READY");
+  });
+
   it("13: a log file that cannot be opened names [logging] file", async () => {
     const result = await failedStart({ logging: { file: tmp.file("no-such-dir/daemon.log") } });
     expect(result.code).toBe(1);

@@ -77,7 +77,7 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     if (ticketFile !== undefined) tickets = [readTicketFile(ticketFile, config)];
     checkTlsFiles(config);
     identity = serviceIdentity(config);
-    if (!existsSync(config.daemon.run_dir)) mkdirSync(config.daemon.run_dir, { recursive: true, mode: 0o755 });
+    makeRunDir(config.daemon.run_dir);
   } catch (error) {
     return fail(error);
   }
@@ -143,6 +143,16 @@ function startupFailure(error: unknown): number {
   const message = error instanceof ImageioError || error instanceof Error ? error.message : String(error);
   process.stderr.write(`imageio: ${message}\n`);
   return 1;
+}
+
+/** @throws ConfigError naming `[daemon] run_dir` when it cannot be created. */
+function makeRunDir(path: string): void {
+  if (existsSync(path)) return;
+  try {
+    mkdirSync(path, { recursive: true, mode: 0o755 });
+  } catch (error) {
+    throw new ConfigError(`[daemon] run_dir: cannot create ${path}: ${(error as Error).message}`, { cause: error });
+  }
 }
 
 function readTicketFile(path: string, config: Readonly<Config>): TicketFields {

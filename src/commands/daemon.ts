@@ -82,7 +82,7 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     return fail(error);
   }
   const caProblem = backendCaProblem(config);
-  if (caProblem !== undefined) log.warning("CONFIG", { problem: caProblem });
+  if (caProblem !== undefined) log.warning("CONFIG", { reason: caProblem });
 
   let services: RunningServices;
   try {

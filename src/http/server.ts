@@ -241,13 +241,10 @@ async function dispatch(
     }
   }
   const seconds = (performance.now() - started) / 1000;
+  // 0: no response went out (the client left, or the connection was cut).
   const status = res.headersSent ? res.statusCode : 0;
-  connection.stats.record(
-    ctx.operation ?? operationName(method, pattern),
-    seconds,
-    ctx.bytesMoved,
-    !(status < 400 && status > 0),
-  );
+  const failed = status === 0 || status >= 400;
+  connection.stats.record(ctx.operation ?? operationName(method, pattern), seconds, ctx.bytesMoved, failed);
   if (kind === "control") {
     // The control API has no per-request lines of its own; ticket ids are credentials.
     app.log.info("REQUEST", { method, path: redactTicketPath(path), status, seconds: seconds.toFixed(3) });

@@ -5,13 +5,13 @@
  */
 import { execFile, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { readFile, rename, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
+import { waitForFile } from "./helpers/files.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -176,20 +176,3 @@ describe("13: the log file", () => {
     }
   });
 });
-
-/** Polls `path` until `pattern` appears in it; returns the match. */
-async function waitForFile(path: string, pattern: RegExp, timeoutMs = 15_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let text = "";
-    try {
-      text = readFileSync(path, "utf8");
-    } catch {
-      // Not created yet.
-    }
-    const match = pattern.exec(text)?.[0];
-    if (match !== undefined) return match;
-    if (Date.now() > deadline) throw new Error(`no line matching ${pattern} in ${path}:\n${text.slice(-2000)}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

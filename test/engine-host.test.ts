@@ -5,17 +5,15 @@
  * does (its sections and keys, Python logging included), starts `imageio daemon` on it, and
  * uploads and downloads through it to a host daemon, as the engine's clients do.
  */
-import { spawn } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdir, readFile, truncate, writeFile } from "node:fs/promises";
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type DaemonProcess, type Endpoints, request, startDaemon } from "./helpers/daemon.js";
-import { waitForFile } from "./helpers/files.js";
+import { startLoggingToFile } from "./helpers/logfile.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
-const root = new URL("..", import.meta.url).pathname;
 const MiB = 1024 * 1024;
 let tmp: TempDir;
 let host: DaemonProcess;
@@ -103,16 +101,8 @@ function control(port: number, method: string, path: string, body?: string): Pro
 describe("13: an engine host", () => {
   it("13: imageio daemon on engine-setup's 50-engine.conf is the proxy, logging where its handlers say", async () => {
     const confDir = await engineSetupConfig();
-    const child = spawn(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    child.stderr?.on("data", (data: Buffer) => {
-      stderr += data.toString();
-    });
-    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    const { child, ready, stderr, exited } = await startLoggingToFile(confDir, tmp.file("daemon.log"));
     try {
-      const ready = await waitForFile(tmp.file("daemon.log"), /READY .*/);
       // No local socket, control over TCP on localhost: the proxy's shape.
       expect(ready).not.toContain("local=");
       const controlPort = Number(/control=127\.0\.0\.1:(\d+)/.exec(ready)?.[1]);
@@ -161,7 +151,7 @@ describe("13: an engine host", () => {
       expect(log).not.toContain(proxyId);
       // INFO, from [logger_root] level: no DEBUG lines.
       expect(log).not.toMatch(/ DEBUG /);
-      expect(stderr).toBe("");
+      expect(stderr()).toBe("");
     } finally {
       child.kill("SIGKILL");
     }

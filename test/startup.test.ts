@@ -3,7 +3,7 @@
  * unknown keys are reported, --show-config=sources, and a log file that logrotate can rotate
  * (SIGHUP reopens it).
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readFile, rename, writeFile } from "node:fs/promises";
 import net from "node:net";
@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
-import { waitForFile } from "./helpers/files.js";
+import { startLoggingToFile, waitForFile } from "./helpers/logfile.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -131,16 +131,8 @@ describe("13: the log file", () => {
     const dir = await makeTempDir("imageio-logfile-", tmp.path);
     const logFile = dir.file("daemon.log");
     const confDir = await writeTestConfig(dir, { logging: { file: logFile, level: "INFO" } });
-    const child = spawn(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    child.stderr?.on("data", (data: Buffer) => {
-      stderr += data.toString();
-    });
-    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    const { child, ready, stderr, exited } = await startLoggingToFile(confDir, logFile);
     try {
-      const ready = await waitForFile(logFile, /READY .*/);
       const daemon: Endpoints = {
         remotePort: Number(/remote=\S+:(\d+)/.exec(ready)?.[1]),
         localSocket: undefined,
@@ -170,7 +162,7 @@ describe("13: the log file", () => {
       expect(current).toContain(`ADD transfer=${second.slice(0, 8)}`);
       expect(current).toContain("STOP signal=SIGTERM");
       // The daemon is alive through SIGHUP and logs nothing to stderr.
-      expect(stderr).toBe("");
+      expect(stderr()).toBe("");
     } finally {
       child.kill("SIGKILL");
     }

@@ -1,6 +1,7 @@
 /**
- * `imageio daemon`: loads the configuration, starts the images, local and control services,
- * tells systemd it is ready, drops privileges, and stops cleanly on SIGTERM/SIGINT.
+ * `imageio daemon`: loads the configuration, checks what it names, starts the images, local
+ * and control services, drops privileges, tells systemd it is ready, reopens its log file on
+ * SIGHUP, and stops cleanly on SIGTERM/SIGINT.
  * The proxy is this command with other defaults (commands/profiles.ts).
  */
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
@@ -46,19 +47,12 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     return startupFailure(error);
   }
   const { config } = loaded;
-  if (options.showConfig !== undefined && options.showConfig !== false) {
-    if (options.showConfig === "sources") process.stdout.write(configSourcesToText(config, loaded.sources));
-    else if (options.showConfig === true || options.showConfig === "json") process.stdout.write(configToJson(config));
-    else return startupFailure(`--show-config: unknown format '${options.showConfig}': expecting json or sources`);
-    return 0;
-  }
-  let sink: LogSink = stderrSink;
-  if (config.logging.file !== "") {
-    try {
-      sink = new FileSink(config.logging.file);
-    } catch (error) {
-      return startupFailure(`[logging] file: cannot open ${config.logging.file}: ${(error as Error).message}`);
-    }
+  if (options.showConfig !== undefined && options.showConfig !== false) return showConfig(loaded, options.showConfig);
+  let sink: LogSink;
+  try {
+    sink = openLogSink(config);
+  } catch (error) {
+    return startupFailure(error);
   }
   const log = createLogger(config.logging.level as LogLevel, sink, profile.name);
   // A failure goes to stderr (the journal, or the terminal) and, when there is one, the log file.
@@ -137,6 +131,26 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     process.on("SIGINT", onInt);
     process.on("SIGHUP", onHup);
   });
+}
+
+/** `--show-config[=json|sources]`: prints the configuration; the exit code. */
+function showConfig({ config, sources }: LoadedConfig, format: true | string): number {
+  if (format === "sources") process.stdout.write(configSourcesToText(config, sources));
+  else if (format === true || format === "json") process.stdout.write(configToJson(config));
+  else return startupFailure(`--show-config: unknown format '${format}': expecting json or sources`);
+  return 0;
+}
+
+/** stderr, or `[logging] file` held open. @throws ConfigError naming the setting. */
+function openLogSink(config: Readonly<Config>): LogSink {
+  if (config.logging.file === "") return stderrSink;
+  try {
+    return new FileSink(config.logging.file);
+  } catch (error) {
+    throw new ConfigError(`[logging] file: cannot open ${config.logging.file}: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
 }
 
 function startupFailure(error: unknown): number {

@@ -51,8 +51,8 @@ describe("13: logs", () => {
     } finally {
       agent.destroy();
     }
-    const logs = await daemon.waitForLog(/CLOSE connection=\d+ client=127\.0\.0\.1 requests=4 /);
-    const close = /CLOSE connection=\d+ client=127\.0\.0\.1 requests=4 .*/.exec(logs)?.[0] ?? "";
+    const logs = await daemon.waitForLog(/CLOSE connection=\d+ client=127\.0\.0\.1 seconds=\d+\.\d{3} requests=4 /);
+    const close = /CLOSE connection=\d+ client=127\.0\.0\.1 seconds=\d+\.\d{3} requests=4 .*/.exec(logs)?.[0] ?? "";
     expect(close).toMatch(/ write="2 ops, \d+\.\d{3} s, 2\.00 MiB(, [\d.]+ [KMG]?i?B(ytes)?\/s)?"/);
     expect(close).toMatch(/ zero="1 ops, \d+\.\d{3} s, 1\.00 MiB/);
     expect(close).toMatch(/ read="1 ops, \d+\.\d{3} s, 1\.00 MiB/);

@@ -3,12 +3,15 @@ import { ConnectionStats, operationName } from "./stats.js";
 
 describe("connection statistics", () => {
   it("13: CLOSE fields count requests, time, bytes and rate per operation", () => {
-    const stats = new ConnectionStats();
+    let now = 1000;
+    const stats = new ConnectionStats(() => now);
     stats.record("write", 1.5, 1024 ** 3, false);
     stats.record("write", 0.5, 1024 ** 3, false);
     stats.record("flush", 0.0204, 0, false);
     stats.record("read", 0.001, 0, true);
+    now += 2521.5;
     expect(stats.fields()).toEqual({
+      seconds: "2.522",
       requests: 4,
       errors: 1,
       write: "2 ops, 2.000 s, 2.00 GiB, 1.00 GiB/s",

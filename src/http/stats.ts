@@ -2,7 +2,8 @@
  * Per-connection statistics, logged on CLOSE as the reference daemon does: for each
  * operation the number of requests, the time spent in them, and for data operations the
  * bytes moved and the rate. An admin reads a slow transfer's story from one line:
- * `CLOSE connection=7 client=10.0.0.5 requests=41 write="40 ops, 12.100 s, 10.00 GiB, 846.28 MiB/s" flush="1 ops, 0.020 s"`.
+ * `CLOSE connection=7 client=10.0.0.5 seconds=12.402 requests=41 write="40 ops, 12.100 s, 10.00 GiB, 846.28 MiB/s" flush="1 ops, 0.020 s"`
+ * (`seconds`: how long the connection was open; the rest of that time the client was idle).
  */
 import type { LogFields } from "../log.js";
 import { formatSize } from "../units.js";
@@ -39,6 +40,12 @@ export class ConnectionStats {
   private readonly operations = new Map<string, Totals>();
   private requests = 0;
   private errors = 0;
+  private readonly opened: number;
+
+  /** `now`: milliseconds on a monotonic clock (tests pass their own). */
+  constructor(private readonly now: () => number = () => performance.now()) {
+    this.opened = now();
+  }
 
   /** One finished request: its operation, seconds, bytes moved, and whether it failed. */
   record(operation: string, seconds: number, bytes: number, failed: boolean): void {
@@ -51,9 +58,9 @@ export class ConnectionStats {
     this.operations.set(operation, totals);
   }
 
-  /** The CLOSE line's fields: `requests`, `errors` when any, then one field per operation. */
+  /** The CLOSE line's fields: `seconds` open, `requests`, `errors` when any, then one per operation. */
   fields(): LogFields {
-    const fields: LogFields = { requests: this.requests };
+    const fields: LogFields = { seconds: ((this.now() - this.opened) / 1000).toFixed(3), requests: this.requests };
     if (this.errors > 0) fields.errors = this.errors;
     for (const [name, { count, seconds, bytes }] of this.operations) {
       const parts = [`${count} ops`, `${seconds.toFixed(3)} s`];

@@ -222,6 +222,9 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
     };
     walk("");
     const files = Object.fromEntries(Object.entries(found).filter(([, mode]) => !mode.startsWith("d")));
+    expect(readdirSync(join(root, "docs"))).toEqual(
+      expect.arrayContaining(["api.md", "configuration.md", "operations.md", "tickets.md"]),
+    );
     expect(files).toEqual({
       "/usr/bin/imageio": "-755",
       "/usr/lib64/imageio/koffi.node": "-755",
@@ -230,10 +233,10 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       "/etc/ovirt-imageio/conf.d/99-local.conf": "-644",
       "/etc/ovirt-imageio-proxy/conf.d/99-local.conf": "-644",
       "/usr/share/doc/imageio/README.md": "-644",
-      "/usr/share/doc/imageio/docs/api.md": "-644",
-      "/usr/share/doc/imageio/docs/configuration.md": "-644",
-      "/usr/share/doc/imageio/docs/operations.md": "-644",
-      "/usr/share/doc/imageio/docs/tickets.md": "-644",
+      // Every document in docs/ (api, tickets, configuration, operations, and what others add).
+      ...Object.fromEntries(
+        readdirSync(join(root, "docs")).map((name) => [`/usr/share/doc/imageio/docs/${name}`, "-644"]),
+      ),
       "/usr/share/licenses/imageio/LICENSE": "-644",
       "/usr/share/licenses/imageio/THIRD-PARTY-LICENSES": "-644",
       "/etc/logrotate.d/imageio": "-644",

@@ -10,17 +10,28 @@ import { VERSION } from "../version.js";
 /** The lines `imageio version` prints. */
 export async function versionText(verbose: boolean): Promise<string> {
   if (!verbose) return `${VERSION}\n`;
-  // Loaded only here: the plain version must not need the FFI addon.
-  const { koffiVersion } = await import("../io/native.js");
   const lts = process.release.lts === undefined ? "not an LTS release" : `LTS ${process.release.lts}`;
   const { isSea } = await import("node:sea").catch(() => ({ isSea: () => false }));
   return [
     `imageio ${VERSION}`,
     `node ${process.versions.node} (${lts}${isSea() ? ", embedded" : `, ${process.execPath}`})`,
     `openssl ${process.versions.openssl}`,
-    `koffi ${koffiVersion()}`,
+    `koffi ${await loadedKoffiVersion()}`,
     "",
   ].join("\n");
+}
+
+/**
+ * The koffi addon's version, or why it does not load: this is where an admin looks when
+ * direct I/O fails, so it must not fail itself. Loaded only here: the plain version needs no FFI.
+ */
+async function loadedKoffiVersion(): Promise<string> {
+  try {
+    const { koffiVersion } = await import("../io/native.js");
+    return koffiVersion();
+  } catch (error) {
+    return `(cannot load: ${(error as Error).message.split("\n")[0]})`;
+  }
 }
 
 /** Registers `imageio version`. */

@@ -36,6 +36,26 @@ describe("imageio command line", () => {
     expect(await imageio("--version")).toMatchObject({ code: 0, stdout: `${version}\n` });
   });
 
+  it("13: version --verbose and --version --verbose name imageio, Node.js, OpenSSL and koffi", async () => {
+    const { version } = JSON.parse(readFileSync(`${root}/package.json`, "utf8")) as { version: string };
+    for (const args of [
+      ["version", "--verbose"],
+      ["--version", "--verbose"],
+      ["--verbose", "-V"],
+    ]) {
+      const { code, stdout } = await imageio(...args);
+      expect(code, args.join(" ")).toBe(0);
+      expect(stdout.split("\n")).toEqual([
+        `imageio ${version}`,
+        expect.stringMatching(new RegExp(`^node ${process.versions.node.replaceAll(".", "\\.")} \\(`)),
+        `openssl ${process.versions.openssl}`,
+        expect.stringMatching(/^koffi \d+\.\d+\.\d+$/),
+        "",
+      ]);
+    }
+    expect(await imageio("version")).toMatchObject({ code: 0, stdout: `${version}\n` });
+  });
+
   it("each subcommand's help has an example", async () => {
     for (const name of ["daemon", "proxy", "copy"]) {
       const { code, stdout } = await imageio(name, "--help");

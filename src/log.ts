@@ -2,8 +2,8 @@
  * Logging: one line per event, `key=value` fields, to stderr (journald picks it up) or a file.
  * Operators grep these lines (spec §7.4), so event names are stable.
  */
-import { closeSync, createWriteStream, openSync, type WriteStream } from "node:fs";
-import { open } from "node:fs/promises";
+import { createWriteStream, openSync, type WriteStream } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
 
 export const LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -47,9 +47,10 @@ export class FileSink implements LogSink {
 
   /** Switches to a new file at the path; resolves once it is open (rejects, keeping the old one). */
   async reopen(): Promise<void> {
+    // The stream owns the handle from here (a bare fd would be closed when the handle is collected).
     const handle = await open(this.path, "a", 0o644);
     const old = this.stream;
-    this.stream = this.streamOf(handle.fd);
+    this.stream = this.streamOf(handle);
     this.failed = false;
     old.end();
   }
@@ -59,7 +60,7 @@ export class FileSink implements LogSink {
     return new Promise((resolve) => this.stream.end(resolve));
   }
 
-  private streamOf(fd: number): WriteStream {
+  private streamOf(fd: number | FileHandle): WriteStream {
     const stream = createWriteStream(this.path, { fd, flags: "a", autoClose: true });
     stream.on("error", (error) => {
       if (stream !== this.stream || this.failed) return;
@@ -68,11 +69,6 @@ export class FileSink implements LogSink {
     });
     return stream;
   }
-}
-
-/** Checks that `path` can be opened for appending, without keeping it open. @throws the open error. */
-export function checkLogFile(path: string): void {
-  closeSync(openSync(path, "a", 0o644));
 }
 
 /** Collects lines in memory, for tests. */

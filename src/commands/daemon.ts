@@ -134,6 +134,9 @@ function dropPrivileges(config: Readonly<Config>, log: Logger): void {
     throw new ConfigError(`Cannot find user ${user} or group ${group}`);
   const owned = [config.daemon.run_dir];
   if (config.control.enable && config.control.transport === "unix") owned.push(config.control.socket);
+  // A path local socket (not an abstract name, which has no owner) is for the service user's clients.
+  if (config.local.enable && config.local.socket !== "" && !config.local.socket.startsWith("\0"))
+    owned.push(config.local.socket);
   if (config.logging.file !== "") owned.push(config.logging.file);
   for (const path of owned) if (existsSync(path)) chownSync(path, uid, gid);
   // The user's own supplementary groups (e.g. kvm or qemu for image access), as login does.

@@ -108,8 +108,23 @@ export function decodePath(raw: string): string {
   return Buffer.from(bytes).toString("utf8");
 }
 
-/** Splits a request target into decoded path and query (form pairs, last duplicate wins). */
-export function splitTarget(target: string): { path: string; query: Map<string, string> } {
+/**
+ * The origin form (`/path?query`) of a request target. RFC 9112 §3.2.2: a server must accept
+ * the absolute form (`https://host/path?query`) too; its scheme and authority name nothing here.
+ */
+export function originForm(target: string): string {
+  const prefix = /^https?:\/\/[^/?#]*/i.exec(target)?.[0];
+  if (prefix === undefined) return target;
+  const rest = target.slice(prefix.length);
+  return rest.startsWith("/") ? rest : `/${rest}`;
+}
+
+/**
+ * Splits a request target (origin or absolute form) into decoded path and query (form pairs,
+ * last duplicate wins).
+ */
+export function splitTarget(rawTarget: string): { path: string; query: Map<string, string> } {
+  const target = originForm(rawTarget);
   const at = target.indexOf("?");
   const rawPath = at === -1 ? target : target.slice(0, at);
   const query = new Map<string, string>();

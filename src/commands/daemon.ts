@@ -7,11 +7,13 @@ import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { type Config, configToJson, loadConfig } from "../config.js";
 import { ConfigError, ImageioError } from "../errors.js";
+import { acceptTicket } from "../http/handlers/tickets.js";
 import { describeAddress } from "../http/server.js";
 import { type RunningServices, startServices } from "../http/services.js";
 import { sendUnixDatagram } from "../io/native.js";
 import { createLogger, fileSink, type Logger, type LogLevel, stderrSink } from "../log.js";
-import { parseTicket, type TicketFields } from "../tickets/ticket.js";
+import { parseJsonLikePython } from "../pyformat.js";
+import type { TicketFields } from "../tickets/ticket.js";
 import { VERSION } from "../version.js";
 import { type DevSetup, prepareDevEnvironment, printDevInstructions } from "./dev.js";
 import { DAEMON_PROFILE, type DaemonProfile } from "./profiles.js";
@@ -110,12 +112,12 @@ function startupFailure(error: unknown): number {
 function readTicketFile(path: string, config: Readonly<Config>): TicketFields {
   let body: unknown;
   try {
-    body = JSON.parse(readFileSync(path, "utf8"));
+    body = parseJsonLikePython(readFileSync(path, "utf8"));
   } catch (error) {
     throw new ConfigError(`Cannot load ticket file ${path}: ${(error as Error).message}`, { cause: error });
   }
   try {
-    return parseTicket(body, config.daemon.inactivity_timeout);
+    return acceptTicket(body, config);
   } catch (error) {
     throw new ConfigError(`Cannot load ticket file ${path}: ${(error as Error).message}`, { cause: error });
   }

@@ -3,6 +3,7 @@
  * readers with their limits.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { parseJsonLikePython } from "../pyformat.js";
 import type { ClientConnection } from "./connection.js";
 import { type HeaderList, HttpError } from "./errors.js";
 
@@ -63,7 +64,8 @@ export class RequestContext {
   }
 
   /**
-   * Reads a JSON object body completely (any framing), up to MAX_JSON_BODY bytes.
+   * Reads a JSON object body completely (any framing), up to MAX_JSON_BODY bytes. Numbers
+   * written with a fraction or exponent come back as PythonFloat.
    * @throws HttpError 413 for a larger body; 400 `<invalidPrefix> <reason>` for bad JSON or
    *   a value that is not an object.
    */
@@ -79,7 +81,8 @@ export class RequestContext {
     this.bodyRead = true;
     let value: unknown;
     try {
-      value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      // `4096.0` stays a float, as upstream sees it: integer fields refuse it.
+      value = parseJsonLikePython(Buffer.concat(chunks).toString("utf8"));
     } catch (error) {
       throw new HttpError(400, `${invalidPrefix} ${(error as Error).message}`);
     }

@@ -9,6 +9,7 @@ import https from "node:https";
 import net, { type AddressInfo, type Socket } from "node:net";
 import type { SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
+import { ImageioError, RemoteError } from "../errors.js";
 import { bindUnixStream } from "../io/native.js";
 import type { Logger } from "../log.js";
 import type { App } from "./app.js";
@@ -152,6 +153,7 @@ export async function listen(
     socket.end(rawErrorResponse(405, "Method Not Allowed", `Invalid method '${req.method ?? "CONNECT"}'`));
   });
   if (tls) {
+    enforceHandshakeDeadline(server, deadlineMs, log);
     server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
       log.warning("TLS handshake failed", { client: peerAddress(socket), reason: error.code ?? error.message }),
     );
@@ -237,12 +239,38 @@ function admitConnection(socket: Socket, kind: ServiceKind, log: Logger, slots: 
 }
 
 /**
+ * Node's handshake timeout restarts with every byte received, so a ClientHello trickled a
+ * byte at a time would hold its descriptor for ever: the TCP socket under each handshake
+ * gets an absolute deadline instead, cleared when the handshake completes.
+ */
+function enforceHandshakeDeadline(server: net.Server, deadlineMs: number, log: Logger): void {
+  const pending = new WeakMap<Socket, NodeJS.Timeout>();
+  server.on("connection", (tcp: Socket) => {
+    const timer = setTimeout(() => {
+      log.warning("TIMEOUT TLS handshake incomplete", { client: peerAddress(tcp), seconds: deadlineMs / 1000 });
+      tcp.destroy();
+    }, deadlineMs);
+    pending.set(tcp, timer);
+    tcp.once("close", () => clearTimeout(timer));
+  });
+  server.on("secureConnection", (socket: Socket) => {
+    const tcp = tcpSocketOf(socket);
+    if (tcp !== undefined) clearTimeout(pending.get(tcp));
+  });
+}
+
+/** The TCP socket under a TLS socket (Node's `_parent`), or undefined for a plain one. */
+function tcpSocketOf(socket: Socket): Socket | undefined {
+  return (socket as Socket & { _parent?: Socket | null })._parent ?? undefined;
+}
+
+/**
  * The peer's address for logs. A TLS socket that failed before its handshake no longer
  * knows it, but the TCP socket under it (Node's `_parent`) read it when it was accepted.
  */
 function peerAddress(socket: Socket): string {
-  const tcp = (socket as Socket & { _parent?: Socket | null })._parent;
-  return socket.remoteAddress ?? tcp?.remoteAddress ?? "unknown";
+  // Unix sockets have no peer address: their clients are "local", as in OPEN lines.
+  return socket.remoteAddress ?? tcpSocketOf(socket)?.remoteAddress ?? "local";
 }
 
 /**
@@ -306,6 +334,7 @@ async function dispatch(
       throw new HttpError(414, "Request line too long", { close: true });
     }
     checkHeaderCount(req);
+    if (isUpgradeRequest(req)) ctx.closeAfter = true;
     const coding = ctx.header("transfer-encoding");
     if (coding !== undefined && coding.toLowerCase() !== "chunked") {
       // RFC 9112 §6.1: a coding we cannot decode makes the body unreadable.
@@ -323,6 +352,15 @@ async function dispatch(
       connection.socket.destroy();
     }
   }
+}
+
+/**
+ * True for a request asking to switch protocols (`Connection: upgrade` with `Upgrade`). We
+ * answer it as plain HTTP (RFC 9110 §7.8 lets a server ignore the header), but Node's parser
+ * stops reading the connection after it, so the answer must close the connection.
+ */
+function isUpgradeRequest(req: IncomingMessage): boolean {
+  return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? "");
 }
 
 /** @throws HttpError 431 (closing) when the request has more header lines than Node records. */
@@ -351,11 +389,43 @@ function finishWithError(ctx: RequestContext, app: App, error: unknown): void {
     return;
   }
   const httpError = toHttpError(error);
-  if (httpError.status >= 500)
-    app.log.error("ERROR request failed", { ...fields, status: httpError.status }, httpError.cause ?? error);
-  else app.log.info("ERROR", { ...fields, status: httpError.status, reason: httpError.logMessage });
+  logRequestError(app.log, fields, httpError, error);
   sendError(ctx, httpError);
   if (ctx.closeAfter) answeredWithClose.add(socket);
+}
+
+/**
+ * One line per failed request. Refusals (4xx) are warnings with the reason; a domain failure
+ * (a missing image, a closed backend, an unreachable remote) is an error with its reason, and
+ * only an error nobody expected (a bug) brings its stack trace.
+ */
+function logRequestError(
+  log: Logger,
+  fields: Record<string, string | number>,
+  httpError: HttpError,
+  thrown: unknown,
+): void {
+  const status = httpError.status;
+  if (status < 500) {
+    log.warning("ERROR", { ...fields, status, reason: httpError.logMessage });
+    return;
+  }
+  const cause = httpError.cause ?? thrown;
+  if (cause instanceof ImageioError || cause instanceof HttpError) {
+    const reason = cause instanceof RemoteError ? cause.logMessage : describeError(cause);
+    log.error("ERROR request failed", { ...fields, status, reason });
+  } else {
+    log.error("ERROR request failed", { ...fields, status }, cause);
+  }
+}
+
+/** An error's message followed by its causes' when they add something (`…: ENOENT: no such file…`). */
+function describeError(error: Error): string {
+  let text = error.message;
+  for (let cause = error.cause, depth = 0; cause instanceof Error && depth < 3; cause = cause.cause, depth++) {
+    if (!text.includes(cause.message)) text += `: ${cause.message}`;
+  }
+  return text;
 }
 
 /** Answers requests Node's parser rejected (bad framing, methods, headers) and closes. */

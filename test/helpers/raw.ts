@@ -68,9 +68,15 @@ export interface Exchange {
 
 /**
  * Sends `data` and collects the answer until the server closes or `waitMs` passes.
- * Resets from the server count as a close.
+ * Resets from the server count as a close. With `halfClose`, our side ends its writing after
+ * `data`, so the server must answer what it has, or close.
  */
-export async function exchange(target: RawTarget, data: string | Buffer, waitMs = 1500): Promise<Exchange> {
+export async function exchange(
+  target: RawTarget,
+  data: string | Buffer,
+  waitMs = 1500,
+  options: { halfClose?: boolean } = {},
+): Promise<Exchange> {
   const socket = await target.open();
   return new Promise((resolve) => {
     let text = "";
@@ -88,7 +94,8 @@ export async function exchange(target: RawTarget, data: string | Buffer, waitMs 
       clearTimeout(timer);
       resolve({ text, closed });
     });
-    socket.write(data);
+    if (options.halfClose) socket.end(data);
+    else socket.write(data);
   });
 }
 

@@ -226,5 +226,14 @@ describe("issue 10: logs", () => {
     expect(lines.join("\n")).not.toContain("\u0000");
     const added = lines.find((line) => line.includes(" ADD "));
     expect(added).toContain('transfer="t\\r\\nid\\u0000"');
+
+    // Without any space to make it quoted: a NUL and a terminal escape sequence.
+    const bare = await linesDuring(async () => {
+      const body = ticketJson({ transfer_id: '"id\\u0000x\\u001b[2J"' });
+      expect((await putTicket(body)).status).toBe(200);
+    });
+    const line = bare.find((text) => text.includes(" ADD ")) as string;
+    expect(line).toContain('transfer="id\\u0000x\\u001b[2J"');
+    expect(/[\u0000-\u001f\u007f]/.test(line)).toBe(false);
   });
 });

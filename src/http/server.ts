@@ -118,7 +118,7 @@ export async function listen(
     maxHeaderSize: 64 * 1024,
   };
   const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, false);
-  // Node's handshake timeout runs from the connection, not from the last byte: a deadline.
+  // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
   const server = tls
     ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs }, onRequest)
     : http.createServer(serverOptions, onRequest);
@@ -250,6 +250,8 @@ function enforceHandshakeDeadline(server: net.Server, deadlineMs: number, log: L
       log.warning("TIMEOUT TLS handshake incomplete", { client: peerAddress(tcp), seconds: deadlineMs / 1000 });
       tcp.destroy();
     }, deadlineMs);
+    // The socket, not this timer, is what keeps a stopping daemon waiting.
+    timer.unref();
     pending.set(tcp, timer);
     tcp.once("close", () => clearTimeout(timer));
   });
@@ -430,7 +432,7 @@ function describeError(error: Error): string {
 
 /** Answers requests Node's parser rejected (bad framing, methods, headers) and closes. */
 function answerParserError(error: Error & { code?: string; rawPacket?: Buffer }, socket: Socket, log: Logger): void {
-  // Node closes it once that response is out.
+  // Node ends the connection once that response is out; a second answer would follow it.
   if (answeredWithClose.has(socket)) return;
   const raw = error.rawPacket?.toString("latin1") ?? "";
   const [requestLine = "", ...headerLines] = raw.split("\r\n");

@@ -184,7 +184,7 @@ const RLIMIT_NOFILE = 7;
 function unixAddress(socketPath: string, syscall: string): { address: Buffer; length: number } {
   const abstract = socketPath.startsWith("@") || socketPath.startsWith("\0");
   const pathBytes = Buffer.from(abstract ? `\0${socketPath.slice(1)}` : socketPath, "utf8");
-  if (pathBytes.length >= SUN_PATH_MAX) throw systemError(syscall, osConstants.errno.ENAMETOOLONG, socketPath);
+  if (pathBytes.length >= SUN_PATH_MAX) throw systemError(syscall, osConstants.errno.ENAMETOOLONG, shown(socketPath));
   const address = Buffer.alloc(2 + SUN_PATH_MAX);
   address.writeUInt16LE(AF_UNIX, 0);
   pathBytes.copy(address, 2);
@@ -209,6 +209,11 @@ export function sendUnixDatagram(socketPath: string, message: string): void {
   }
 }
 
+/** A socket path as messages show it: an abstract name as "@name", never with its NUL. */
+function shown(socketPath: string): string {
+  return socketPath.startsWith("\0") ? `@${socketPath.slice(1)}` : socketPath;
+}
+
 /** A new non-blocking, close-on-exec unix stream socket. @throws SystemError. */
 function unixStreamSocket(): number {
   const fd = libcSocket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
@@ -228,7 +233,7 @@ export function bindUnixStream(socketPath: string): number {
   if ((libcBind(fd, address, length) as number) === -1) {
     const errno = koffi.errno();
     libcClose(fd);
-    throw systemError("bind", errno, socketPath);
+    throw systemError("bind", errno, shown(socketPath));
   }
   return fd;
 }
@@ -245,7 +250,7 @@ export function connectUnixStream(socketPath: string): number {
   if ((libcConnect(fd, address, length) as number) === -1) {
     const errno = koffi.errno();
     libcClose(fd);
-    throw systemError("connect", errno, socketPath);
+    throw systemError("connect", errno, shown(socketPath));
   }
   return fd;
 }

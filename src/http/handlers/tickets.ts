@@ -1,9 +1,9 @@
 /** The control API, `/tickets/{id}` (spec §5.11): add, show, extend and remove tickets. */
 import type { Config } from "../../config.js";
 import { InvalidArgumentError, UnsupportedUrlError } from "../../errors.js";
-import { parseImageUrl } from "../../io/open.js";
+import { parseImageUrl, supportedSchemes } from "../../io/open.js";
 import { pythonRepr } from "../../pyformat.js";
-import { parseTicket, shortId, type TicketFields } from "../../tickets/ticket.js";
+import { parseTicket, shortId, TICKET_URL_SCHEMES, type TicketFields } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import { HttpError } from "../errors.js";
 import type { RequestContext } from "../request.js";
@@ -33,13 +33,21 @@ export async function addTicket(ctx: RequestContext, app: App, id: string): Prom
  */
 export function acceptTicket(body: unknown, config: Readonly<Config>): TicketFields {
   const fields = parseTicket(body, config.daemon.inactivity_timeout);
+  const invalidUrl = (reason: string) =>
+    new InvalidArgumentError(`Invalid ticket: Invalid value for 'url': ${pythonRepr(fields.url)}: ${reason}`);
+  // parseTicket accepted the scheme as one tickets may name; is there a backend for it?
+  const scheme = fields.url.slice(0, fields.url.indexOf(":")).toLowerCase();
+  const served: string[] = TICKET_URL_SCHEMES.filter((name) => supportedSchemes().includes(name));
+  if (!served.includes(scheme)) {
+    throw invalidUrl(
+      `Unsupported url scheme: ${scheme}: this daemon has no backend for it (serving ${served.join(", ")})`,
+    );
+  }
   try {
     parseImageUrl(fields.url);
   } catch (error) {
     if (!(error instanceof UnsupportedUrlError)) throw error;
-    throw new InvalidArgumentError(
-      `Invalid ticket: Invalid value for 'url': ${pythonRepr(fields.url)}: ${error.message}`,
-    );
+    throw invalidUrl(error.message);
   }
   return fields;
 }

@@ -14,7 +14,7 @@ export const REQUEST_DEADLINE_MS = 60_000;
  * Descriptors kept out of the images services' reach: the control service's connections,
  * log files, listeners, and Node's own (epoll, pipes, stdio).
  */
-export const RESERVED_DESCRIPTORS = 64;
+const RESERVED_DESCRIPTORS = 64;
 
 /** Fewer image connections than this would break one normal copy (8 connections, each with a backend). */
 const MIN_IMAGE_CONNECTIONS = 16;
@@ -42,10 +42,6 @@ export class ConnectionSlots {
     readonly max: number,
     private readonly log: Logger,
   ) {}
-
-  get inUse(): number {
-    return this.used;
-  }
 
   /**
    * Takes a slot for `socket` until it closes.

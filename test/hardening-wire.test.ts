@@ -318,6 +318,34 @@ describe("issue 10: local and control sockets", () => {
     expect(statSync(tlsDaemon.localSocket as string).mode & 0o777).toBe(0o660);
   });
 
+  it("10.10: after the privilege drop, the local socket file belongs to the service user", async () => {
+    if (process.getuid?.() !== 0) {
+      console.log("skipped: dropping privileges needs root");
+      return;
+    }
+    const id = (...args: string[]) => execFileAsync("id", args).then(({ stdout }) => stdout.trim());
+    const [uid, group] = await Promise.all([id("-u", "nobody"), id("-gn", "nobody")]).catch(() => [
+      undefined,
+      undefined,
+    ]);
+    if (uid === undefined || group === undefined) {
+      console.log("skipped: no user 'nobody' to run as");
+      return;
+    }
+    const daemon = await startDaemon({
+      config: { daemon: { drop_privileges: true, user_name: "nobody", group_name: group } },
+    });
+    try {
+      await daemon.waitForLog("PRIVILEGES dropped");
+      const socket = statSync(daemon.localSocket as string);
+      expect(socket.uid).toBe(Number(uid));
+      expect(socket.mode & 0o777).toBe(0o660);
+      expect((await request(daemon, { service: "local", path: "/images/none" })).status).toBe(403);
+    } finally {
+      await daemon.stop();
+    }
+  });
+
   it("10.11: a second daemon with the same sockets fails with EADDRINUSE and leaves the first one's sockets working", async () => {
     const overrides = {
       local: { socket: tlsDaemon.localSocket as string },

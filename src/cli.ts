@@ -6,6 +6,7 @@ import { addCopyCommand } from "./commands/copy.js";
 import { addDaemonCommand, addProxyCommand } from "./commands/server-cli.js";
 import { addTicketCommand } from "./commands/ticket.js";
 import { addVersionCommand, isVerboseVersionRequest, versionText } from "./commands/version.js";
+import { disableInspector } from "./no-inspector.js";
 import { VERSION } from "./version.js";
 
 /** Builds the command tree; exported so tests can inspect help without spawning. */
@@ -41,6 +42,9 @@ export function buildProgram(): Command {
 
 /** Runs the command line; exits 2 on usage errors. */
 export async function main(argv: string[]): Promise<void> {
+  if (disableInspector()) {
+    process.stderr.write("imageio: the Node.js inspector (--inspect, NODE_OPTIONS) is not allowed; closed it\n");
+  }
   // `imageio --help | head` closes the pipe early: that is the reader's choice, not an error.
   process.stdout.on("error", (error: NodeJS.ErrnoException) => {
     if (error.code === "EPIPE") process.exit(0);

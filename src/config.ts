@@ -91,7 +91,8 @@ const CHOICES: Record<string, readonly string[]> = {
 /** Integer options with a narrower range than "any integer". */
 const INT_RANGES: Record<string, [number, number]> = {
   "daemon.max_connections": [1, 1024],
-  "daemon.inactivity_timeout": [0, Number.MAX_SAFE_INTEGER],
+  // 0 is refused in tickets (it would mean "never time out"), so as their default too.
+  "daemon.inactivity_timeout": [1, Number.MAX_SAFE_INTEGER],
   "remote.port": [0, 65535],
   "control.port": [-1, 65535],
   // Timers in Node hold at most 2^31-1 ms (24.8 days); longer would fire at once.

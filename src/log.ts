@@ -77,9 +77,18 @@ export function memorySink(): LogSink & { lines: string[] } {
   return { lines, write: (line) => lines.push(line) };
 }
 
+/**
+ * A field value on one line: bare when it is plain printable text, else JSON-quoted with
+ * every control character escaped, so a value from a client or a manager (a ticket id with a
+ * newline or NUL) can neither forge a log line nor hide in one.
+ */
 function formatValue(value: string | number | boolean): string {
   const text = String(value);
-  return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);
+  if (/^[!#-<>-~\u00a0-\u2027\u202a-\uffff]+$/.test(text)) return text;
+  return JSON.stringify(text).replace(
+    /[\u007f-\u009f\u2028\u2029]/g,
+    (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }
 
 function formatTime(date: Date): string {

@@ -9,6 +9,7 @@ export function pythonJson(value: unknown): string {
   if (value === null || value === undefined) return "null";
   if (typeof value === "boolean") return value ? "true" : "false";
   if (typeof value === "number") return Number.isFinite(value) ? String(value) : "null";
+  if (value instanceof PythonFloat) return reprFloat(value.value);
   if (typeof value === "string") return asciiJsonString(value);
   if (Array.isArray(value)) return `[${value.map(pythonJson).join(", ")}]`;
   if (typeof value === "object") {
@@ -29,6 +30,7 @@ export function pythonRepr(value: unknown): string {
   if (value === null || value === undefined) return "None";
   if (typeof value === "boolean") return value ? "True" : "False";
   if (typeof value === "number") return String(value);
+  if (value instanceof PythonFloat) return reprFloat(value.value);
   if (typeof value === "string") return reprString(value);
   if (Array.isArray(value)) return `[${value.map(pythonRepr).join(", ")}]`;
   if (typeof value === "object") {
@@ -52,4 +54,76 @@ function reprString(text: string): string {
     else out += char;
   }
   return `${quote}${out}${quote}`;
+}
+
+/**
+ * A JSON number written with a fraction or an exponent (`4096.0`, `1e3`), which Python's
+ * json.loads makes a float: never an integer, whatever its value. Validators see an object,
+ * not a number, so they refuse it where an integer is required, as upstream does.
+ */
+export class PythonFloat {
+  constructor(
+    /** The number as the JSON text wrote it. */
+    readonly source: string,
+  ) {}
+
+  get value(): number {
+    return Number(this.source);
+  }
+}
+
+/** Python's repr() of a float: `4096.0`, `1000.0`, `1.5`, `1e+30`, `1e-07`. */
+function reprFloat(value: number): string {
+  if (!Number.isFinite(value)) return Number.isNaN(value) ? "nan" : value > 0 ? "inf" : "-inf";
+  if (Number.isInteger(value) && Math.abs(value) < 1e16) return `${value}.0`;
+  return String(value).replace(/e([+-])(\d)$/, "e$10$2");
+}
+
+/** A number token in JSON text, at a position where one may start. */
+const JSON_NUMBER = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
+
+/**
+ * Parses JSON as Python's json.loads sees it: numbers written with a fraction or exponent
+ * become PythonFloat (JavaScript would make `4096.0` the integer 4096).
+ * @throws SyntaxError for invalid JSON, with JSON.parse's message.
+ */
+export function parseJsonLikePython(text: string): unknown {
+  const value: unknown = JSON.parse(text);
+  const floats = floatTokens(text);
+  if (floats.length === 0) return value;
+  // Valid JSON (parsed above), so the tokens are exact: each float becomes a string only this
+  // call can produce, turned back into a PythonFloat by the reviver.
+  const marker = `\u0000float-${Math.random().toString(36).slice(2)}:`;
+  let marked = "";
+  let at = 0;
+  for (const [index, token] of floats.entries()) {
+    marked += `${text.slice(at, token.start)}${JSON.stringify(`${marker}${index}`)}`;
+    at = token.end;
+  }
+  marked += text.slice(at);
+  return JSON.parse(marked, (_key, item: unknown) =>
+    typeof item === "string" && item.startsWith(marker)
+      ? new PythonFloat((floats[Number(item.slice(marker.length))] as { source: string }).source)
+      : item,
+  );
+}
+
+/** The number tokens of valid JSON text that have a fraction or an exponent. */
+function floatTokens(text: string): { start: number; end: number; source: string }[] {
+  const tokens: { start: number; end: number; source: string }[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const char = text[i] as string;
+    if (char === '"') {
+      // Skip the string, escapes included.
+      for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === "\\") i++;
+    } else if (char === "-" || (char >= "0" && char <= "9")) {
+      JSON_NUMBER.lastIndex = i;
+      const match = JSON_NUMBER.exec(text);
+      if (match === null) continue;
+      const end = i + match[0].length;
+      if (match[1] !== undefined || match[2] !== undefined) tokens.push({ start: i, end, source: match[0] });
+      i = end - 1;
+    }
+  }
+  return tokens;
 }

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MiB } from "../src/units.js";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
+import { accepts, debuggerPorts, signalForInspector } from "./helpers/inspector.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const execFileAsync = promisify(execFile);
@@ -164,6 +165,47 @@ describe("the single executable", () => {
       expect(await exitCode(child)).toBe(0);
     } finally {
       child.kill("SIGKILL");
+      await daemonTmp.remove();
+    }
+  });
+
+  it("10.2: never exposes the inspector: --inspect in NODE_OPTIONS opens none, SIGUSR1 opens none", async () => {
+    const daemonTmp = await makeTempDir("imageio-package-inspector-");
+    const confDir = await writeTestConfig(daemonTmp);
+    const daemon = (env: NodeJS.ProcessEnv) => {
+      const child = spawn(exe, ["daemon", "--config", confDir], { env, stdio: ["ignore", "ignore", "pipe"] });
+      const run = { child, output: "" };
+      child.stderr?.on("data", (data: Buffer) => {
+        run.output += data.toString();
+      });
+      return run;
+    };
+    try {
+      // Node 20's executable refuses the option outright; a later Node opens the inspector,
+      // which the CLI then closes before serving. Either way nothing accepts a debugger.
+      const inspected = daemon({ ...bareEnv(), NODE_OPTIONS: "--inspect=127.0.0.1:0" });
+      const started = await readyLine(inspected.child).then(
+        () => true,
+        () => false,
+      );
+      if (started) {
+        expect(inspected.output).toContain("is not allowed; closed it");
+        inspected.child.kill("SIGTERM");
+        await exitCode(inspected.child);
+      } else {
+        expect(inspected.output).toMatch(/--inspect\S* is not allowed in NODE_OPTIONS/);
+      }
+      for (const port of debuggerPorts(inspected.output)) expect(await accepts(port)).toBe(false);
+
+      const plain = daemon(bareEnv());
+      await readyLine(plain.child);
+      for (let round = 0; round < 3; round++) {
+        expect(await signalForInspector(plain.child.pid as number, () => plain.output)).toBeUndefined();
+      }
+      expect(plain.child.exitCode).toBeNull();
+      plain.child.kill("SIGTERM");
+      expect(await exitCode(plain.child)).toBe(0);
+    } finally {
       await daemonTmp.remove();
     }
   });

@@ -4,7 +4,7 @@ import { randomUUID } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type DaemonProcess, startDaemon, ticketStatus } from "./helpers/daemon.js";
+import { addTicket, type DaemonProcess, request, startDaemon, ticketStatus } from "./helpers/daemon.js";
 
 const run = promisify(execFile);
 const root = new URL("..", import.meta.url).pathname;
@@ -48,6 +48,30 @@ describe("imageio ticket", () => {
     const gone = await ticketCli("show", id);
     expect(gone.code).toBe(1);
     expect(gone.stderr).toContain("404 No such ticket");
+  });
+
+  it("10.15: remove refuses an empty or missing id; only --all removes every ticket", async () => {
+    const ids = [randomUUID(), randomUUID()];
+    for (const id of ids) {
+      await addTicket(daemon, { uuid: id, size: 1, url: "file:///tmp/x", timeout: 30, ops: ["read"] });
+    }
+    for (const args of [["remove", ""], ["remove", "  "], ["remove"], ["remove", ids[0] as string, "--all"]]) {
+      const refused = await ticketCli(...args);
+      expect(refused.code, args.join(" ")).toBe(2);
+      expect(refused.stderr).toMatch(/imageio ticket remove: .*(--all|not both)/);
+    }
+    for (const id of ids) expect((await ticketStatus(daemon, id)).uuid).toBe(id);
+    expect((await ticketCli("remove", "--all")).code).toBe(0);
+    for (const id of ids) {
+      const gone = await request(daemon, { service: "control", path: `/tickets/${id}` });
+      expect(gone.status).toBe(404);
+    }
+  });
+
+  it("10.14: the ticket help says inactivity_timeout 0 is refused", async () => {
+    const help = await ticketCli("--help");
+    expect(help.stdout).toContain("'inactivity_timeout'");
+    expect(help.stdout).toContain("0 is refused");
   });
 
   it("reports invalid tickets and bad arguments", async () => {

@@ -170,6 +170,8 @@ async function bundleCli(outfile) {
         // What bin/imageio does first, for the same reason: libuv sizes its thread pool, where
         // direct I/O runs, on first use; 4 threads are too few for 8 connections.
         'process.env.UV_THREADPOOL_SIZE ??= "16";',
+        // As bin/imageio: no inspector on SIGUSR1 while the bundle loads (src/no-inspector.ts).
+        'process.on("SIGUSR1", () => undefined);',
       ].join("\n"),
     },
     plugins: [versionPlugin(packageJson.version)],

@@ -7,11 +7,13 @@
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { type Config, configSourcesToText, configToJson, type LoadedConfig, loadConfigWithSources } from "../config.js";
 import { ConfigError, ImageioError } from "../errors.js";
+import { acceptTicket } from "../http/handlers/tickets.js";
 import { describeAddress } from "../http/server.js";
 import { type RunningServices, startServices } from "../http/services.js";
 import { sendUnixDatagram } from "../io/native.js";
 import { createLogger, FileSink, type Logger, type LogLevel, type LogSink, stderrSink } from "../log.js";
-import { parseTicket, type TicketFields } from "../tickets/ticket.js";
+import { parseJsonLikePython } from "../pyformat.js";
+import type { TicketFields } from "../tickets/ticket.js";
 import { VERSION } from "../version.js";
 import { type DevSetup, prepareDevEnvironment, printDevInstructions } from "./dev.js";
 import { DAEMON_PROFILE, type DaemonProfile } from "./profiles.js";
@@ -172,12 +174,12 @@ function makeRunDir(path: string): void {
 function readTicketFile(path: string, config: Readonly<Config>): TicketFields {
   let body: unknown;
   try {
-    body = JSON.parse(readFileSync(path, "utf8"));
+    body = parseJsonLikePython(readFileSync(path, "utf8"));
   } catch (error) {
     throw new ConfigError(`Cannot load ticket file ${path}: ${(error as Error).message}`, { cause: error });
   }
   try {
-    return parseTicket(body, config.daemon.inactivity_timeout);
+    return acceptTicket(body, config);
   } catch (error) {
     throw new ConfigError(`Cannot load ticket file ${path}: ${(error as Error).message}`, { cause: error });
   }
@@ -191,6 +193,9 @@ function dropPrivileges(config: Readonly<Config>, identity: ServiceIdentity, log
   const { user, group, uid, gid } = identity;
   const owned = [config.daemon.run_dir];
   if (config.control.enable && config.control.transport === "unix") owned.push(config.control.socket);
+  // A path local socket (not an abstract name, which has no owner) is for the service user's clients.
+  if (config.local.enable && config.local.socket !== "" && !config.local.socket.startsWith("\0"))
+    owned.push(config.local.socket);
   if (config.logging.file !== "") owned.push(config.logging.file);
   for (const path of owned) if (existsSync(path)) chownSync(path, uid, gid);
   // The user's own supplementary groups (on an oVirt host kvm and qemu, which own the images),

@@ -81,6 +81,14 @@ Example file:
 Example:
   imageio ticket add ticket.json`;
 
+/** Why `remove` cannot run with this id and --all flag, or undefined when it can. */
+function removeUsageError(id: string | undefined, all: boolean): string | undefined {
+  if (all) return id === undefined ? undefined : "give a ticket id or --all, not both";
+  if (id === undefined) return "missing ticket id (use --all to remove every ticket)";
+  if (id.trim() === "") return "empty ticket id (use --all to remove every ticket)";
+  return undefined;
+}
+
 /** Registers `imageio ticket`. */
 export function addTicketCommand(program: Command): void {
   const ticket = program
@@ -88,7 +96,20 @@ export function addTicketCommand(program: Command): void {
     .description("add, show, extend or remove tickets through the daemon's control socket")
     .option("-c, --config <path>", "the daemon's configuration (to find the control socket)")
     .option("--proxy", "talk to the proxy (its defaults and /etc/ovirt-imageio-proxy)")
-    .addHelpText("after", "\nExample:\n  imageio ticket add ticket.json && imageio ticket show 5d3c0f2e-…");
+    .addHelpText(
+      "after",
+      [
+        "",
+        "Ticket timeouts (seconds): 'timeout' is how long the ticket lives after its last use;",
+        "'inactivity_timeout' (default [daemon] inactivity_timeout) is how long a connection using",
+        "it may stay idle, and must be at least 1: 0 is refused, it would mean never.",
+        "",
+        "Examples:",
+        "  imageio ticket add ticket.json && imageio ticket show 5d3c0f2e-…",
+        "  imageio ticket remove 5d3c0f2e-…",
+        "  imageio ticket remove --all",
+      ].join("\n"),
+    );
   const profileOf = () => {
     const { config, proxy } = ticket.opts() as { config?: string; proxy?: boolean };
     const profile = proxy ? PROXY_PROFILE : DAEMON_PROFILE;
@@ -147,12 +168,22 @@ export function addTicketCommand(program: Command): void {
     });
 
   ticket
-    .command("remove <id>")
-    .description("cancel and remove a ticket")
-    .action(async (id: string) => {
+    .command("remove [id]")
+    .description("cancel and remove a ticket, or every ticket with --all")
+    .option("--all", "remove every ticket at once (running transfers are not waited for)")
+    .action(async (id: string | undefined, options: { all?: boolean }) => {
+      // `DELETE /tickets/` removes every ticket: only an explicit --all may send it, never an
+      // empty id from a script's unset variable.
+      const usage = removeUsageError(id, options.all === true);
+      if (usage !== undefined) {
+        process.stderr.write(`imageio ticket remove: ${usage}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      const path = options.all ? "/tickets/" : `/tickets/${encode(id as string)}`;
       process.exitCode = await runTicketCommand(
         profileOf(),
-        (config) => controlRequest(config, "DELETE", `/tickets/${encode(id)}`),
+        (config) => controlRequest(config, "DELETE", path),
         () => "",
       );
     });

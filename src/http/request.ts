@@ -3,6 +3,7 @@
  * readers with their limits.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { parseJsonLikePython } from "../pyformat.js";
 import type { ClientConnection } from "./connection.js";
 import { type HeaderList, HttpError } from "./errors.js";
 
@@ -67,7 +68,8 @@ export class RequestContext {
   }
 
   /**
-   * Reads a JSON object body completely (any framing), up to MAX_JSON_BODY bytes.
+   * Reads a JSON object body completely (any framing), up to MAX_JSON_BODY bytes. Numbers
+   * written with a fraction or exponent come back as PythonFloat.
    * @throws HttpError 413 for a larger body; 400 `<invalidPrefix> <reason>` for bad JSON or
    *   a value that is not an object.
    */
@@ -83,7 +85,8 @@ export class RequestContext {
     this.bodyRead = true;
     let value: unknown;
     try {
-      value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      // `4096.0` stays a float, as upstream sees it: integer fields refuse it.
+      value = parseJsonLikePython(Buffer.concat(chunks).toString("utf8"));
     } catch (error) {
       throw new HttpError(400, `${invalidPrefix} ${(error as Error).message}`);
     }
@@ -112,8 +115,23 @@ export function decodePath(raw: string): string {
   return Buffer.from(bytes).toString("utf8");
 }
 
-/** Splits a request target into decoded path and query (form pairs, last duplicate wins). */
-export function splitTarget(target: string): { path: string; query: Map<string, string> } {
+/**
+ * The origin form (`/path?query`) of a request target. RFC 9112 §3.2.2: a server must accept
+ * the absolute form (`https://host/path?query`) too; its scheme and authority name nothing here.
+ */
+export function originForm(target: string): string {
+  const prefix = /^https?:\/\/[^/?#]*/i.exec(target)?.[0];
+  if (prefix === undefined) return target;
+  const rest = target.slice(prefix.length);
+  return rest.startsWith("/") ? rest : `/${rest}`;
+}
+
+/**
+ * Splits a request target (origin or absolute form) into decoded path and query (form pairs,
+ * last duplicate wins).
+ */
+export function splitTarget(rawTarget: string): { path: string; query: Map<string, string> } {
+  const target = originForm(rawTarget);
   const at = target.indexOf("?");
   const rawPath = at === -1 ? target : target.slice(0, at);
   const query = new Map<string, string>();

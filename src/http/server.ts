@@ -6,9 +6,12 @@
 import { chmodSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import type { AddressInfo, Socket } from "node:net";
-import tls, { type SecureVersion } from "node:tls";
+import net, { type AddressInfo, type Socket } from "node:net";
+import type { SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
+import { ImageioError, RemoteError } from "../errors.js";
+import { bindUnixStream } from "../io/native.js";
+import type { Logger } from "../log.js";
 import { shortId } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { ClientConnection } from "./connection.js";
@@ -22,10 +25,12 @@ import { options } from "./handlers/options.js";
 import { patch } from "./handlers/patch.js";
 import { addTicket, extendTicket, getTicket, removeTicket } from "./handlers/tickets.js";
 import { put } from "./handlers/upload.js";
+import { type ConnectionSlots, REQUEST_DEADLINE_MS } from "./limits.js";
 import { RequestContext, splitTarget } from "./request.js";
 import { rawErrorResponse, sendError } from "./response.js";
 import { matchRoute, type Route } from "./router.js";
 import { operationName } from "./stats.js";
+import { serverCiphers } from "./tls-ciphers.js";
 
 export type ServiceKind = "remote" | "local" | "control";
 
@@ -51,11 +56,15 @@ export const ROUTES: Record<ServiceKind, Route[]> = {
   ],
 };
 
-/** TLS 1.3 suites in our order of preference; TLS 1.2 keeps OpenSSL's default list after them. */
-const PREFERRED_CIPHERS = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-
 /** Longest request line accepted (spec §3.5). */
 export const MAX_REQUEST_LINE = 4096;
+
+/**
+ * Most header lines a request may have. Node stops recording headers after its count limit
+ * but keeps parsing, so a Content-Range past it would be dropped silently: Node records one
+ * more than this, and a request that has it is refused (431) instead.
+ */
+export const MAX_HEADER_LINES = 1000;
 
 export type ListenAddress = { host: string; port: number } | { path: string; mode?: number };
 
@@ -74,39 +83,62 @@ export interface TlsFiles {
   enableTls11: boolean;
 }
 
+/** What one client may hold of a service (see limits.ts). */
+export interface ListenLimits {
+  /** Absolute deadline for a TLS handshake and for each request head (default 60 s). */
+  deadlineMs?: number;
+  /** Slots shared by the images services; without them, connections are not counted. */
+  slots?: ConnectionSlots;
+}
+
 const connections = new WeakMap<Socket, ClientConnection>();
 
 /**
  * Starts one service on `address`.
  * @throws the listen error (EADDRINUSE, EACCES…).
  */
-export async function listen(app: App, kind: ServiceKind, address: ListenAddress, tls?: TlsFiles): Promise<Listener> {
+export async function listen(
+  app: App,
+  kind: ServiceKind,
+  address: ListenAddress,
+  tls?: TlsFiles,
+  limits: ListenLimits = {},
+): Promise<Listener> {
   const log = app.log;
+  const deadlineMs = limits.deadlineMs ?? REQUEST_DEADLINE_MS;
   const serverOptions: http.ServerOptions = {
-    // Our own inactivity timeouts apply (spec §3.4); Node's defaults would close early.
+    // Our own inactivity timeouts apply between requests (spec §3.4); Node's defaults would
+    // close early. A request head, though, must be complete within the deadline from its
+    // first byte, however slowly it trickles in (Node checks it every interval).
     keepAliveTimeout: 0,
     requestTimeout: 0,
-    headersTimeout: 0,
+    headersTimeout: deadlineMs,
+    connectionsCheckingInterval: Math.min(1000, Math.ceil(deadlineMs / 10)),
     requireHostHeader: false,
     noDelay: true,
     maxHeaderSize: 64 * 1024,
   };
   const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, kind, req, res, false);
+  // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
   const server = tls
-    ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: 60_000 }, onRequest)
+    ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs }, onRequest)
     : http.createServer(serverOptions, onRequest);
   server.keepAliveTimeout = 0;
+  server.maxHeadersCount = MAX_HEADER_LINES + 1;
 
   const unix = "path" in address;
+  // Every accepted socket, before TLS or HTTP sees it: an error handler, and a slot.
+  server.on("connection", (socket: Socket) => admitConnection(socket, kind, log, limits.slots));
   server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
-    const client = unix ? "local" : `${socket.remoteAddress}`;
+    if (socket.destroyed) return;
+    const client = unix ? "local" : peerAddress(socket);
     const connection = new ClientConnection(socket, client, log);
     connections.set(socket, connection);
     log.info("OPEN", { connection: connection.id, client });
     socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
   });
-  server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket) =>
-    answerParserError(error, socket),
+  server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket: Socket) =>
+    answerParserError(error, socket, log),
   );
   // Expect: 100-continue: the 100 goes out only once a handler starts reading the body, so a
   // request refused before that gets its final status alone (spec §3.5 allows it) and the
@@ -115,18 +147,26 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
   // own 417 (which would break our response format).
   server.on("checkExpectation", onRequest);
-  // Node hands CONNECT requests over as raw sockets; they are just another unknown method.
+  // Node hands CONNECT requests over as raw sockets, without its error handler: they are just
+  // another unknown method, on a socket that must survive the client going away mid-answer.
   server.on("connect", (req: IncomingMessage, socket: Socket) => {
+    socket.on("error", () => socket.destroy());
     socket.end(rawErrorResponse(405, "Method Not Allowed", `Invalid method '${req.method ?? "CONNECT"}'`));
   });
   if (tls) {
-    server.on("tlsClientError", (error) => log.debug("TLS handshake failed", { reason: error.message }));
+    enforceHandshakeDeadline(server, deadlineMs, log);
+    server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
+      log.warning("TLS handshake failed", { client: peerAddress(socket), reason: error.code ?? error.message }),
+    );
   }
 
+  if ("path" in address) await removeDeadSocket(address.path);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    if ("path" in address) {
-      removeStaleSocket(address.path);
+    if ("path" in address && address.path.startsWith("\0")) {
+      // Bound here with the name's exact length, which Node would pad to 108 bytes.
+      server.listen({ fd: bindUnixStream(address.path), backlog: 128 }, resolve);
+    } else if ("path" in address) {
       // Create the socket with its final mode, so it is never reachable by others (D11).
       const umask = process.umask(address.mode === undefined ? process.umask() : 0o777 & ~address.mode);
       try {
@@ -160,7 +200,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
       const timer = setTimeout(() => server.closeAllConnections(), graceMs);
       await closed;
       clearTimeout(timer);
-      if (typeof bound === "string" && !bound.startsWith("\0")) removeStaleSocket(bound);
+      if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
     },
   };
 }
@@ -177,25 +217,101 @@ function tlsOptions(files: TlsFiles): https.ServerOptions {
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.
     minVersion: (files.enableTls11 ? "TLSv1.1" : "TLSv1.2") as SecureVersion,
     maxVersion: "TLSv1.3",
-    // AES-128-GCM first (as BoringSSL and Go do): as safe for TLS and a third cheaper than
-    // AES-256 per byte, which is most of what a download costs.
-    ciphers: [PREFERRED_CIPHERS, ...tls.DEFAULT_CIPHERS.split(":").filter((name) => !name.startsWith("TLS_"))].join(
-      ":",
-    ),
+    // Forward secrecy and AEAD only; AES-128-GCM first: as safe for TLS and a third cheaper
+    // than AES-256 per byte, which is most of what a download costs.
+    ciphers: serverCiphers(files.enableTls11),
     honorCipherOrder: true,
   };
   if (files.caFile !== "") options.ca = readFileSync(files.caFile);
-  // OpenSSL 3 refuses TLS 1.1 at its default security level.
-  if (files.enableTls11) options.ciphers = `${options.ciphers}:@SECLEVEL=0`;
   return options;
 }
 
-function removeStaleSocket(path: string): void {
+/**
+ * Gives an accepted socket an error handler (a peer that resets must never become an
+ * uncaught exception) and, on the images services, a connection slot.
+ */
+function admitConnection(socket: Socket, kind: ServiceKind, log: Logger, slots: ConnectionSlots | undefined): void {
+  // Read now: Node caches the peer address, which a reset socket could no longer tell.
+  socket.remoteAddress;
+  socket.on("error", (error: NodeJS.ErrnoException) =>
+    log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message }),
+  );
+  slots?.admit(socket, kind);
+}
+
+/**
+ * Node's handshake timeout restarts with every byte received, so a ClientHello trickled a
+ * byte at a time would hold its descriptor for ever: the TCP socket under each handshake
+ * gets an absolute deadline instead, cleared when the handshake completes.
+ */
+function enforceHandshakeDeadline(server: net.Server, deadlineMs: number, log: Logger): void {
+  const pending = new WeakMap<Socket, NodeJS.Timeout>();
+  server.on("connection", (tcp: Socket) => {
+    const timer = setTimeout(() => {
+      log.warning("TIMEOUT TLS handshake incomplete", { client: peerAddress(tcp), seconds: deadlineMs / 1000 });
+      tcp.destroy();
+    }, deadlineMs);
+    // The socket, not this timer, is what keeps a stopping daemon waiting.
+    timer.unref();
+    pending.set(tcp, timer);
+    tcp.once("close", () => clearTimeout(timer));
+  });
+  server.on("secureConnection", (socket: Socket) => {
+    const tcp = tcpSocketOf(socket);
+    if (tcp !== undefined) clearTimeout(pending.get(tcp));
+  });
+}
+
+/** The TCP socket under a TLS socket (Node's `_parent`), or undefined for a plain one. */
+function tcpSocketOf(socket: Socket): Socket | undefined {
+  return (socket as Socket & { _parent?: Socket | null })._parent ?? undefined;
+}
+
+/**
+ * The peer's address for logs. A TLS socket that failed before its handshake no longer
+ * knows it, but the TCP socket under it (Node's `_parent`) read it when it was accepted.
+ */
+function peerAddress(socket: Socket): string {
+  // Unix sockets have no peer address: their clients are "local", as in OPEN lines.
+  return socket.remoteAddress ?? tcpSocketOf(socket)?.remoteAddress ?? "local";
+}
+
+/**
+ * Removes a socket file left by a process that is gone, so that listening on it works.
+ * @throws EADDRINUSE when a live process still accepts on it: its socket is never deleted.
+ */
+async function removeDeadSocket(path: string): Promise<void> {
   if (path.startsWith("\0")) return;
+  try {
+    if (!lstatSync(path).isSocket()) return;
+  } catch {
+    return; // Not there: nothing to remove.
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect({ path });
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", (error: NodeJS.ErrnoException) => {
+      probe.destroy();
+      // Refused: nobody listens. Any other failure (EAGAIN, a full backlog) means somebody does.
+      resolve(error.code !== "ECONNREFUSED");
+    });
+  });
+  if (alive) {
+    const error = new Error(`listen EADDRINUSE: another process accepts on ${path}`) as NodeJS.ErrnoException;
+    error.code = "EADDRINUSE";
+    throw error;
+  }
+  unlinkSocket(path);
+}
+
+function unlinkSocket(path: string): void {
   try {
     if (lstatSync(path).isSocket()) unlinkSync(path);
   } catch {
-    // Not there: nothing to remove.
+    // Already gone.
   }
 }
 
@@ -222,6 +338,8 @@ async function dispatch(
     if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {
       throw new HttpError(414, "Request line too long", { close: true });
     }
+    checkHeaderCount(req);
+    if (isUpgradeRequest(req)) ctx.closeAfter = true;
     const coding = ctx.header("transfer-encoding");
     if (coding !== undefined && coding.toLowerCase() !== "chunked") {
       // RFC 9112 §6.1: a coding we cannot decode makes the body unreadable.
@@ -257,6 +375,29 @@ function redactTicketPath(path: string): string {
   return match?.[1] === undefined ? path : `/tickets/${shortId(match[1])}`;
 }
 
+/**
+ * True for a request asking to switch protocols (`Connection: upgrade` with `Upgrade`). We
+ * answer it as plain HTTP (RFC 9110 §7.8 lets a server ignore the header), but Node's parser
+ * stops reading the connection after it, so the answer must close the connection.
+ */
+function isUpgradeRequest(req: IncomingMessage): boolean {
+  return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? "");
+}
+
+/** @throws HttpError 431 (closing) when the request has more header lines than Node records. */
+function checkHeaderCount(req: IncomingMessage): void {
+  if (req.rawHeaders.length / 2 > MAX_HEADER_LINES) {
+    throw new HttpError(431, `Too many header lines: more than ${MAX_HEADER_LINES}`, { close: true });
+  }
+}
+
+/**
+ * Sockets that got a response with `connection: close`: nothing more may be written to them,
+ * not even an answer to a parser error Node reports later on the same bytes (an unsupported
+ * Transfer-Encoding is both a request and a framing error to Node).
+ */
+const answeredWithClose = new WeakSet<Socket>();
+
 function finishWithError(ctx: RequestContext, app: App, error: unknown): void {
   const { res } = ctx;
   const socket = ctx.connection.socket;
@@ -269,17 +410,49 @@ function finishWithError(ctx: RequestContext, app: App, error: unknown): void {
     return;
   }
   const httpError = toHttpError(error);
-  if (httpError.status >= 500)
-    app.log.error("ERROR request failed", { ...fields, status: httpError.status }, httpError.cause ?? error);
-  else app.log.info("ERROR", { ...fields, status: httpError.status, reason: httpError.logMessage });
+  logRequestError(app.log, fields, httpError, error);
   sendError(ctx, httpError);
+  if (ctx.closeAfter) answeredWithClose.add(socket);
+}
+
+/**
+ * One line per failed request. Refusals (4xx) are warnings with the reason; a domain failure
+ * (a missing image, a closed backend, an unreachable remote) is an error with its reason, and
+ * only an error nobody expected (a bug) brings its stack trace.
+ */
+function logRequestError(
+  log: Logger,
+  fields: Record<string, string | number>,
+  httpError: HttpError,
+  thrown: unknown,
+): void {
+  const status = httpError.status;
+  if (status < 500) {
+    log.warning("ERROR", { ...fields, status, reason: httpError.logMessage });
+    return;
+  }
+  const cause = httpError.cause ?? thrown;
+  if (cause instanceof ImageioError || cause instanceof HttpError) {
+    const reason = cause instanceof RemoteError ? cause.logMessage : describeError(cause);
+    log.error("ERROR request failed", { ...fields, status, reason });
+  } else {
+    log.error("ERROR request failed", { ...fields, status }, cause);
+  }
+}
+
+/** An error's message followed by its causes' when they add something (`…: ENOENT: no such file…`). */
+function describeError(error: Error): string {
+  let text = error.message;
+  for (let cause = error.cause, depth = 0; cause instanceof Error && depth < 3; cause = cause.cause, depth++) {
+    if (!text.includes(cause.message)) text += `: ${cause.message}`;
+  }
+  return text;
 }
 
 /** Answers requests Node's parser rejected (bad framing, methods, headers) and closes. */
-function answerParserError(
-  error: Error & { code?: string; rawPacket?: Buffer },
-  socket: { writable: boolean; end(data: string): void; destroy(): void },
-): void {
+function answerParserError(error: Error & { code?: string; rawPacket?: Buffer }, socket: Socket, log: Logger): void {
+  // Node ends the connection once that response is out; a second answer would follow it.
+  if (answeredWithClose.has(socket)) return;
   const raw = error.rawPacket?.toString("latin1") ?? "";
   const [requestLine = "", ...headerLines] = raw.split("\r\n");
   const header = (name: string) =>
@@ -316,7 +489,10 @@ function answerParserError(
           : rawErrorResponse(431, "Request Header Fields Too Large", "Request header fields too large");
       break;
     case "ECONNRESET":
+      break;
     case "ERR_HTTP_REQUEST_TIMEOUT":
+      // A head still incomplete at the deadline: closed without a response, like any timeout.
+      log.warning("TIMEOUT request head incomplete", { client: peerAddress(socket) });
       break;
     default:
       response = rawErrorResponse(400, "Bad Request", `Invalid request: ${error.message}`);

@@ -7,6 +7,7 @@ import type { AddressInfo } from "node:net";
 import type { Config } from "../config.js";
 import { ConfigError } from "../errors.js";
 import type { FileBackendOptions } from "../io/file.js";
+import { openFileLimit } from "../io/native.js";
 import type { Logger } from "../log.js";
 import { Authorizer } from "../tickets/authorizer.js";
 import type { Clock } from "../tickets/clock.js";
@@ -14,10 +15,14 @@ import type { TicketFields } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { ticketBackendOpener } from "./backends.js";
 import type { BackendOpener } from "./connection.js";
-import { type Listener, listen, tlsFromConfig } from "./server.js";
+import { ConnectionSlots, imageConnectionLimit } from "./limits.js";
+import { type Listener, type ListenLimits, listen, tlsFromConfig } from "./server.js";
 
 /** Control socket mode: owner and group only ([D11]). */
 export const CONTROL_SOCKET_MODE = 0o660;
+
+/** A local socket file's mode: the service user and its group (Vdsm, qemu) may connect. */
+export const LOCAL_SOCKET_MODE = 0o660;
 
 export interface ServicesOptions {
   log: Logger;
@@ -27,6 +32,8 @@ export interface ServicesOptions {
   fileOptions?: Pick<FileBackendOptions, "probeDirect">;
   /** Tickets added before any service accepts connections (`--ticket FILE`). */
   tickets?: TicketFields[];
+  /** Handshake and request-head deadline (default 60 s; tests shorten it). */
+  deadlineMs?: number;
 }
 
 export interface RunningServices {
@@ -51,20 +58,31 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
     options.log.info("ADD", { transfer: app.authorizer.get(ticket.uuid).label, source: "ticket file" });
   }
   const started: Listener[] = [];
+  // The images services share what the descriptor limit leaves after the control service's
+  // reserve, so clients that exhaust them never lock Vdsm out of the control socket.
+  const imageLimits: ListenLimits = {
+    slots: new ConnectionSlots(imageConnectionLimit(openFileLimit()), options.log),
+    ...(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs }),
+  };
+  const controlLimits: ListenLimits = options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs };
   try {
     let local: Listener | undefined;
     if (config.local.enable) {
       // An empty socket means "pick one": a random abstract name nobody else uses.
       const path =
         config.local.socket === "" ? `\0/org/ovirt/imageio-${randomBytes(8).toString("hex")}` : config.local.socket;
-      local = await explained("local", config, listen(app, "local", { path }));
+      local = await explained(
+        "local",
+        config,
+        listen(app, "local", { path, mode: LOCAL_SOCKET_MODE }, undefined, imageLimits),
+      );
       started.push(local);
       app.localSocket = path;
     }
     const remote = await explained(
       "remote",
       config,
-      listen(app, "remote", { host: config.remote.host, port: config.remote.port }, tlsFromConfig(config)),
+      listen(app, "remote", { host: config.remote.host, port: config.remote.port }, tlsFromConfig(config), imageLimits),
     );
     started.push(remote);
     let control: Listener | undefined;
@@ -73,7 +91,7 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
         config.control.transport === "tcp"
           ? { host: config.control.prefer_ipv4 ? "127.0.0.1" : "::1", port: config.control.port }
           : { path: config.control.socket, mode: CONTROL_SOCKET_MODE };
-      control = await explained("control", config, listen(app, "control", address));
+      control = await explained("control", config, listen(app, "control", address, undefined, controlLimits));
       started.push(control);
     }
     return {

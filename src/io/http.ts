@@ -10,7 +10,7 @@ import { lookup } from "node:dns/promises";
 import { readFileSync } from "node:fs";
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
-import { isIP } from "node:net";
+import { isIP, Socket } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { Readable } from "node:stream";
 import {
@@ -34,6 +34,7 @@ import {
   type RemoteUpload,
   type ZeroExtent,
 } from "./backend.js";
+import { connectUnixStream } from "./native.js";
 
 export interface HttpBackendOptions {
   readonly?: boolean;
@@ -495,8 +496,23 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
 }
 
 function unixTransport(socketPath: string): Transport {
-  const where = socketPath.startsWith("\0") ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
-  return { agent: new http.Agent({ keepAlive: true, maxSockets: 1 }), options: { socketPath }, secure: false, where };
+  const abstract = socketPath.startsWith("\0");
+  const where = abstract ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  // Node pads abstract names to 108 bytes, which reaches no daemon binding the exact name
+  // (ours, upstream's): connect with the exact length, and let a net.Socket own the descriptor.
+  if (abstract) {
+    const connect = (_options: unknown, done: (error: Error) => void): Socket | undefined => {
+      try {
+        return new Socket({ fd: connectUnixStream(socketPath), readable: true, writable: true });
+      } catch (error) {
+        done(error as Error);
+        return undefined;
+      }
+    };
+    Object.assign(agent, { createConnection: connect });
+  }
+  return { agent, options: { socketPath }, secure: false, where };
 }
 
 /** True when `host` names an address of this machine (loopback included). */

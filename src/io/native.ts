@@ -25,6 +25,9 @@ const libcSendto = libc.func(
   "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
 );
 const libcClose = libc.func("int close(int fd)");
+const libcBind = libc.func("int bind(int fd, const void *addr, uint32_t addrlen)");
+const libcConnect = libc.func("int connect(int fd, const void *addr, uint32_t addrlen)");
+const libcGetrlimit = libc.func("int getrlimit(int resource, _Out_ void *rlim)");
 
 /** fallocate(2) mode bits, from linux/falloc.h. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -171,9 +174,27 @@ function rangeIoctl(fd: number, request: number, offset: number, length: number,
 }
 
 const AF_UNIX = 1;
+const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SUN_PATH_MAX = 108;
+const RLIMIT_NOFILE = 7;
+
+/**
+ * A sockaddr_un for `socketPath` (abstract when it starts with "@" or NUL) and its exact
+ * length. Abstract names count every byte of the address, so the length must be the name's
+ * own: Node pads them to 108 bytes, which no other client (Python, curl) can reach.
+ */
+function unixAddress(socketPath: string, syscall: string): { address: Buffer; length: number } {
+  const abstract = socketPath.startsWith("@") || socketPath.startsWith("\0");
+  const pathBytes = Buffer.from(abstract ? `\0${socketPath.slice(1)}` : socketPath, "utf8");
+  if (pathBytes.length >= SUN_PATH_MAX) throw systemError(syscall, osConstants.errno.ENAMETOOLONG, shown(socketPath));
+  const address = Buffer.alloc(2 + SUN_PATH_MAX);
+  address.writeUInt16LE(AF_UNIX, 0);
+  pathBytes.copy(address, 2);
+  return { address, length: 2 + pathBytes.length + (abstract ? 0 : 1) };
+}
 
 /**
  * Sends one datagram to a unix socket (path, or abstract when it starts with "@" or NUL).
@@ -181,20 +202,68 @@ const SUN_PATH_MAX = 108;
  * @throws SystemError when the socket cannot be created or the message not sent.
  */
 export function sendUnixDatagram(socketPath: string, message: string): void {
-  const abstract = socketPath.startsWith("@") || socketPath.startsWith("\0");
-  const pathBytes = Buffer.from(abstract ? `\0${socketPath.slice(1)}` : socketPath, "utf8");
-  if (pathBytes.length >= SUN_PATH_MAX) throw systemError("sendto", osConstants.errno.ENAMETOOLONG, socketPath);
-  const address = Buffer.alloc(2 + SUN_PATH_MAX);
-  address.writeUInt16LE(AF_UNIX, 0);
-  pathBytes.copy(address, 2);
-  const addressLength = 2 + pathBytes.length + (abstract ? 0 : 1);
+  const { address, length } = unixAddress(socketPath, "sendto");
   const fd = libcSocket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
   if (fd === -1) throw systemError("socket", koffi.errno());
   try {
     const data = Buffer.from(message, "utf8");
-    const sent = Number(libcSendto(fd, data, data.length, 0, address, addressLength));
+    const sent = Number(libcSendto(fd, data, data.length, 0, address, length));
     if (sent === -1) throw systemError("sendto", koffi.errno(), socketPath);
   } finally {
     libcClose(fd);
   }
+}
+
+/** A socket path as messages show it: an abstract name as "@name", never with its NUL. */
+function shown(socketPath: string): string {
+  return socketPath.startsWith("\0") ? `@${socketPath.slice(1)}` : socketPath;
+}
+
+/** A new non-blocking, close-on-exec unix stream socket. @throws SystemError. */
+function unixStreamSocket(): number {
+  const fd = libcSocket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+  if (fd === -1) throw systemError("socket", koffi.errno());
+  return fd;
+}
+
+/**
+ * A unix stream socket bound to `socketPath` with the address's exact length (see
+ * unixAddress), not yet listening. The caller owns the descriptor: hand it to
+ * `server.listen({ fd })`, which listens and closes it with the server.
+ * @throws SystemError (EADDRINUSE, EACCES…) when it cannot be bound.
+ */
+export function bindUnixStream(socketPath: string): number {
+  const { address, length } = unixAddress(socketPath, "bind");
+  const fd = unixStreamSocket();
+  if ((libcBind(fd, address, length) as number) === -1) {
+    const errno = koffi.errno();
+    libcClose(fd);
+    throw systemError("bind", errno, shown(socketPath));
+  }
+  return fd;
+}
+
+/**
+ * A unix stream socket connected to `socketPath` with the address's exact length. A unix
+ * connect completes at once or fails (EAGAIN when the listener's backlog is full), so this
+ * never blocks. The caller owns the descriptor: hand it to `new net.Socket({ fd })`.
+ * @throws SystemError (ECONNREFUSED, ENOENT, EAGAIN…) when it cannot connect.
+ */
+export function connectUnixStream(socketPath: string): number {
+  const { address, length } = unixAddress(socketPath, "connect");
+  const fd = unixStreamSocket();
+  if ((libcConnect(fd, address, length) as number) === -1) {
+    const errno = koffi.errno();
+    libcClose(fd);
+    throw systemError("connect", errno, shown(socketPath));
+  }
+  return fd;
+}
+
+/** The soft limit on open descriptors (RLIMIT_NOFILE; Node raises it to the hard limit at start). */
+export function openFileLimit(): number {
+  const limits = Buffer.alloc(16);
+  check(libcGetrlimit(RLIMIT_NOFILE, limits) as number, "getrlimit");
+  const soft = limits.readBigUInt64LE(0);
+  return soft > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(soft);
 }

@@ -32,23 +32,34 @@ export const supportedSchemes = (): string[] => Object.keys(openers).map((scheme
  *   errors (BackendOpenError) otherwise.
  */
 export async function openBackend(url: string | URL, options: OpenOptions = {}): Promise<Backend> {
-  const parsed = parseUrl(url);
-  const opener = openers[parsed.protocol];
-  if (opener === undefined) {
+  const parsed = parseImageUrl(url);
+  return (openers[parsed.protocol] as Opener)(parsed, options);
+}
+
+/**
+ * Parses an image URL as openBackend reads it: a scheme some backend serves, and a file URL
+ * with an absolute path (WHATWG parsing would read `file:etc/passwd` as `/etc/passwd`).
+ * @throws UnsupportedUrlError naming the problem.
+ */
+export function parseImageUrl(url: string | URL): URL {
+  let parsed: URL;
+  if (url instanceof URL) parsed = url;
+  else {
+    if (/^file:(?!\/)/i.test(url)) {
+      throw new UnsupportedUrlError(`File URL '${url}' is relative; expecting an absolute path (file:///path)`);
+    }
+    try {
+      parsed = new URL(url);
+    } catch (error) {
+      throw new UnsupportedUrlError(`Invalid image URL: '${url}'`, { cause: error });
+    }
+  }
+  if (openers[parsed.protocol] === undefined) {
     throw new UnsupportedUrlError(
       `Unsupported URL scheme '${parsed.protocol.slice(0, -1)}' in '${parsed.href}', expecting one of ${supportedSchemes().join(", ")}`,
     );
   }
-  return opener(parsed, options);
-}
-
-function parseUrl(url: string | URL): URL {
-  if (url instanceof URL) return url;
-  try {
-    return new URL(url);
-  } catch (error) {
-    throw new UnsupportedUrlError(`Invalid image URL: '${url}'`, { cause: error });
-  }
+  return parsed;
 }
 
 async function openFile(url: URL, options: OpenOptions): Promise<Backend> {

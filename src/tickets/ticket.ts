@@ -69,6 +69,11 @@ export function parseTicket(body: unknown, defaultInactivityTimeout: number): Ti
   const size = integer("size");
   const timeout = integer("timeout");
   const inactivityTimeout = integer("inactivity_timeout", defaultInactivityTimeout);
+  // 0 would mean "never time out" to a socket: refused, so a forgotten client cannot hold a
+  // connection and its image open for ever.
+  if (inactivityTimeout === 0) {
+    throw invalidValue("inactivity_timeout", 0, "an integer from 1 to 2^53-1 (seconds)");
+  }
 
   const ops = ticket.ops;
   if (!Array.isArray(ops) || !ops.every((op) => op === "read" || op === "write")) {

@@ -83,7 +83,15 @@ async function ensureBuilt(): Promise<void> {
 
 /** Starts `imageio daemon` (or `imageio proxy`) as a child process and waits until it is READY. */
 export async function startDaemon(
-  options: { config?: ConfigOverrides; args?: string[]; command?: "daemon" | "proxy" } = {},
+  options: {
+    config?: ConfigOverrides;
+    args?: string[];
+    command?: "daemon" | "proxy";
+    /** Runs the daemon under this command (e.g. `prlimit --nofile=64:64 --`). */
+    launcher?: string[];
+    /** Extra environment (e.g. NODE_OPTIONS). */
+    env?: NodeJS.ProcessEnv;
+  } = {},
 ): Promise<DaemonProcess> {
   await ensureBuilt();
   const command = options.command ?? "daemon";
@@ -93,11 +101,13 @@ export async function startDaemon(
   if (command === "proxy") overrides.control = { transport: "unix", ...overrides.control };
   const confDir = await writeTestConfig(tmp, overrides);
   const certs = await testCerts();
+  const [file, ...launcherArgs] = [...(options.launcher ?? []), process.execPath];
   const child = spawn(
-    process.execPath,
-    [`${root}/bin/imageio`, command, "--config", confDir, ...(options.args ?? [])],
+    file as string,
+    [...launcherArgs, `${root}/bin/imageio`, command, "--config", confDir, ...(options.args ?? [])],
     {
       stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, ...options.env },
     },
   );
   let output = "";
@@ -152,7 +162,13 @@ export async function startDaemon(
 
 /** Starts the services in this process (fake clock, injected backends), on port 0 and temp sockets. */
 export async function startInProcess(
-  options: { config?: ConfigOverrides; clock?: Clock; fileOptions?: Pick<FileBackendOptions, "probeDirect"> } = {},
+  options: {
+    config?: ConfigOverrides;
+    clock?: Clock;
+    fileOptions?: Pick<FileBackendOptions, "probeDirect">;
+    /** Handshake and request-head deadline (default 60 s). */
+    deadlineMs?: number;
+  } = {},
 ): Promise<InProcessDaemon> {
   const tmp = await makeTempDir("imageio-daemon-");
   const confDir = await writeTestConfig(tmp, options.config);
@@ -163,6 +179,7 @@ export async function startInProcess(
     log: createLogger("DEBUG", sink),
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.fileOptions ? { fileOptions: options.fileOptions } : {}),
+    ...(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs }),
   });
   return {
     services,

@@ -22,7 +22,8 @@ export async function checksum(ctx: RequestContext, app: App, id: string): Promi
   const algorithm = ctx.query.get("algorithm") ?? DEFAULT_CHECKSUM_ALGORITHM;
   const rawBlockSize = ctx.query.get("block_size");
   const blockSize = rawBlockSize === undefined ? DEFAULT_CHECKSUM_BLOCK_SIZE : Number(rawBlockSize);
-  if (rawBlockSize !== undefined && (!/^\d+$/.test(rawBlockSize) || !Number.isSafeInteger(blockSize))) {
+  // Any integer is one (negative or huge): only its range is wrong, and the range check says so.
+  if (rawBlockSize !== undefined && !/^[+-]?\d+$/.test(rawBlockSize)) {
     throw new HttpError(400, `Invalid block size: '${rawBlockSize}'`);
   }
   // Parameters are validated before authorization (spec §5.8).

@@ -3,6 +3,7 @@
  * for it, CORS, and the numbers in log lines.
  */
 import { ForbiddenError } from "../../errors.js";
+import { pythonRepr } from "../../pyformat.js";
 import type { Ticket, TicketOp } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import type { BackendContext } from "../connection.js";
@@ -56,14 +57,17 @@ export function choiceParam(ctx: RequestContext, name: string, choices: readonly
   return checkChoice(name, ctx.query.get(name) ?? fallback, choices);
 }
 
-/** @throws HttpError 400 `Unsupported value 'x' for 'name', expecting one of [...]`. */
-export function checkChoice(name: string, value: string, choices: readonly string[]): string {
-  if (!choices.includes(value)) {
+/**
+ * `value` when it is one of `choices` (a string: `["zero"]` or `{"toString": 1}` never is).
+ * @throws HttpError 400 `Unsupported value 'x' for 'name', expecting one of [...]`.
+ */
+export function checkChoice(name: string, value: unknown, choices: readonly string[]): string {
+  if (typeof value !== "string" || !choices.includes(value)) {
     const list = [...choices]
       .sort()
       .map((choice) => `'${choice}'`)
       .join(", ");
-    throw new HttpError(400, `Unsupported value '${value}' for '${name}', expecting one of [${list}]`);
+    throw new HttpError(400, `Unsupported value ${pythonRepr(value)} for '${name}', expecting one of [${list}]`);
   }
   return value;
 }

@@ -32,7 +32,7 @@ export async function patch(ctx: RequestContext, app: App, id: string): Promise<
   requireId(id);
   const body = await ctx.readJsonObject("Invalid JSON message");
   if (body.op === undefined) throw new HttpError(400, "Missing required value for 'op'");
-  const op = checkChoice("op", typeof body.op === "string" ? body.op : String(body.op), ["zero", "flush"]);
+  const op = checkChoice("op", body.op, ["zero", "flush"]);
   if (op === "flush") {
     const { ticket, context } = await openForTicket(ctx, app, id, "write");
     app.log.info(`${clientTag(ctx)} FLUSH`, { transfer: ticket.label });

@@ -1,5 +1,9 @@
 /** The control API, `/tickets/{id}` (spec §5.11): add, show, extend and remove tickets. */
-import { parseTicket, shortId } from "../../tickets/ticket.js";
+import type { Config } from "../../config.js";
+import { InvalidArgumentError, UnsupportedUrlError } from "../../errors.js";
+import { parseImageUrl, supportedSchemes } from "../../io/open.js";
+import { pythonRepr } from "../../pyformat.js";
+import { parseTicket, shortId, TICKET_URL_SCHEMES, type TicketFields } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
 import { HttpError } from "../errors.js";
 import type { RequestContext } from "../request.js";
@@ -9,7 +13,7 @@ import { requireId } from "../router.js";
 export async function addTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
   requireId(id);
   const body = await ctx.readJsonObject("Ticket is not in a json format:");
-  const fields = parseTicket(body, app.config.daemon.inactivity_timeout);
+  const fields = acceptTicket(body, app.config);
   const ticket = app.authorizer.add(fields);
   app.log.info("ADD", {
     transfer: ticket.label,
@@ -19,6 +23,33 @@ export async function addTicket(ctx: RequestContext, app: App, id: string): Prom
     sparse: fields.sparse,
   });
   send(ctx, 200);
+}
+
+/**
+ * Validates a ticket from a manager (control API or `--ticket FILE`): its fields, and a URL
+ * that a backend of this build serves. A scheme joins the accepted ones when its backend
+ * registers in io/open.ts.
+ * @throws InvalidArgumentError `Invalid ticket: …`.
+ */
+export function acceptTicket(body: unknown, config: Readonly<Config>): TicketFields {
+  const fields = parseTicket(body, config.daemon.inactivity_timeout);
+  const invalidUrl = (reason: string) =>
+    new InvalidArgumentError(`Invalid ticket: Invalid value for 'url': ${pythonRepr(fields.url)}: ${reason}`);
+  // parseTicket accepted the scheme as one tickets may name; is there a backend for it?
+  const scheme = fields.url.slice(0, fields.url.indexOf(":")).toLowerCase();
+  const served: string[] = TICKET_URL_SCHEMES.filter((name) => supportedSchemes().includes(name));
+  if (!served.includes(scheme)) {
+    throw invalidUrl(
+      `Unsupported url scheme: ${scheme}: this daemon has no backend for it (serving ${served.join(", ")})`,
+    );
+  }
+  try {
+    parseImageUrl(fields.url);
+  } catch (error) {
+    if (!(error instanceof UnsupportedUrlError)) throw error;
+    throw invalidUrl(error.message);
+  }
+  return fields;
 }
 
 export async function getTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
@@ -32,7 +63,7 @@ export async function extendTicket(ctx: RequestContext, app: App, id: string): P
   const timeout = body.timeout;
   if (timeout === undefined) throw new HttpError(400, "Missing required value for 'timeout'");
   if (typeof timeout !== "number" || !Number.isSafeInteger(timeout) || timeout < 0) {
-    throw new HttpError(400, `Invalid value for 'timeout': ${JSON.stringify(timeout)}: expecting an integer >= 0`);
+    throw new HttpError(400, `Invalid value for 'timeout': ${pythonRepr(timeout)}: expecting an integer >= 0`);
   }
   const ticket = app.authorizer.find(id);
   if (ticket === undefined)

@@ -1,0 +1,26 @@
+/**
+ * imageio never runs with Node's inspector: a debugger attached to the daemon or the proxy
+ * reads every image and every ticket. Node opens it on SIGUSR1 (which any process of the same
+ * user, or a log rotation script, may send) and on `--inspect*` from the command line or
+ * NODE_OPTIONS, which the single executable honours too.
+ */
+import inspector from "node:inspector";
+
+/** Ignores SIGUSR1: a JavaScript listener replaces the handler that would start the inspector. */
+function ignoreInspectorSignal(): void {
+  process.on("SIGUSR1", () => undefined);
+}
+
+/**
+ * Makes the inspector unreachable for the life of the process: SIGUSR1 no longer opens it,
+ * and one already open from `--inspect` (command line or NODE_OPTIONS) is closed at once.
+ * (`--inspect-brk` and `--inspect-wait` stop before any of our code runs: the units clear
+ * NODE_OPTIONS for that reason.)
+ * @returns true when an open inspector was closed, so the caller can say so.
+ */
+export function disableInspector(): boolean {
+  ignoreInspectorSignal();
+  if (inspector.url() === undefined) return false;
+  inspector.close();
+  return true;
+}

@@ -79,6 +79,10 @@ writeFileSync(
       // (~130 ms to a listening daemon instead of ~200), but V8 never writes the same cache
       // twice, so --reproducible leaves it out for a byte-for-byte repeatable build.
       useCodeCache: !values.reproducible,
+      // NODE_OPTIONS is not read at all: nobody who can set the daemon's environment can turn
+      // on the inspector (--inspect-brk would pause before our code could close it), preload
+      // code or change the runtime under the daemon.
+      execArgvExtension: "none",
       assets: { [KOFFI_ASSET]: KOFFI_ASSET },
     },
     null,

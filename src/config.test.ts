@@ -48,17 +48,23 @@ describe("configuration", () => {
     expect(config.logging.level).toBe("DEBUG");
   });
 
-  it("13: an unknown key or section stops the start, naming file, section and key", async () => {
+  it("13: an unknown key or section is reported with file, section and key, and ignored", async () => {
     await conf("99-local.conf", `${tlsKeys}[remote]\nprot = 54323\n`);
-    expect(() => loadConfig(tmp.path)).toThrow(
-      `${tmp.file("conf.d/99-local.conf")}: [remote] prot: unknown option (did you mean 'port'?); [remote] takes host, port`,
-    );
+    let loaded = loadConfigWithSources(tmp.path);
+    expect(loaded.warnings).toEqual([
+      `${tmp.file("conf.d/99-local.conf")}: [remote] prot: unknown option, ignored (did you mean 'port'?); [remote] takes host, port`,
+    ]);
+    expect(loaded.config.remote.port).toBe(DAEMON_DEFAULTS.remote.port);
     await conf("99-local.conf", `${tlsKeys}[remtoe]\nport = 54323\n`);
-    expect(() => loadConfig(tmp.path)).toThrow(
-      /99-local\.conf: \[remtoe\]: unknown section \(did you mean '\[remote\]'\?\)/,
+    loaded = loadConfigWithSources(tmp.path);
+    expect(loaded.warnings).toHaveLength(1);
+    expect(loaded.warnings[0]).toMatch(
+      /99-local\.conf: \[remtoe\]: unknown section, ignored \(did you mean '\[remote\]'\?\)/,
     );
     await conf("99-local.conf", `${tlsKeys}[logger_root]\nlevle = DEBUG\n`);
-    expect(() => loadConfig(tmp.path)).toThrow(/\[logger_root\] levle: unknown option \(did you mean 'level'\?\)/);
+    expect(loadConfigWithSources(tmp.path).warnings[0]).toMatch(
+      /\[logger_root\] levle: unknown option, ignored \(did you mean 'level'\?\)/,
+    );
   });
 
   it("13: files as Vdsm and engine-setup write them load, their logging sections honoured", async () => {

@@ -127,6 +127,12 @@ export type ConfigSources = Record<string, Record<string, string>>;
 export interface LoadedConfig {
   config: Readonly<Config>;
   sources: ConfigSources;
+  /**
+   * Unknown sections and keys, each naming file, section and key: the caller logs them at
+   * WARNING. They do not stop the start (spec §7.1 ignores them), so a file a newer Vdsm or
+   * engine-setup writes never keeps a host's daemon down.
+   */
+  warnings: string[];
 }
 
 /**
@@ -160,10 +166,11 @@ export function loadConfigWithSources(path: string, options: LoadOptions = {}): 
     sources[name] = Object.fromEntries(Object.keys(section).map((key) => [key, "default"]));
   }
   const pythonLogging: PythonLogging = new Map();
+  const warnings: string[] = [];
   for (const file of files) {
     for (const [sectionName, values] of Object.entries(readIniFile(file))) {
       if (pythonLoggingKind(sectionName) !== undefined) {
-        checkKeys(file, sectionName, values, pythonLoggingKeys(sectionName));
+        warnings.push(...unknownKeys(file, sectionName, values, pythonLoggingKeys(sectionName)));
         const merged = pythonLogging.get(sectionName) ?? new Map<string, SetValue>();
         for (const [key, value] of Object.entries(values)) merged.set(key, { value, file });
         pythonLogging.set(sectionName, merged);
@@ -171,13 +178,18 @@ export function loadConfigWithSources(path: string, options: LoadOptions = {}): 
       }
       const compat = COMPAT_SECTIONS[sectionName];
       if (compat !== undefined) {
-        checkKeys(file, sectionName, values, compat);
+        warnings.push(...unknownKeys(file, sectionName, values, compat));
         continue;
       }
       const section = config[sectionName];
-      if (section === undefined) throw unknownSection(file, sectionName, Object.keys(config));
-      checkKeys(file, sectionName, values, Object.keys(section));
+      if (section === undefined) {
+        warnings.push(unknownSection(file, sectionName, Object.keys(config)));
+        continue;
+      }
+      const known = Object.keys(section);
+      warnings.push(...unknownKeys(file, sectionName, values, known));
       for (const [key, raw] of Object.entries(values)) {
+        if (!known.includes(key)) continue;
         section[key] = convert(file, sectionName, key, String(raw), section[key] as string | number | boolean);
         (sources[sectionName] as Record<string, string>)[key] = file;
       }
@@ -195,27 +207,41 @@ export function loadConfigWithSources(path: string, options: LoadOptions = {}): 
     }
   }
   const result = config as unknown as Config;
-  validate(result);
-  return { config: deepFreeze(result), sources };
-}
-
-/** @throws ConfigError naming the file, section and key of the first key not in `known`. */
-function checkKeys(file: string, section: string, values: Record<string, string>, known: readonly string[]): void {
-  for (const key of Object.keys(values)) {
-    if (known.includes(key)) continue;
-    const hint = nearest(key, known);
-    throw new ConfigError(
-      `${file}: [${section}] ${key}: unknown option${hint === undefined ? "" : ` (did you mean '${hint}'?)`}; ` +
-        `[${section}] takes ${known.join(", ")}`,
-    );
+  try {
+    validate(result);
+  } catch (error) {
+    // An invalid configuration is often a mistyped key: say which keys were ignored too.
+    if (!(error instanceof ConfigError) || warnings.length === 0) throw error;
+    throw new ConfigError([error.message, ...warnings.map((warning) => `also: ${warning}`)].join("\n"), {
+      cause: error,
+    });
   }
+  return { config: deepFreeze(result), sources, warnings };
 }
 
-function unknownSection(file: string, section: string, known: string[]): ConfigError {
+/** A message naming the file, section and key of every key not in `known`, with the likely key. */
+function unknownKeys(
+  file: string,
+  section: string,
+  values: Record<string, string>,
+  known: readonly string[],
+): string[] {
+  return Object.keys(values)
+    .filter((key) => !known.includes(key))
+    .map((key) => {
+      const hint = nearest(key, known);
+      return (
+        `${file}: [${section}] ${key}: unknown option, ignored${hint === undefined ? "" : ` (did you mean '${hint}'?)`}; ` +
+        `[${section}] takes ${known.join(", ")}`
+      );
+    });
+}
+
+function unknownSection(file: string, section: string, known: string[]): string {
   const hint = nearest(section, known);
-  return new ConfigError(
-    `${file}: [${section}]: unknown section${hint === undefined ? "" : ` (did you mean '[${hint}]'?)`}; ` +
-      `known sections: ${known.map((name) => `[${name}]`).join(" ")}, and Python logging sections`,
+  return (
+    `${file}: [${section}]: unknown section, ignored${hint === undefined ? "" : ` (did you mean '[${hint}]'?)`}; ` +
+    `known sections: ${known.map((name) => `[${name}]`).join(" ")}, and Python logging sections`
   );
 }
 

@@ -1,6 +1,6 @@
 /**
  * Issue 13, as an admin meets it: every start-up failure names its setting before READY,
- * unknown keys are reported, --show-config=sources, and a log file that logrotate can rotate
+ * unknown keys are reported at WARNING, --show-config=sources, and a log file that logrotate can rotate
  * (SIGHUP reopens it).
  */
 import { execFile } from "node:child_process";
@@ -10,7 +10,7 @@ import net from "node:net";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
-import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
+import { addTicket, type Endpoints, request, startDaemon, writeTestConfig } from "./helpers/daemon.js";
 import { startLoggingToFile, waitForFile } from "./helpers/logfile.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
@@ -84,12 +84,35 @@ describe("13: start-up failures name their setting, before READY", () => {
     expect(result.output).not.toContain("READY");
   });
 
-  it("13: a mistyped key is reported with file, section and key", async () => {
-    const result = await failedStart({ remote: { prot: 54322 } });
-    expect(result.code).toBe(1);
-    expect(result.output).toMatch(
-      /imageio: \S+\/conf\.d\/99-test\.conf: \[remote\] prot: unknown option \(did you mean 'port'\?\)/,
+  it("13: a mistyped key is reported at WARNING with file, section and key, and ignored as upstream does", async () => {
+    const daemon = await startDaemon({ config: { remote: { prot: 54322 } } });
+    try {
+      const line = /.*CONFIG.*/.exec(await daemon.waitForLog("CONFIG"))?.[0] ?? "";
+      expect(line).toContain("WARNING");
+      expect(line).toMatch(
+        /conf\.d\/99-test\.conf: \[remote\] prot: unknown option, ignored \(did you mean 'port'\?\)/,
+      );
+      // The daemon serves on the port it was given, not on a guess.
+      expect(daemon.logs()).toContain("READY");
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it("13: --show-config prints unknown keys as warnings on stderr", async () => {
+    const dir = await makeTempDir("imageio-startup-conf-", tmp.path);
+    const confDir = await writeTestConfig(dir, { remtoe: { port: 1 } });
+    const { stdout, stderr } = await run(process.execPath, [
+      `${root}/bin/imageio`,
+      "daemon",
+      "--config",
+      confDir,
+      "--show-config",
+    ]);
+    expect(stderr).toMatch(
+      /imageio: warning: \S+99-test\.conf: \[remtoe\]: unknown section, ignored \(did you mean '\[remote\]'\?\)/,
     );
+    expect(JSON.parse(stdout).remote.port).not.toBe(1);
   });
 
   it("13: a run directory that cannot be created names [daemon] run_dir", async () => {

@@ -57,6 +57,7 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     return startupFailure(error);
   }
   const log = createLogger(config.logging.level as LogLevel, sink, profile.name);
+  for (const warning of loaded.warnings) log.warning("CONFIG", { reason: warning });
   // A failure goes to stderr (the journal, or the terminal) and, when there is one, the log file.
   const fail = async (error: unknown) => {
     if (sink instanceof FileSink) {
@@ -136,7 +137,8 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
 }
 
 /** `--show-config[=json|sources]`: prints the configuration; the exit code. */
-function showConfig({ config, sources }: LoadedConfig, format: true | string): number {
+function showConfig({ config, sources, warnings }: LoadedConfig, format: true | string): number {
+  for (const warning of warnings) process.stderr.write(`imageio: warning: ${warning}\n`);
   if (format === "sources") process.stdout.write(configSourcesToText(config, sources));
   else if (format === true || format === "json") process.stdout.write(configToJson(config));
   else return startupFailure(`--show-config: unknown format '${format}': expecting json or sources`);

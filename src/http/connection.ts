@@ -2,6 +2,7 @@
  * Per-connection state: the client's name for logs, the inactivity timeout (spec §3.4), and
  * the backend contexts opened for tickets on this connection (spec §6.1).
  */
+import type { ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Backend } from "../io/backend.js";
 import { BUFFER_ALIGNMENT } from "../io/buffers.js";
@@ -57,6 +58,12 @@ export class ClientConnection {
   private readonly contexts = new Map<string, BackendContext>();
   private timeoutMs = UNAUTHENTICATED_TIMEOUT_MS;
   private busy = 0;
+  /** Settles when the last request queued on this connection has been answered in full. */
+  private turn: Promise<void> = Promise.resolve();
+  /** A response said `connection: close`: nothing pipelined after it runs. */
+  private closing = false;
+  /** Backends being opened, per ticket: a second request waits for the same open. */
+  private readonly opening = new Map<string, Promise<BackendContext>>();
 
   constructor(
     readonly socket: Socket,
@@ -70,11 +77,38 @@ export class ClientConnection {
       socket.destroy();
     });
     socket.once("close", () => {
-      for (const context of [...this.contexts.values()]) {
+      // The request running now may still write what its client sent before it went away
+      // (a short body): its backends close once it has finished.
+      void this.turn.then(() => this.closeContexts());
+    });
+  }
+
+  private async closeContexts(): Promise<void> {
+    await Promise.all(
+      [...this.contexts.values()].map((context) =>
         context
           .close()
-          .catch((error: unknown) => this.log.error("CLOSE backend failed", { connection: this.id }, error));
-      }
+          .catch((error: unknown) => this.log.error("CLOSE backend failed", { connection: this.id }, error)),
+      ),
+    );
+  }
+
+  /**
+   * Queues a request: HTTP/1.1 requests on one connection are handled one after another
+   * (RFC 9112 §9.3.2, spec §6.6), so `handle` starts only once every earlier response has been
+   * sent in full, and never after a response that closes the connection. Pipelined requests
+   * would otherwise share this connection's buffers and backends while they run.
+   * @param handle answers the request; resolves true when the connection must close after it.
+   */
+  serve(res: ServerResponse, handle: () => Promise<boolean>): void {
+    const run = async () => {
+      if (this.closing || this.socket.destroyed) return;
+      if (await handle()) this.closing = true;
+      await responseSent(res);
+    };
+    this.turn = this.turn.then(run).catch((error: unknown) => {
+      this.log.error("ERROR request queue", { connection: this.id }, error);
+      this.socket.destroy();
     });
   }
 
@@ -95,7 +129,15 @@ export class ClientConnection {
    * This connection's backend for `ticket`, opened on first use. Opening sets the
    * connection's timeout to the ticket's inactivity_timeout.
    */
-  async backendFor(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
+  backendFor(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
+    const pending = this.opening.get(ticket.uuid);
+    if (pending !== undefined) return pending;
+    const opening = this.openContext(ticket, open).finally(() => this.opening.delete(ticket.uuid));
+    this.opening.set(ticket.uuid, opening);
+    return opening;
+  }
+
+  private async openContext(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
     const existing = this.contexts.get(ticket.uuid);
     if (existing !== undefined && !existing.closed && existing.ticket === ticket) return existing;
     if (existing !== undefined) await existing.close();
@@ -118,4 +160,18 @@ export class ClientConnection {
   get openContexts(): number {
     return this.contexts.size;
   }
+}
+
+/** Resolves once `res` was handed to the socket in full, or the connection went away. */
+function responseSent(res: ServerResponse): Promise<void> {
+  if (res.writableFinished || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("finish", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.once("finish", done);
+    res.once("close", done);
+  });
 }

@@ -90,7 +90,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
     noDelay: true,
     maxHeaderSize: 64 * 1024,
   };
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, false);
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, routes, req, res, false);
   const server = tls
     ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: 60_000 }, onRequest)
     : http.createServer(serverOptions, onRequest);
@@ -110,7 +110,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   // Expect: 100-continue: the 100 goes out only once a handler starts reading the body, so a
   // request refused before that gets its final status alone (spec §3.5 allows it) and the
   // client sends no body for nothing.
-  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => dispatch(app, routes, req, res, true));
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, routes, req, res, true));
   // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
   // own 417 (which would break our response format).
   server.on("checkExpectation", onRequest);
@@ -198,22 +198,37 @@ function removeStaleSocket(path: string): void {
   }
 }
 
+/** Queues a request behind the ones before it on its connection (spec §6.6). */
+function serveInOrder(
+  app: App,
+  routes: Route[],
+  req: IncomingMessage,
+  res: ServerResponse,
+  expectsContinue: boolean,
+): void {
+  const connection = connections.get(req.socket);
+  if (connection === undefined) {
+    req.socket.destroy();
+    return;
+  }
+  connection.serve(res, () => dispatch(app, routes, req, res, expectsContinue, connection));
+}
+
+/** Handles one request; resolves true when the connection closes after its response. */
 async function dispatch(
   app: App,
   routes: Route[],
   req: IncomingMessage,
   res: ServerResponse,
   expectsContinue: boolean,
-): Promise<void> {
-  const connection = connections.get(req.socket);
-  if (connection === undefined) {
-    req.socket.destroy();
-    return;
-  }
+  connection: ClientConnection,
+): Promise<boolean> {
   const target = req.url ?? "/";
   const { path, query } = splitTarget(target);
   const ctx = new RequestContext(req, res, connection, path, query);
   ctx.expectsContinue = expectsContinue;
+  // `Connection: close` (or HTTP/1.0 without keep-alive): the response says so too.
+  if (!res.shouldKeepAlive) ctx.closeAfter = true;
   const method = req.method ?? "";
   try {
     if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {
@@ -236,6 +251,7 @@ async function dispatch(
       connection.socket.destroy();
     }
   }
+  return ctx.closeAfter;
 }
 
 function finishWithError(ctx: RequestContext, app: App, error: unknown): void {
@@ -270,6 +286,10 @@ function answerParserError(
       .trim();
   let response: string | undefined;
   switch (error.code) {
+    case "HPE_CLOSED_CONNECTION":
+      // Bytes after a request with `Connection: close`: that request is answered and the
+      // connection closes after it; what follows is never run (spec §6.6).
+      return;
     case "HPE_INVALID_METHOD":
       response = rawErrorResponse(405, "Method Not Allowed", `Invalid method '${requestLine.split(" ")[0] ?? ""}'`);
       break;

@@ -135,9 +135,20 @@ async function receive(
   const writer = new DoubleBufferedWriter(context.backend, [context.buffer(0), context.buffer(1)], offset, operation);
   let received = 0;
   let overflow = false;
+  const body = ctx.bodyChunks()[Symbol.asyncIterator]();
   try {
-    for await (const chunk of ctx.bodyChunks()) {
-      let data = chunk;
+    for (;;) {
+      let next: IteratorResult<Buffer>;
+      try {
+        next = await body.next();
+      } catch (error) {
+        // The client went away mid-body: what did arrive is written before the request
+        // fails, as the reference daemon does, so a client that retries the rest loses nothing.
+        await writer.finish();
+        throw error;
+      }
+      if (next.done) break;
+      let data = next.value;
       if (received + data.length > limit) {
         data = data.subarray(0, limit - received);
         overflow = true;

@@ -44,6 +44,7 @@ import {
   seekData,
   seekHole,
 } from "./native.js";
+import { noteRewritten, recordWriteBackFailure, writeBackFailure } from "./write-back.js";
 
 export type DirectMode = "auto" | "always" | "never";
 
@@ -209,11 +210,15 @@ export class FileBackend implements Backend {
       this.checkAligned("write", offset, buf);
       if (this.isBlockDevice) await this.checkInside(handle, "write", offset, buf.length);
       await this.writeAll(handle, buf, offset);
+      noteRewritten(this.imageKey, offset, buf.length);
     });
   }
 
   zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    return this.useWritable((handle) => this.zeroRange(handle, offset, length, options));
+    return this.useWritable(async (handle) => {
+      await this.zeroRange(handle, offset, length, options);
+      noteRewritten(this.imageKey, offset, length);
+    });
   }
 
   private async zeroRange(handle: FileHandle, offset: number, length: number, options: ZeroOptions): Promise<void> {
@@ -236,12 +241,23 @@ export class FileBackend implements Backend {
 
   flush(): Promise<void> {
     return this.use(async (handle) => {
+      const earlier = writeBackFailure(this.imageKey);
+      if (earlier !== undefined) {
+        throw new BackendIoError(
+          `Cannot flush '${this.path}': an earlier write-back of this image failed (${earlier.reason}), so data ` +
+            "acknowledged before it may be lost; flushes fail until the image is written again in full",
+          earlier.code,
+        );
+      }
       try {
         // Buffered mode only needs the data on disk; with O_DIRECT, fsync also flushes the
         // metadata of a file that grew ([D10]).
         await (this.directIo ? handle.sync() : handle.datasync());
       } catch (error) {
-        throw this.ioError("flush", error);
+        const failure = this.ioError("flush", error);
+        const reason = error instanceof Error ? error.message : String(error);
+        recordWriteBackFailure(this.imageKey, reason, failure.errno, await this.sizeOf(handle).catch(() => 0));
+        throw failure;
       }
     });
   }

@@ -5,7 +5,7 @@ import { HttpError } from "../errors.js";
 import type { RequestContext } from "../request.js";
 import { sendJson } from "../response.js";
 import { requireId } from "../router.js";
-import { checkChoice, clientTag, openForTicket } from "./common.js";
+import { checkChoice, clientTag, onTicket, openForTicket, stopIfCancelled } from "./common.js";
 
 function rangeParam(ctx: RequestContext, name: string): number | undefined {
   const raw = ctx.query.get(name);
@@ -23,7 +23,7 @@ export async function extents(ctx: RequestContext, app: App, id: string): Promis
   const start = rangeParam(ctx, "start");
   const length = rangeParam(ctx, "length");
   const backend = context.backend;
-  const size = await backend.size();
+  const size = await onTicket(ticket, "read", () => backend.size());
   if (length === 0) throw new HttpError(400, `Invalid value for 'length': '${ctx.query.get("length")}'`);
   if (start !== undefined && start >= size)
     throw new HttpError(400, `Invalid value for 'start': '${ctx.query.get("start")}'`);
@@ -35,11 +35,16 @@ export async function extents(ctx: RequestContext, app: App, id: string): Promis
   if (contextName === "dirty" && !ticket.fields.dirty)
     throw new HttpError(404, "Ticket does not support dirty extents");
   app.log.info(`${clientTag(ctx)} EXTENTS`, { transfer: ticket.label, context: contextName });
-  const list = await ctx.connection.whileBusy(async () => {
-    const result: object[] = [];
-    const iterable = contextName === "dirty" ? backend.extents("dirty", range) : backend.extents("zero", range);
-    for await (const extent of iterable) result.push(extent);
-    return result;
-  });
+  const list = await ctx.connection.whileBusy(() =>
+    onTicket(ticket, "read", async () => {
+      const result: object[] = [];
+      const iterable = contextName === "dirty" ? backend.extents("dirty", range) : backend.extents("zero", range);
+      for await (const extent of iterable) {
+        stopIfCancelled(ticket, "read");
+        result.push(extent);
+      }
+      return result;
+    }),
+  );
   sendJson(ctx, 200, list);
 }

@@ -12,6 +12,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { promisify } from "node:util";
 import { type Config, DAEMON_DEFAULTS, loadConfig } from "../../src/config.js";
+import type { BackendOpener } from "../../src/http/connection.js";
 import { portOf, type RunningServices, startServices } from "../../src/http/services.js";
 import type { FileBackendOptions } from "../../src/io/file.js";
 import { createLogger, memorySink } from "../../src/log.js";
@@ -152,7 +153,13 @@ export async function startDaemon(
 
 /** Starts the services in this process (fake clock, injected backends), on port 0 and temp sockets. */
 export async function startInProcess(
-  options: { config?: ConfigOverrides; clock?: Clock; fileOptions?: Pick<FileBackendOptions, "probeDirect"> } = {},
+  options: {
+    config?: ConfigOverrides;
+    clock?: Clock;
+    fileOptions?: Pick<FileBackendOptions, "probeDirect">;
+    /** Replaces how tickets' backends are opened (spies, failures). */
+    openBackend?: BackendOpener;
+  } = {},
 ): Promise<InProcessDaemon> {
   const tmp = await makeTempDir("imageio-daemon-");
   const confDir = await writeTestConfig(tmp, options.config);
@@ -163,6 +170,7 @@ export async function startInProcess(
     log: createLogger("DEBUG", sink),
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.fileOptions ? { fileOptions: options.fileOptions } : {}),
+    ...(options.openBackend ? { openBackend: options.openBackend } : {}),
   });
   return {
     services,

@@ -27,6 +27,8 @@ function spy(inner: Backend): Backend {
       if (property === "write") {
         return async (buf: Buffer, offset: number) => {
           events.push("write-start");
+          // A turn of the event loop, as a real write to a disk takes.
+          await new Promise((resolve) => setImmediate(resolve));
           await value.call(target, buf, offset);
           events.push("write-end");
         };

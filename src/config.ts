@@ -18,6 +18,8 @@ export interface Config {
   daemon: {
     poll_interval: number;
     max_connections: number;
+    /** I/O buffers (of the backend's buffer_size) lent to data requests at once, daemon-wide. */
+    max_buffers: number;
     inactivity_timeout: number;
     run_dir: string;
     drop_privileges: boolean;
@@ -50,6 +52,7 @@ export const DAEMON_DEFAULTS: Config = {
   daemon: {
     poll_interval: 1.0,
     max_connections: 8,
+    max_buffers: 32,
     inactivity_timeout: 60,
     run_dir: "/run/ovirt-imageio",
     drop_privileges: true,
@@ -84,6 +87,7 @@ const CHOICES: Record<string, readonly string[]> = {
 /** Integer options with a narrower range than "any integer". */
 const INT_RANGES: Record<string, [number, number]> = {
   "daemon.max_connections": [1, 1024],
+  "daemon.max_buffers": [1, 65536],
   "daemon.inactivity_timeout": [0, Number.MAX_SAFE_INTEGER],
   "remote.port": [0, 65535],
   "control.port": [-1, 65535],

@@ -134,3 +134,31 @@ describe("pipelining", () => {
 function MiB(n: number): number {
   return n * 1024 * 1024;
 }
+
+describe("daemon-wide buffers", () => {
+  it("9.10: with max_buffers = 1, concurrent uploads and downloads on many connections all complete byte-exact", async () => {
+    const limited = await startDaemon({ config: { daemon: { max_buffers: 1 } } });
+    try {
+      const path = limited.tmp.file("limited.raw");
+      const size = 4 * 1024 * 1024;
+      await writeFile(path, Buffer.alloc(size));
+      const id = randomUUID();
+      await addTicket(limited, { uuid: id, size, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+      const parts = Array.from({ length: 6 }, () => randomBytes(size / 8));
+      const uploads = await Promise.all(
+        parts.map((data, k) =>
+          pipeline(limited, [
+            rawHttp("PUT", `/images/${id}?flush=n`, { "Content-Range": `bytes ${k * data.length}-*/*` }, data),
+            rawHttp("GET", `/images/${id}`, { Range: `bytes=${k * data.length}-${(k + 1) * data.length - 1}` }),
+          ]),
+        ),
+      );
+      for (const [k, { responses }] of uploads.entries()) {
+        expect(responses.map((r) => r.status)).toEqual([200, 206]);
+        expect(responses[1]?.body.equals(parts[k] as Buffer), `connection ${k}`).toBe(true);
+      }
+    } finally {
+      await limited.stop();
+    }
+  });
+});

@@ -5,8 +5,7 @@
 import type { ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Backend } from "../io/backend.js";
-import { BUFFER_ALIGNMENT } from "../io/buffers.js";
-import { allocAligned } from "../io/native.js";
+import { BUFFER_ALIGNMENT, type BufferLease, type BufferPool } from "../io/buffers.js";
 import type { Logger } from "../log.js";
 import { MAX_TIMER_MS, type Ticket, type TicketContext } from "../tickets/ticket.js";
 
@@ -15,9 +14,8 @@ export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
 
 let nextConnectionId = 1;
 
-/** A ticket's backend held open by one connection, with its reusable I/O buffers. */
+/** A ticket's backend held open by one connection. */
 export class BackendContext implements TicketContext {
-  private readonly buffers: Buffer[] = [];
   closed = false;
 
   constructor(
@@ -26,21 +24,6 @@ export class BackendContext implements TicketContext {
     readonly bufferSize: number,
     private readonly onClose: (context: BackendContext) => void,
   ) {}
-
-  /**
-   * The i-th of the two aligned I/O buffers of this context (allocated on first use, then
-   * reused). Each is half of buffer_size, so a connection holds buffer_size bytes (spec §6.1)
-   * while one half is on the wire or the socket and the other on the disk.
-   */
-  buffer(index: 0 | 1): Buffer {
-    let buf = this.buffers[index];
-    if (buf === undefined) {
-      const half = Math.max(BUFFER_ALIGNMENT, Math.floor(this.bufferSize / 2 / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT);
-      buf = allocAligned(half, BUFFER_ALIGNMENT);
-      this.buffers[index] = buf;
-    }
-    return buf;
-  }
 
   async close(): Promise<void> {
     if (this.closed) return;
@@ -65,11 +48,17 @@ export class ClientConnection {
   /** Backends being opened, per ticket: a second request waits for the same open. */
   private readonly opening = new Map<string, Promise<BackendContext>>();
 
+  /** The I/O buffer the running request leased, returned when its response is sent. */
+  private lease: BufferLease | undefined;
+  /** Aborted when the socket closes: a request waiting for a buffer gives up. */
+  private readonly gone = new AbortController();
+
   constructor(
     readonly socket: Socket,
     /** "local" for unix sockets, else the peer address. */
     readonly client: string,
     private readonly log: Logger,
+    private readonly pool: BufferPool,
   ) {
     socket.setTimeout(this.timeoutMs);
     socket.on("timeout", () => {
@@ -77,6 +66,7 @@ export class ClientConnection {
       socket.destroy();
     });
     socket.once("close", () => {
+      this.gone.abort(new Error("client disconnected"));
       // The request running now may still write what its client sent before it went away
       // (a short body): its backends close once it has finished.
       void this.turn.then(() => this.closeContexts());
@@ -103,13 +93,36 @@ export class ClientConnection {
   serve(res: ServerResponse, handle: () => Promise<boolean>): void {
     const run = async () => {
       if (this.closing || this.socket.destroyed) return;
-      if (await handle()) this.closing = true;
-      await responseSent(res);
+      try {
+        if (await handle()) this.closing = true;
+        await responseSent(res);
+      } finally {
+        this.lease?.release();
+        this.lease = undefined;
+      }
     };
     this.turn = this.turn.then(run).catch((error: unknown) => {
       this.log.error("ERROR request queue", { connection: this.id }, error);
       this.socket.destroy();
     });
+  }
+
+  /**
+   * The running request's two aligned I/O buffers for a backend of `bufferSize`: each is half
+   * of it, so a request holds buffer_size bytes (spec §6.1) while one half is on the wire and
+   * the other on the disk. Leased from the daemon's pool on first use (waiting while all are
+   * lent out) and returned once the response was sent.
+   * @throws Error when the client disconnects while waiting.
+   */
+  async ioBuffers(bufferSize: number): Promise<[Buffer, Buffer]> {
+    const half = Math.max(BUFFER_ALIGNMENT, Math.floor(bufferSize / 2 / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT);
+    if (this.lease !== undefined && this.lease.buffer.length !== 2 * half) {
+      this.lease.release();
+      this.lease = undefined;
+    }
+    this.lease ??= await this.pool.lease(2 * half, this.gone.signal);
+    const { buffer } = this.lease;
+    return [buffer.subarray(0, half), buffer.subarray(half)];
   }
 
   /**

@@ -99,7 +99,7 @@ export async function listen(app: App, kind: ServiceKind, address: ListenAddress
   const unix = "path" in address;
   server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
     const client = unix ? "local" : `${socket.remoteAddress}`;
-    const connection = new ClientConnection(socket, client, log);
+    const connection = new ClientConnection(socket, client, log, app.buffers);
     connections.set(socket, connection);
     log.info("OPEN", { connection: connection.id, client });
     socket.once("close", () => log.info("CLOSE", { connection: connection.id, client }));

@@ -135,7 +135,7 @@ async function stream(
 ): Promise<void> {
   const { backend } = context;
   const end = first + length;
-  const buffers = [context.buffer(0), context.buffer(1)];
+  const buffers = await ctx.connection.ioBuffers(context.bufferSize);
   const operation = ticket.begin(first);
   try {
     // Data sits in the buffer at the same offset modulo 4096 as in the image, so the aligned

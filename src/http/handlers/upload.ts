@@ -132,7 +132,8 @@ async function receive(
   offset: number,
   limit: number,
 ): Promise<number> {
-  const writer = new DoubleBufferedWriter(context.backend, [context.buffer(0), context.buffer(1)], offset, operation);
+  const buffers = await ctx.connection.ioBuffers(context.bufferSize);
+  const writer = new DoubleBufferedWriter(context.backend, buffers, offset, operation);
   let received = 0;
   let overflow = false;
   const body = ctx.bodyChunks()[Symbol.asyncIterator]();

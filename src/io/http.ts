@@ -425,6 +425,9 @@ export class HttpBackend implements Backend {
         resolve(res);
       });
       request.once("socket", (socket) => {
+        // Small requests (PATCH, short PUTs, a relayed body's last bytes) go out at once
+        // instead of waiting for the ACK of the previous segment (Nagle).
+        socket.setNoDelay(true);
         const connected = () => {
           clearTimeout(connectTimer);
           readySockets.add(socket);

@@ -89,6 +89,8 @@ async function relay(
     upload.abort();
     throw error;
   }
+  // The remote accepted the upload: now the client may send the body.
+  ctx.askForBody();
   let result: { bytes: number };
   try {
     result = await pump(ctx.req, upload.body, {

@@ -52,7 +52,7 @@ export const DAEMON_DEFAULTS: Config = {
   daemon: {
     poll_interval: 1.0,
     max_connections: 8,
-    max_buffers: 32,
+    max_buffers: 16,
     inactivity_timeout: 60,
     run_dir: "/run/ovirt-imageio",
     drop_privileges: true,

@@ -41,9 +41,11 @@ export interface BufferLease {
 }
 
 /**
- * The I/O buffers of a whole daemon: at most `maxBuffers` exist at once, so memory stays
+ * The I/O buffers of a whole daemon: at most `maxBuffers` are lent at once, so memory stays
  * bounded however many connections are mid-request; a request beyond that waits for one.
- * Released buffers are kept for reuse up to `keepIdle`; the rest are dropped to V8.
+ * Released buffers are kept for reuse (up to `keepIdle` per size, all by default) rather than
+ * dropped: V8 frees a dropped buffer only at its next full collection, which an idle daemon
+ * may not run for a long time, so reuse is what keeps the resident memory at the bound.
  */
 export class BufferPool {
   private leased = 0;
@@ -52,7 +54,7 @@ export class BufferPool {
 
   constructor(
     readonly maxBuffers: number,
-    private readonly keepIdle = 2,
+    private readonly keepIdle = maxBuffers,
   ) {
     if (!Number.isSafeInteger(maxBuffers) || maxBuffers < 1)
       throw new RangeError(`Invalid buffer limit: ${maxBuffers}`);

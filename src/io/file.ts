@@ -76,6 +76,9 @@ const NOT_SUPPORTED = new Set(["EOPNOTSUPP", "ENOTSUP", "ENODEV", "ENOTTY", "ENO
 const FILE_ZERO_STEP = 4 * GiB;
 const DEVICE_ZERO_STEP = 128 * MiB;
 
+/** lseek calls of an extents walk between two turns of the event loop (about 1 ms). */
+const SEEKS_PER_TURN = 512;
+
 type ZeroMethod = "zeroRange" | "punchHole" | "allocate" | "zeroOut";
 
 interface OpenState {
@@ -303,7 +306,11 @@ export class FileBackend implements Backend {
       return;
     }
     // [D7]: holes of a raw file read as zeros; hole: true is kept for layered formats.
+    let seeks = 0;
     for (let position = start; position < end; ) {
+      // A walk of a fragmented file makes hundreds of thousands of calls: other clients and
+      // timers get the event loop between batches.
+      if (++seeks % SEEKS_PER_TURN === 0) await yieldToEventLoop();
       const data = this.seek(seekData, position);
       if (data === "unsupported") {
         yield { start: position, length: end - position, zero: false, hole: false };

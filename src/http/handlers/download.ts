@@ -3,7 +3,6 @@
  * two aligned buffers: the next chunk is read while the previous one is sent, and a chunk is
  * not reused before the socket took it (backpressure).
  */
-import type { ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
 import { BUFFER_ALIGNMENT } from "../../io/buffers.js";
 import type { Ticket } from "../../tickets/ticket.js";
@@ -13,7 +12,7 @@ import { type HeaderList, HttpError } from "../errors.js";
 import { pump } from "../pump.js";
 import { type ByteRangeRequest, parseRange } from "../range.js";
 import type { RequestContext } from "../request.js";
-import { send, writeHead } from "../response.js";
+import { send, writeChunk, writeHead } from "../response.js";
 import { requireId } from "../router.js";
 import { clientTag, honourCloseParam, openForTicket } from "./common.js";
 
@@ -176,17 +175,4 @@ async function stream(
   } finally {
     ticket.end(operation);
   }
-}
-
-/** Writes a chunk and resolves once the socket has taken it (so the buffer may be reused). */
-function writeChunk(res: ServerResponse, chunk: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onClose = () => reject(new Error("client disconnected during download"));
-    res.once("close", onClose);
-    res.write(chunk, (error) => {
-      res.off("close", onClose);
-      if (error) reject(error);
-      else resolve();
-    });
-  });
 }

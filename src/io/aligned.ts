@@ -8,18 +8,10 @@
 
 import { InvalidArgumentError, NotSupportedError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
-import {
-  alignDown,
-  alignUp,
-  type Backend,
-  type ByteRange,
-  checkRange,
-  type DirtyExtent,
-  type ZeroExtent,
-  type ZeroOptions,
-} from "./backend.js";
+import { alignDown, alignUp, type Backend, checkRange, type ZeroOptions } from "./backend.js";
 import { withBlockLocks, withSizeLock } from "./block-locks.js";
 import { BUFFER_ALIGNMENT, zeroBuffer } from "./buffers.js";
+import { BackendFilter } from "./filter.js";
 import { allocAligned, isAligned } from "./native.js";
 
 let nextPrivateKey = 1;
@@ -27,8 +19,7 @@ let nextPrivateKey = 1;
 /** Default bounce buffer: large enough to copy unaligned buffers without many small calls. */
 const DEFAULT_BOUNCE_SIZE = MiB;
 
-export class AlignedBackend implements Backend {
-  readonly blockSize = 1;
+export class AlignedBackend extends BackendFilter {
   private bounceBuffer: Buffer | undefined;
   /** Names the image for block locks shared with other handles on it. */
   private readonly lockKey: string;
@@ -41,10 +32,11 @@ export class AlignedBackend implements Backend {
    * @param bounceSize bounce buffer size in bytes, a multiple of `alignment`.
    */
   constructor(
-    readonly inner: Backend,
+    inner: Backend,
     readonly alignment: number = inner.blockSize,
     private readonly bounceSize: number = DEFAULT_BOUNCE_SIZE,
   ) {
+    super(inner);
     const powerOfTwo = alignment > 0 && (alignment & (alignment - 1)) === 0;
     if (!powerOfTwo || alignment > BUFFER_ALIGNMENT || bounceSize % alignment !== 0 || bounceSize < alignment) {
       throw new InvalidArgumentError(`Invalid alignment ${alignment} or bounce buffer size ${bounceSize}`);
@@ -52,30 +44,15 @@ export class AlignedBackend implements Backend {
     this.lockKey = inner.imageKey ?? `aligned:${nextPrivateKey++}`;
   }
 
-  get name(): string {
-    return this.inner.name;
+  /** Any offset, length and memory will do above this filter. */
+  override get blockSize(): number {
+    return 1;
   }
-  get caps() {
-    return this.inner.caps;
-  }
-  get directIo(): boolean {
-    return this.inner.directIo;
-  }
-  get readonly(): boolean {
-    return this.inner.readonly;
-  }
-  get growable(): boolean {
-    return this.inner.growable;
-  }
-  get imageKey(): string {
+  override get imageKey(): string {
     return this.lockKey;
   }
 
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-
-  async read(buf: Buffer, offset: number): Promise<number> {
+  override async read(buf: Buffer, offset: number): Promise<number> {
     this.checkAlignable(offset, buf.length);
     const a = this.alignment;
     let done = 0;
@@ -104,7 +81,7 @@ export class AlignedBackend implements Backend {
     return done;
   }
 
-  async write(buf: Buffer, offset: number): Promise<void> {
+  override async write(buf: Buffer, offset: number): Promise<void> {
     this.checkAlignable(offset, buf.length);
     await this.checkWritable(offset, buf.length);
     const a = this.alignment;
@@ -148,7 +125,7 @@ export class AlignedBackend implements Backend {
     }
   }
 
-  async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+  override async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
     this.checkAlignable(offset, length);
     await this.checkWritable(offset, length);
     const a = this.alignment;
@@ -163,30 +140,13 @@ export class AlignedBackend implements Backend {
     if (end > bodyEnd) await this.write(zeroBuffer().subarray(0, end - bodyEnd), bodyEnd);
   }
 
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  resize(size: number): Promise<void> {
+  override resize(size: number): Promise<void> {
     if (!this.inner.growable) return this.inner.resize(size);
     return withSizeLock(this.lockKey, () => this.inner.resize(size));
   }
 
-  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
-  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
-  extents(
-    context: "zero" | "dirty" = "zero",
-    range?: ByteRange,
-  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
-    return context === "dirty" ? this.inner.extents("dirty", range) : this.inner.extents("zero", range);
-  }
-
   async clone(): Promise<AlignedBackend> {
     return new AlignedBackend(await this.inner.clone(), this.alignment, this.bounceSize);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 
   /**

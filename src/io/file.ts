@@ -70,11 +70,12 @@ const NOT_SUPPORTED = new Set(["EOPNOTSUPP", "ENOTSUP", "ENODEV", "ENOTTY", "ENO
 
 /**
  * Zeroing calls run synchronously on the main thread (so errno survives); they are issued in
- * steps so that zeroing a large range never blocks the event loop for long. Block devices may
- * write the zeros for real, so their steps are small.
+ * steps with a turn of the event loop between them, so zeroing a large range never blocks it
+ * for long. A file's fallocate only changes metadata; a device without write-zeroes offload
+ * writes the zeros for real (about 80 ms per 16 MiB at 200 MB/s), so its steps are small.
  */
 const FILE_ZERO_STEP = 4 * GiB;
-const DEVICE_ZERO_STEP = 128 * MiB;
+const DEVICE_ZERO_STEP = 16 * MiB;
 
 /** lseek calls of an extents walk between two turns of the event loop (about 1 ms). */
 const SEEKS_PER_TURN = 512;

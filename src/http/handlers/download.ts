@@ -11,7 +11,7 @@ import { type ByteRangeRequest, parseRange } from "../range.js";
 import type { RequestContext } from "../request.js";
 import { send, writeHead } from "../response.js";
 import { requireId } from "../router.js";
-import { clientTag, honourCloseParam, openForTicket } from "./common.js";
+import { clientTag, honourCloseParam, onTicket, openForTicket } from "./common.js";
 
 function contentHeaders(ticket: Ticket): HeaderList {
   const filename = ticket.fields.filename;
@@ -55,7 +55,7 @@ function resolveRange(range: ByteRangeRequest | undefined, ticketSize: number, a
 export async function head(ctx: RequestContext, app: App, id: string): Promise<void> {
   requireId(id);
   const { ticket, context } = await openForTicket(ctx, app, id, "read");
-  const available = Math.min(ticket.fields.size, await context.backend.size());
+  const available = Math.min(ticket.fields.size, await onTicket(ticket, "read", () => context.backend.size()));
   ticket.touch();
   writeHead(ctx, 200, available, contentHeaders(ticket));
   ctx.res.end();
@@ -67,7 +67,7 @@ export async function get(ctx: RequestContext, app: App, id: string): Promise<vo
   const rangeHeader = ctx.header("range");
   const range = rangeHeader === undefined ? undefined : parseRange(rangeHeader);
   const { ticket, context } = await openForTicket(ctx, app, id, "read");
-  const available = Math.min(ticket.fields.size, await context.backend.size());
+  const available = Math.min(ticket.fields.size, await onTicket(ticket, "read", () => context.backend.size()));
   const { first, length } = resolveRange(range, ticket.fields.size, available);
   app.log.info(`${clientTag(ctx)} READ`, {
     size: length,

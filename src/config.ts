@@ -25,6 +25,8 @@ export interface Config {
   daemon: {
     poll_interval: number;
     max_connections: number;
+    /** I/O buffers (of the backend's buffer_size) lent to data requests at once, daemon-wide. */
+    max_buffers: number;
     inactivity_timeout: number;
     run_dir: string;
     drop_privileges: boolean;
@@ -57,6 +59,7 @@ export const DAEMON_DEFAULTS: Config = {
   daemon: {
     poll_interval: 1.0,
     max_connections: 8,
+    max_buffers: 16,
     inactivity_timeout: 60,
     run_dir: "/run/ovirt-imageio",
     drop_privileges: true,
@@ -91,6 +94,7 @@ const CHOICES: Record<string, readonly string[]> = {
 /** Integer options with a narrower range than "any integer". */
 const INT_RANGES: Record<string, [number, number]> = {
   "daemon.max_connections": [1, 1024],
+  "daemon.max_buffers": [1, 65536],
   // 0 is refused in tickets (it would mean "never time out"), so as their default too.
   "daemon.inactivity_timeout": [1, Number.MAX_SAFE_INTEGER],
   "remote.port": [0, 65535],

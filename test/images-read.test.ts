@@ -82,7 +82,12 @@ describe("authorization", () => {
   it("15: GET, OPTIONS and HEAD touch the ticket (expires moves, idle_time 0); extents do not", async () => {
     const id = await newTicket({ timeout: 1000 });
     const before = await ticketStatus(daemon, id);
-    await new Promise((resolve) => setTimeout(resolve, 1100));
+    // Until the ticket has been idle for a second (status requests do not touch it).
+    const deadline = Date.now() + 5000;
+    while (((await ticketStatus(daemon, id)).idle_time as number) < 1) {
+      if (Date.now() > deadline) throw new Error("the ticket never became idle");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     await request(daemon, { path: `/images/${id}/extents` });
     const afterExtents = await ticketStatus(daemon, id);
     expect(afterExtents.expires).toBe(before.expires);

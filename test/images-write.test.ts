@@ -48,7 +48,8 @@ describe("PUT", () => {
     expect((await readFile(path)).toString()).toBe(".......content......");
   });
 
-  it("32: without Content-Range the offset is 0 and the data is flushed before 200", async () => {
+  // That the 200 leaves only after the flush is proved with a spy backend in flush-order.test.ts.
+  it("32: without Content-Range the offset is 0 and the whole body is written", async () => {
     const data = randomBytes(3 * MiB + 513);
     const { path, url } = await imageWithTicket(Buffer.alloc(data.length));
     const response = await request(daemon, { method: "PUT", path: url, body: data });
@@ -221,18 +222,25 @@ describe("PUT", () => {
     expect((await readFile(path)).toString()).toBe("..........");
   });
 
-  it("a body shorter than Content-Length from a vanished client keeps what arrived; the daemon keeps serving", async () => {
+  it("9.4: a body shorter than Content-Length from a vanished client writes what arrived and nothing more; the daemon keeps serving", async () => {
     const { path, url } = await imageWithTicket(Buffer.alloc(MiB, "."));
     await rawRequest(daemon, `PUT ${url} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n${"a".repeat(400)}`, {
       waitMs: 300,
     });
-    const contents = (await readFile(path)).toString("latin1");
+    // The write of what arrived finishes after the client is gone: poll for it.
+    const deadline = Date.now() + 5000;
+    let contents = (await readFile(path)).toString("latin1");
+    while (contents.slice(0, 400) !== "a".repeat(400) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      contents = (await readFile(path)).toString("latin1");
+    }
+    expect(contents.slice(0, 400)).toBe("a".repeat(400));
     expect(contents.slice(400)).toBe(".".repeat(MiB - 400));
     const next = await request(daemon, { path: url, headers: { range: "bytes=0-0" } });
     expect(next.status).toBe(206);
   });
 
-  it("connections writing distinct ranges of one block at once all keep their bytes", async () => {
+  it("connections writing distinct ranges inside one block at once all keep their bytes", async () => {
     const { url, path } = await imageWithTicket(Buffer.alloc(8192, "."));
     for (let round = 0; round < 5; round++) {
       await Promise.all(
@@ -254,6 +262,35 @@ describe("PUT", () => {
         ).toBe(true);
       }
       expect(contents.subarray(810).every((b) => b === 46)).toBe(true);
+    }
+  });
+
+  it("9.1: connections growing one file at once all keep their bytes, and the file ends at the furthest write", async () => {
+    for (let round = 0; round < 6; round++) {
+      const { url, path } = await imageWithTicket(Buffer.alloc(1000, "."), { size: 64 * 1024 });
+      const writers = 2 + round;
+      const writes = Array.from({ length: writers }, (_, k) => ({
+        offset: 1000 + k * 5003,
+        data: randomBytes(4999 - round),
+      }));
+      const responses = await Promise.all(
+        writes.map(({ offset, data }) =>
+          request(daemon, {
+            service: "local",
+            method: "PUT",
+            path: `${url}?flush=n`,
+            headers: { "content-range": `bytes ${offset}-*/*` },
+            body: data,
+          }),
+        ),
+      );
+      expect(responses.map((r) => r.status)).toEqual(writes.map(() => 200));
+      const last = writes[writes.length - 1] as { offset: number; data: Buffer };
+      const contents = await readFile(path);
+      expect(contents.length, `round ${round}: size`).toBe(last.offset + last.data.length);
+      for (const [k, { offset, data }] of writes.entries()) {
+        expect(contents.subarray(offset, offset + data.length).equals(data), `round ${round} writer ${k}`).toBe(true);
+      }
     }
   });
 

@@ -378,7 +378,12 @@ describe("proxy OPTIONS and errors (70, 71)", () => {
   it("a proxy ticket removed mid-transfer cuts the transfer, and later requests get 403", async () => {
     const { id, proxyUrl } = await proxiedImage({ contents: Buffer.alloc(256 * MiB), ops: ["read"] });
     const res = await startDownload(proxy, proxyUrl);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // Mid-transfer: the proxy's download is running (the client reads nothing meanwhile).
+    const deadline = Date.now() + 5000;
+    while ((await ticketStatus(proxy, id)).active !== true) {
+      if (Date.now() > deadline) throw new Error("the proxied download never became active");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     const removal = request(proxy, { service: "control", method: "DELETE", path: `/tickets/${id}` });
     const result = await drain(res);
     expect(result.complete).toBe(false);

@@ -3,7 +3,8 @@
  * allocated image is downloaded and uploaded with curl over HTTPS and over the local unix
  * socket, in interleaved rounds next to `dd` with O_DIRECT on the same disk (the baseline).
  * Reported: MiB/s, the ratio to dd, and the daemon's own CPU seconds per GiB (from
- * /proc/<pid>/stat); then the daemon's peak RSS with 8 transfers at once.
+ * /proc/<pid>/stat); then the daemon's peak RSS with 8 transfers at once, its worst control
+ * latency while it zeroes, walks extents and hashes, and its RSS after connection churn.
  */
 import { randomUUID } from "node:crypto";
 import { rmSync } from "node:fs";
@@ -21,6 +22,7 @@ import {
   rssOf,
   startService,
 } from "./services.js";
+import { reportChurn, reportStalls } from "./stalls.js";
 
 export const suite: Suite = {
   description: "daemon GET/PUT over HTTPS and the unix socket with curl, next to dd (O_DIRECT)",
@@ -166,6 +168,8 @@ export const suite: Suite = {
       process.stdout.write(
         `\nDaemon peak RSS with 8 transfers at once: ${(peak / MiB).toFixed(0)} MiB (target < 200 MiB)\n`,
       );
+      await reportStalls(daemon, dir);
+      await reportChurn(daemon, dir);
     } finally {
       daemon.stop();
       rmSync(dir, { recursive: true, force: true });

@@ -14,6 +14,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   copy: async () => (await import("./copy.js")).suite,
   daemon: async () => (await import("./daemon.js")).suite,
   proxy: async () => (await import("./proxy.js")).suite,
+  stalls: async () => (await import("./stalls.js")).suite,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -106,6 +106,8 @@ export interface RunningService {
   port: number;
   local: string;
   control: string;
+  /** The end of what the service logged. */
+  logs(): string;
   stop(): void;
 }
 
@@ -156,6 +158,7 @@ export async function startService(
     port,
     local: join(dir, "local.sock"),
     control: join(dir, "control.sock"),
+    logs: () => output,
     stop: () => child.kill("SIGTERM"),
   };
 }

@@ -3,6 +3,7 @@
  * is opened (injectable, so tests can count or fail opens).
  */
 import type { Config } from "../config.js";
+import type { BufferPool } from "../io/buffers.js";
 import type { Logger } from "../log.js";
 import type { Authorizer } from "../tickets/authorizer.js";
 import type { BackendOpener } from "./connection.js";
@@ -12,6 +13,8 @@ export interface App {
   readonly authorizer: Authorizer;
   readonly log: Logger;
   readonly openBackend: BackendOpener;
+  /** The daemon's I/O buffers: data requests lease theirs here ([daemon] max_buffers). */
+  readonly buffers: BufferPool;
   /** The local service's socket as OPTIONS reports it (`unix_socket`), when it is enabled. */
   localSocket: string | undefined;
 }

@@ -2,10 +2,10 @@
  * Per-connection state: the client's name for logs, the inactivity timeout (spec §3.4), and
  * the backend contexts opened for tickets on this connection (spec §6.1).
  */
+import type { ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Backend } from "../io/backend.js";
-import { BUFFER_ALIGNMENT } from "../io/buffers.js";
-import { allocAligned } from "../io/native.js";
+import { BUFFER_ALIGNMENT, type BufferLease, type BufferPool } from "../io/buffers.js";
 import type { Logger } from "../log.js";
 import { MAX_TIMER_MS, type Ticket, type TicketContext } from "../tickets/ticket.js";
 import { ConnectionStats } from "./stats.js";
@@ -15,9 +15,8 @@ export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
 
 let nextConnectionId = 1;
 
-/** A ticket's backend held open by one connection, with its reusable I/O buffers. */
+/** A ticket's backend held open by one connection. */
 export class BackendContext implements TicketContext {
-  private readonly buffers: Buffer[] = [];
   closed = false;
 
   constructor(
@@ -26,21 +25,6 @@ export class BackendContext implements TicketContext {
     readonly bufferSize: number,
     private readonly onClose: (context: BackendContext) => void,
   ) {}
-
-  /**
-   * The i-th of the two aligned I/O buffers of this context (allocated on first use, then
-   * reused). Each is half of buffer_size, so a connection holds buffer_size bytes (spec §6.1)
-   * while one half is on the wire or the socket and the other on the disk.
-   */
-  buffer(index: 0 | 1): Buffer {
-    let buf = this.buffers[index];
-    if (buf === undefined) {
-      const half = Math.max(BUFFER_ALIGNMENT, Math.floor(this.bufferSize / 2 / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT);
-      buf = allocAligned(half, BUFFER_ALIGNMENT);
-      this.buffers[index] = buf;
-    }
-    return buf;
-  }
 
   async close(): Promise<void> {
     if (this.closed) return;
@@ -60,12 +44,24 @@ export class ClientConnection {
   private readonly contexts = new Map<string, BackendContext>();
   private timeoutMs = UNAUTHENTICATED_TIMEOUT_MS;
   private busy = 0;
+  /** Settles when the last request queued on this connection has been answered in full. */
+  private turn: Promise<void> = Promise.resolve();
+  /** A response said `connection: close`: nothing pipelined after it runs. */
+  private closing = false;
+  /** Backends being opened, per ticket: a second request waits for the same open. */
+  private readonly opening = new Map<string, Promise<BackendContext>>();
+
+  /** The I/O buffer the running request leased, returned when its response is sent. */
+  private lease: BufferLease | undefined;
+  /** Aborted when the socket closes: a request waiting for a buffer gives up. */
+  private readonly gone = new AbortController();
 
   constructor(
     readonly socket: Socket,
     /** "local" for unix sockets, else the peer address. */
     readonly client: string,
     private readonly log: Logger,
+    private readonly pool: BufferPool,
   ) {
     socket.setTimeout(this.timeoutMs);
     socket.on("timeout", () => {
@@ -73,12 +69,63 @@ export class ClientConnection {
       socket.destroy();
     });
     socket.once("close", () => {
-      for (const context of [...this.contexts.values()]) {
+      this.gone.abort(new Error("client disconnected"));
+      // The request running now may still write what its client sent before it went away
+      // (a short body): its backends close once it has finished.
+      void this.turn.then(() => this.closeContexts());
+    });
+  }
+
+  private async closeContexts(): Promise<void> {
+    await Promise.all(
+      [...this.contexts.values()].map((context) =>
         context
           .close()
-          .catch((error: unknown) => this.log.error("CLOSE backend failed", { connection: this.id }, error));
+          .catch((error: unknown) => this.log.error("CLOSE backend failed", { connection: this.id }, error)),
+      ),
+    );
+  }
+
+  /**
+   * Queues a request: HTTP/1.1 requests on one connection are handled one after another
+   * (RFC 9112 §9.3.2, spec §6.6), so `handle` starts only once every earlier response has been
+   * sent in full, and never after a response that closes the connection. Pipelined requests
+   * would otherwise share this connection's buffers and backends while they run.
+   * @param handle answers the request; resolves true when the connection must close after it.
+   */
+  serve(res: ServerResponse, handle: () => Promise<boolean>): void {
+    const run = async () => {
+      if (this.closing || this.socket.destroyed) return;
+      try {
+        if (await handle()) this.closing = true;
+        await responseSent(res);
+      } finally {
+        this.lease?.release();
+        this.lease = undefined;
       }
+    };
+    this.turn = this.turn.then(run).catch((error: unknown) => {
+      this.log.error("ERROR request queue", { connection: this.id }, error);
+      this.socket.destroy();
     });
+  }
+
+  /**
+   * The running request's two aligned I/O buffers for a backend of `bufferSize`: each is half
+   * of it, so a request holds buffer_size bytes (spec §6.1) while one half is on the wire and
+   * the other on the disk. Leased from the daemon's pool on first use (waiting while all are
+   * lent out) and returned once the response was sent.
+   * @throws Error when the client disconnects while waiting.
+   */
+  async ioBuffers(bufferSize: number): Promise<[Buffer, Buffer]> {
+    const half = Math.max(BUFFER_ALIGNMENT, Math.floor(bufferSize / 2 / BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT);
+    if (this.lease !== undefined && this.lease.buffer.length !== 2 * half) {
+      this.lease.release();
+      this.lease = undefined;
+    }
+    this.lease ??= await this.pool.lease(2 * half, this.gone.signal);
+    const { buffer } = this.lease;
+    return [buffer.subarray(0, half), buffer.subarray(half)];
   }
 
   /**
@@ -98,7 +145,15 @@ export class ClientConnection {
    * This connection's backend for `ticket`, opened on first use. Opening sets the
    * connection's timeout to the ticket's inactivity_timeout.
    */
-  async backendFor(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
+  backendFor(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
+    const pending = this.opening.get(ticket.uuid);
+    if (pending !== undefined) return pending;
+    const opening = this.openContext(ticket, open).finally(() => this.opening.delete(ticket.uuid));
+    this.opening.set(ticket.uuid, opening);
+    return opening;
+  }
+
+  private async openContext(ticket: Ticket, open: BackendOpener): Promise<BackendContext> {
     const existing = this.contexts.get(ticket.uuid);
     if (existing !== undefined && !existing.closed && existing.ticket === ticket) return existing;
     if (existing !== undefined) await existing.close();
@@ -121,4 +176,18 @@ export class ClientConnection {
   get openContexts(): number {
     return this.contexts.size;
   }
+}
+
+/** Resolves once `res` was handed to the socket in full, or the connection went away. */
+function responseSent(res: ServerResponse): Promise<void> {
+  if (res.writableFinished || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("finish", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.once("finish", done);
+    res.once("close", done);
+  });
 }

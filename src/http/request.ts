@@ -54,12 +54,19 @@ export class RequestContext {
    * response can still be sent before the connection closes.
    */
   bodyChunks(): AsyncIterable<Buffer> {
-    // The request got this far (validated, authorized): now ask for the body (spec §3.5).
+    this.askForBody();
+    return this.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+  }
+
+  /**
+   * The request got this far (validated, authorized, the remote ready when relaying): a client
+   * that sent `Expect: 100-continue` gets its 100 now and sends the body (spec §3.5).
+   */
+  askForBody(): void {
     if (this.expectsContinue) {
       this.expectsContinue = false;
       this.res.writeContinue();
     }
-    return this.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
   }
 
   header(name: string): string | undefined {

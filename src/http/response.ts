@@ -3,6 +3,7 @@
  * first, always a `content-length`, never chunked; JSON like Python's json.dumps plus "\n";
  * errors as text/plain.
  */
+import type { ServerResponse } from "node:http";
 import { pythonJson } from "../pyformat.js";
 import { VERSION } from "../version.js";
 import type { HeaderList, HttpError } from "./errors.js";
@@ -52,4 +53,17 @@ export function rawErrorResponse(status: number, reason: string, message: string
     "connection: close\r\n\r\n" +
     body
   );
+}
+
+/** Writes a chunk and resolves once the socket has taken it (so the buffer may be reused). */
+export function writeChunk(res: ServerResponse, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onClose = () => reject(new Error("client disconnected during the response"));
+    res.once("close", onClose);
+    res.write(chunk, (error) => {
+      res.off("close", onClose);
+      if (error) reject(error);
+      else resolve();
+    });
+  });
 }

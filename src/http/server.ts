@@ -118,7 +118,7 @@ export async function listen(
     noDelay: true,
     maxHeaderSize: 64 * 1024,
   };
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => dispatch(app, kind, req, res, false);
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, kind, req, res, false);
   // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
   const server = tls
     ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs }, onRequest)
@@ -132,7 +132,7 @@ export async function listen(
   server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
     if (socket.destroyed) return;
     const client = unix ? "local" : peerAddress(socket);
-    const connection = new ClientConnection(socket, client, log);
+    const connection = new ClientConnection(socket, client, log, app.buffers);
     connections.set(socket, connection);
     log.info("OPEN", { connection: connection.id, client });
     socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
@@ -143,7 +143,7 @@ export async function listen(
   // Expect: 100-continue: the 100 goes out only once a handler starts reading the body, so a
   // request refused before that gets its final status alone (spec §3.5 allows it) and the
   // client sends no body for nothing.
-  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => dispatch(app, kind, req, res, true));
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, kind, req, res, true));
   // Expect values other than 100-continue are ignored, as upstream does, instead of Node's
   // own 417 (which would break our response format).
   server.on("checkExpectation", onRequest);
@@ -315,22 +315,37 @@ function unlinkSocket(path: string): void {
   }
 }
 
+/** Queues a request behind the ones before it on its connection (spec §6.6). */
+function serveInOrder(
+  app: App,
+  kind: ServiceKind,
+  req: IncomingMessage,
+  res: ServerResponse,
+  expectsContinue: boolean,
+): void {
+  const connection = connections.get(req.socket);
+  if (connection === undefined) {
+    req.socket.destroy();
+    return;
+  }
+  connection.serve(res, () => dispatch(app, kind, req, res, expectsContinue, connection));
+}
+
+/** Handles one request; resolves true when the connection closes after its response. */
 async function dispatch(
   app: App,
   kind: ServiceKind,
   req: IncomingMessage,
   res: ServerResponse,
   expectsContinue: boolean,
-): Promise<void> {
-  const connection = connections.get(req.socket);
-  if (connection === undefined) {
-    req.socket.destroy();
-    return;
-  }
+  connection: ClientConnection,
+): Promise<boolean> {
   const target = req.url ?? "/";
   const { path, query } = splitTarget(target);
   const ctx = new RequestContext(req, res, connection, path, query);
   ctx.expectsContinue = expectsContinue;
+  // `Connection: close` (or HTTP/1.0 without keep-alive): the response says so too.
+  if (!res.shouldKeepAlive) ctx.closeAfter = true;
   const method = req.method ?? "";
   const started = performance.now();
   let pattern: string | undefined;
@@ -367,6 +382,7 @@ async function dispatch(
     // The control API has no per-request lines of its own; ticket ids are credentials.
     app.log.info("REQUEST", { method, path: redactTicketPath(path), status, seconds: seconds.toFixed(3) });
   }
+  return ctx.closeAfter;
 }
 
 /** `/tickets/<id>` with the id shortened: enough to correlate with ADD lines, useless to replay. */
@@ -462,6 +478,10 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
       .trim();
   let response: string | undefined;
   switch (error.code) {
+    case "HPE_CLOSED_CONNECTION":
+      // Bytes after a request with `Connection: close`: that request is answered and the
+      // connection closes after it; what follows is never run (spec §6.6).
+      return;
     case "HPE_INVALID_METHOD":
       response = rawErrorResponse(405, "Method Not Allowed", `Invalid method '${requestLine.split(" ")[0] ?? ""}'`);
       break;

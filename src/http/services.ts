@@ -2,10 +2,12 @@
  * Starts the services a configuration asks for — remote (TLS), local (unix socket) and
  * control — over one ticket store, and stops them together.
  */
+
 import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import type { Config } from "../config.js";
 import { ConfigError } from "../errors.js";
+import { BufferPool } from "../io/buffers.js";
 import type { FileBackendOptions } from "../io/file.js";
 import { openFileLimit } from "../io/native.js";
 import type { Logger } from "../log.js";
@@ -51,6 +53,7 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
     authorizer: new Authorizer(options.clock),
     log: options.log,
     openBackend: options.openBackend ?? ticketBackendOpener(config, options.log, options.fileOptions),
+    buffers: new BufferPool(config.daemon.max_buffers),
     localSocket: undefined,
   };
   for (const ticket of options.tickets ?? []) {

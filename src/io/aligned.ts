@@ -8,18 +8,10 @@
 
 import { InvalidArgumentError, NotSupportedError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
-import {
-  alignDown,
-  alignUp,
-  type Backend,
-  type ByteRange,
-  checkRange,
-  type DirtyExtent,
-  type ZeroExtent,
-  type ZeroOptions,
-} from "./backend.js";
-import { withBlockLocks } from "./block-locks.js";
+import { alignDown, alignUp, type Backend, checkRange, type ZeroOptions } from "./backend.js";
+import { withBlockLocks, withSizeLock } from "./block-locks.js";
 import { BUFFER_ALIGNMENT, zeroBuffer } from "./buffers.js";
+import { BackendFilter } from "./filter.js";
 import { allocAligned, isAligned } from "./native.js";
 
 let nextPrivateKey = 1;
@@ -27,8 +19,7 @@ let nextPrivateKey = 1;
 /** Default bounce buffer: large enough to copy unaligned buffers without many small calls. */
 const DEFAULT_BOUNCE_SIZE = MiB;
 
-export class AlignedBackend implements Backend {
-  readonly blockSize = 1;
+export class AlignedBackend extends BackendFilter {
   private bounceBuffer: Buffer | undefined;
   /** Names the image for block locks shared with other handles on it. */
   private readonly lockKey: string;
@@ -41,10 +32,11 @@ export class AlignedBackend implements Backend {
    * @param bounceSize bounce buffer size in bytes, a multiple of `alignment`.
    */
   constructor(
-    readonly inner: Backend,
+    inner: Backend,
     readonly alignment: number = inner.blockSize,
     private readonly bounceSize: number = DEFAULT_BOUNCE_SIZE,
   ) {
+    super(inner);
     const powerOfTwo = alignment > 0 && (alignment & (alignment - 1)) === 0;
     if (!powerOfTwo || alignment > BUFFER_ALIGNMENT || bounceSize % alignment !== 0 || bounceSize < alignment) {
       throw new InvalidArgumentError(`Invalid alignment ${alignment} or bounce buffer size ${bounceSize}`);
@@ -52,30 +44,15 @@ export class AlignedBackend implements Backend {
     this.lockKey = inner.imageKey ?? `aligned:${nextPrivateKey++}`;
   }
 
-  get name(): string {
-    return this.inner.name;
+  /** Any offset, length and memory will do above this filter. */
+  override get blockSize(): number {
+    return 1;
   }
-  get caps() {
-    return this.inner.caps;
-  }
-  get directIo(): boolean {
-    return this.inner.directIo;
-  }
-  get readonly(): boolean {
-    return this.inner.readonly;
-  }
-  get growable(): boolean {
-    return this.inner.growable;
-  }
-  get imageKey(): string {
+  override get imageKey(): string {
     return this.lockKey;
   }
 
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-
-  async read(buf: Buffer, offset: number): Promise<number> {
+  override async read(buf: Buffer, offset: number): Promise<number> {
     this.checkAlignable(offset, buf.length);
     const a = this.alignment;
     let done = 0;
@@ -104,19 +81,17 @@ export class AlignedBackend implements Backend {
     return done;
   }
 
-  async write(buf: Buffer, offset: number): Promise<void> {
+  override async write(buf: Buffer, offset: number): Promise<void> {
     this.checkAlignable(offset, buf.length);
     await this.checkWritable(offset, buf.length);
     const a = this.alignment;
-    const end = offset + buf.length;
-    let sizeBefore: number | undefined;
     let done = 0;
     while (done < buf.length) {
       const position = offset + done;
       const source = buf.subarray(done);
       if (position % a === 0 && source.length >= a && isAligned(source, a)) {
         const length = alignDown(source.length, a);
-        await this.inner.write(source.subarray(0, length), position);
+        await this.guardSize(position + length, [], () => this.inner.write(source.subarray(0, length), position));
         done += length;
         continue;
       }
@@ -129,21 +104,20 @@ export class AlignedBackend implements Backend {
         const partialTail = (skip + length) % a !== 0;
         // Blocks this write covers only in part: read, patched and written back whole.
         const partial = [...(skip > 0 ? [0] : []), ...(partialTail ? [tailBlock] : [])];
-        return withBlockLocks(
-          this.lockKey,
+        return this.guardSize(
+          start + window,
           partial.map((at) => start + at),
           async () => {
-            if (partial.length > 0) sizeBefore ??= await this.inner.size();
+            // Sampled under the size lock (growable images): no one else changes it meanwhile.
+            const sizeBefore = partialTail && this.inner.growable ? await this.inner.size() : undefined;
             for (const at of new Set(partial)) await this.readBlock(bounce, at, start + at);
             source.copy(bounce, skip, 0, length);
             await this.inner.write(bounce.subarray(0, window), start);
-            // Rewriting the last block of a growing file made it reach the block end: give
-            // it the size it had, or this write's end when further. Not when another writer
-            // has grown it past that block meanwhile.
+            // Rewriting the last block of a growing file made it reach the block end: give it
+            // the size it had, or this write's end when further.
             const blockEnd = start + window;
-            if (sizeBefore !== undefined && partialTail && blockEnd > sizeBefore && blockEnd >= end) {
-              if ((await this.inner.size()) === blockEnd) await this.inner.resize(Math.max(sizeBefore, end));
-            }
+            const size = Math.max(sizeBefore ?? blockEnd, position + length);
+            if (blockEnd > size) await this.inner.resize(size);
             return length;
           },
         );
@@ -151,7 +125,7 @@ export class AlignedBackend implements Backend {
     }
   }
 
-  async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+  override async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
     this.checkAlignable(offset, length);
     await this.checkWritable(offset, length);
     const a = this.alignment;
@@ -160,33 +134,19 @@ export class AlignedBackend implements Backend {
     const bodyEnd = Math.max(alignDown(end, a), bodyStart);
     // Partial blocks at the edges are zeroed by writing zeros (spec §6.2).
     if (bodyStart > offset) await this.write(zeroBuffer().subarray(0, bodyStart - offset), offset);
-    if (bodyEnd > bodyStart) await this.inner.zero(bodyStart, bodyEnd - bodyStart, options);
+    if (bodyEnd > bodyStart) {
+      await this.guardSize(bodyEnd, [], () => this.inner.zero(bodyStart, bodyEnd - bodyStart, options));
+    }
     if (end > bodyEnd) await this.write(zeroBuffer().subarray(0, end - bodyEnd), bodyEnd);
   }
 
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  resize(size: number): Promise<void> {
-    return this.inner.resize(size);
-  }
-
-  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
-  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
-  extents(
-    context: "zero" | "dirty" = "zero",
-    range?: ByteRange,
-  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
-    return context === "dirty" ? this.inner.extents("dirty", range) : this.inner.extents("zero", range);
+  override resize(size: number): Promise<void> {
+    if (!this.inner.growable) return this.inner.resize(size);
+    return withSizeLock(this.lockKey, () => this.inner.resize(size));
   }
 
   async clone(): Promise<AlignedBackend> {
     return new AlignedBackend(await this.inner.clone(), this.alignment, this.bounceSize);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 
   /**
@@ -223,6 +183,22 @@ export class AlignedBackend implements Backend {
         `Cannot write ${length} bytes at offset ${offset}: range ends at ${offset + length}, past the image size ${size}`,
       );
     }
+  }
+
+  /**
+   * Runs an inner write or zero reaching to `reach` that rewrites the partial `blocks` whole.
+   * On a device (fixed size) only the partial blocks are locked, so writers of distinct ranges
+   * sharing a block do not put back each other's stale bytes. On a growable image the kernel
+   * grows the file to whole blocks and the last one is cut back after, so every step that has
+   * partial blocks or may grow the image holds the image's size lock: a cut never removes what
+   * another writer appended. Steps inside the image and aligned run without locks.
+   */
+  private async guardSize<T>(reach: number, blocks: number[], work: () => Promise<T>): Promise<T> {
+    if (!this.inner.growable) return withBlockLocks(this.lockKey, blocks, work);
+    // Only a holder of the size lock shrinks the image, and only within its own partial last
+    // block; a step that is aligned and inside cannot lie there without overlapping that writer.
+    if (blocks.length === 0 && reach <= (await this.inner.size())) return work();
+    return withSizeLock(this.lockKey, work);
   }
 
   private withBounce<T>(use: (bounce: Buffer) => Promise<T>): Promise<T> {

@@ -144,10 +144,21 @@ export function runBackendSuite(name: string, factory: BackendFactory): void {
       expect(tail.reduce((sum, e) => sum + e.length, 0)).toBe(1);
     });
 
-    it("refuses dirty extents unless it supports them", async () => {
+    it("reports dirty extents covering the image when it supports them, and refuses them otherwise", async () => {
       const backend = await open(randomBytes(SIZE));
-      if (backend.caps.dirty) return;
-      expect(() => backend.extents("dirty")).toThrow(expect.objectContaining({ code: "IMAGEIO_ERR_NOT_SUPPORTED" }));
+      if (!backend.caps.dirty) {
+        expect(() => backend.extents("dirty")).toThrow(expect.objectContaining({ code: "IMAGEIO_ERR_NOT_SUPPORTED" }));
+        return;
+      }
+      let position = 0;
+      for await (const extent of backend.extents("dirty")) {
+        expect(extent.start).toBe(position);
+        expect(extent.length).toBeGreaterThan(0);
+        expect(typeof extent.dirty).toBe("boolean");
+        expect(typeof extent.zero).toBe("boolean");
+        position += extent.length;
+      }
+      expect(position).toBe(SIZE);
     });
 
     it("rejects negative, fractional and huge offsets without writing", async () => {

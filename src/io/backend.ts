@@ -2,8 +2,9 @@
  * The contract every storage backend keeps (file, memory, and later nbd and http), and the
  * small range helpers they share. Handlers and copy talk only to this interface.
  */
-import type { Readable, Writable } from "node:stream";
+import type { Readable } from "node:stream";
 import { InvalidArgumentError } from "../errors.js";
+import type { ByteSink, StreamOptions, UploadOptions, UploadResult } from "./streaming.js";
 
 /** An extent in the `zero` context: `zero` reads as zeros; `hole` exposes a backing chain. */
 export interface ZeroExtent {
@@ -22,16 +23,6 @@ export interface DirtyExtent {
 }
 
 export type ExtentContext = "zero" | "dirty";
-
-/** An upload in flight to a remote service. */
-export interface RemoteUpload {
-  body: Writable;
-  /** Settles before the body should be sent: rejects when the remote refused the upload. */
-  ready: Promise<void>;
-  done: Promise<void>;
-  /** Aborts the remote request (the client went away). */
-  abort(): void;
-}
 
 /** A block-hash checksum as the images API reports it. */
 export interface ChecksumResult {
@@ -63,6 +54,13 @@ export interface ZeroOptions {
   punchHole?: boolean;
 }
 
+/**
+ * One handle on an image. Concurrency contract: calls on distinct byte ranges may overlap on
+ * one handle and on several handles of one image (file, memory, nbd; the aligned filter makes
+ * partial blocks and size changes safe); calls on overlapping ranges never may, and callers
+ * (one request at a time per connection, copy workers on disjoint chunks) never issue them.
+ * close() refuses new calls at once and resolves after the calls in flight have ended.
+ */
 export interface Backend {
   /** "file", "memory", "nbd", "http". */
   readonly name: string;
@@ -79,7 +77,7 @@ export interface Backend {
    * writers of partial blocks through different handles can coordinate; undefined when
    * handles cannot share an image.
    */
-  readonly imageKey?: string;
+  readonly imageKey?: string | undefined;
 
   /** Size of the image in bytes. */
   size(): Promise<number>;
@@ -105,17 +103,22 @@ export interface Backend {
   /** Opens another independent handle on the same image: one per connection or worker. */
   clone(): Promise<Backend>;
   /**
-   * Backends in front of a remote images service stream instead: one client request becomes
-   * one remote request of the same range, with backpressure both ways (spec [B6]). Resolves
-   * with the remote's response body once its status and length are checked.
+   * Streaming (src/io/streaming.ts: call readTo/writeFrom there, never these directly). Every
+   * backend streams through the default built on read/write and the caller's buffers; a
+   * backend in front of a remote images service overrides them to relay one client request
+   * as one remote request of the same range, with backpressure both ways (spec [B6]).
    */
-  readStream?(offset: number, length: number): Promise<Readable>;
+  readTo?(offset: number, length: number, sink: ByteSink, options: StreamOptions): Promise<void>;
+  writeFrom?(
+    source: Readable,
+    offset: number,
+    length: number | undefined,
+    options: UploadOptions,
+  ): Promise<UploadResult>;
   /**
-   * Starts a remote upload of `length` bytes at `offset` (undefined: chunked). The caller
-   * writes the body into `body` and ends it; `done` settles with the remote's verdict.
+   * A remote that computes checksums itself (spec §5.8), so no data crosses the network;
+   * call imageChecksum() (src/io/blkhash.ts), which hashes locally otherwise.
    */
-  writeStream?(offset: number, length: number | undefined, flush: boolean): RemoteUpload;
-  /** A remote that computes checksums itself (spec §5.8), so no data crosses the network. */
   checksum?(algorithm: string, blockSize: number): Promise<ChecksumResult>;
   /** Releases the handle; idempotent. */
   close(): Promise<void>;

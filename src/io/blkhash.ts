@@ -165,6 +165,21 @@ export async function blkhash(backend: Backend, options: BlkhashOptions = {}): P
 }
 
 /**
+ * The checksum of an image as the images API reports it: computed by the remote when the
+ * backend is in front of one (no data crosses the network), else hashed here.
+ * @throws as blkhash() does; the remote's errors.
+ */
+export async function imageChecksum(
+  backend: Backend,
+  options: BlkhashOptions & { algorithm: string; blockSize: number },
+): Promise<BlkhashResult> {
+  if (backend.checksum === undefined) return blkhash(backend, options);
+  const result = await backend.checksum(options.algorithm, options.blockSize);
+  options.onProgress?.(await backend.size());
+  return result;
+}
+
+/**
  * Walks the extents and yields data blocks to read and runs of whole zero blocks. A block
  * that mixes data and zeros is read as data; the digest is the same either way.
  */

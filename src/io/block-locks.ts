@@ -46,3 +46,29 @@ async function acquire(queues: BlockQueues, block: number): Promise<() => void> 
     if (queues.get(block) === tail) queues.delete(block);
   };
 }
+
+/** Tail of the queue of holders of each image's size lock. */
+const sizeLocks = new Map<string, Promise<void>>();
+
+/**
+ * Runs `work` holding the size lock of the image `key`: one holder at a time. Every operation
+ * that may change a growable image's size (a write or zero past its end, a resize, the size
+ * fix-up after rewriting a partial last block) holds it, so a size sampled under the lock stays
+ * true until the holder is done and no fix-up ever cuts off bytes another writer appended.
+ */
+export async function withSizeLock<T>(key: string, work: () => Promise<T>): Promise<T> {
+  const previous = sizeLocks.get(key) ?? Promise.resolve();
+  let release: () => void = () => undefined;
+  const mine = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const tail = previous.then(() => mine);
+  sizeLocks.set(key, tail);
+  await previous;
+  try {
+    return await work();
+  } finally {
+    release();
+    if (sizeLocks.get(key) === tail) sizeLocks.delete(key);
+  }
+}

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { isZero, zeroBuffer } from "./buffers.js";
+import { type BufferLease, BufferPool, isZero, zeroBuffer } from "./buffers.js";
+import { isAligned } from "./native.js";
 
 describe("isZero", () => {
   it("finds a single non-zero byte anywhere", () => {
@@ -12,5 +13,42 @@ describe("isZero", () => {
     }
     expect(isZero(Buffer.alloc(0))).toBe(true);
     expect(isZero(zeroBuffer())).toBe(true);
+  });
+});
+
+describe("BufferPool", () => {
+  it("9.10: lends at most maxBuffers at once; the next lease waits for a release and reuses its memory", async () => {
+    const pool = new BufferPool(2, 2);
+    const a = await pool.lease(8192);
+    const b = await pool.lease(8192);
+    expect(pool.inUse).toBe(2);
+    let third: BufferLease | undefined;
+    const waiting = pool.lease(8192).then((lease) => {
+      third = lease;
+      return lease;
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(third).toBeUndefined();
+    a.release();
+    a.release();
+    const c = await waiting;
+    expect(c.buffer).toBe(a.buffer);
+    expect(pool.inUse).toBe(2);
+    b.release();
+    c.release();
+    expect(pool.inUse).toBe(0);
+  });
+
+  it("9.10: a waiting lease gives up when its signal aborts", async () => {
+    const pool = new BufferPool(1);
+    const held = await pool.lease(4096);
+    const controller = new AbortController();
+    const waiting = pool.lease(4096, controller.signal);
+    controller.abort(new Error("client went away"));
+    await expect(waiting).rejects.toThrow("client went away");
+    held.release();
+    const next = await pool.lease(4096);
+    expect(isAligned(next.buffer, 4096)).toBe(true);
+    next.release();
   });
 });

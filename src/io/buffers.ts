@@ -33,3 +33,75 @@ export function zeroBuffer(): Buffer {
   sharedZeroes ??= allocAligned(MiB, BUFFER_ALIGNMENT).fill(0);
   return sharedZeroes;
 }
+
+/** A buffer lent by a BufferPool; give it back exactly once with release(). */
+export interface BufferLease {
+  readonly buffer: Buffer;
+  release(): void;
+}
+
+/**
+ * The I/O buffers of a whole daemon: at most `maxBuffers` are lent at once, so memory stays
+ * bounded however many connections are mid-request; a request beyond that waits for one.
+ * Released buffers are kept for reuse (up to `keepIdle` per size, all by default) rather than
+ * dropped: V8 frees a dropped buffer only at its next full collection, which an idle daemon
+ * may not run for a long time, so reuse is what keeps the resident memory at the bound.
+ */
+export class BufferPool {
+  private leased = 0;
+  private readonly idle = new Map<number, Buffer[]>();
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(
+    readonly maxBuffers: number,
+    private readonly keepIdle = maxBuffers,
+  ) {
+    if (!Number.isSafeInteger(maxBuffers) || maxBuffers < 1)
+      throw new RangeError(`Invalid buffer limit: ${maxBuffers}`);
+  }
+
+  /** Buffers lent out now. */
+  get inUse(): number {
+    return this.leased;
+  }
+
+  /**
+   * Lends an aligned buffer of `size` bytes, waiting while `maxBuffers` are lent out.
+   * @throws the signal's reason when it aborts while waiting.
+   */
+  async lease(size: number, signal?: AbortSignal): Promise<BufferLease> {
+    while (this.leased >= this.maxBuffers) {
+      signal?.throwIfAborted();
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => {
+          const at = this.waiting.indexOf(wake);
+          if (at !== -1) this.waiting.splice(at, 1);
+          reject(signal?.reason);
+        };
+        const wake = () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        };
+        this.waiting.push(wake);
+        signal?.addEventListener("abort", onAbort, { once: true });
+      });
+    }
+    this.leased++;
+    const buffer = this.idle.get(size)?.pop() ?? allocAligned(size, BUFFER_ALIGNMENT);
+    let released = false;
+    return {
+      buffer,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.leased--;
+        const kept = this.idle.get(size) ?? [];
+        if (kept.length < this.keepIdle) {
+          kept.push(buffer);
+          this.idle.set(size, kept);
+        }
+        this.waiting.shift()?.();
+      },
+    };
+  }
+}

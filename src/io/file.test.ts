@@ -410,3 +410,43 @@ describe("file backend: property", () => {
     );
   });
 });
+
+describe("file handle lifetime", () => {
+  it("9.3: close() waits for a zero in flight, so its later steps never reach the image that reuses the fd", async () => {
+    const GiB = 1024 * MiB;
+    for (let trial = 0; trial < 5; trial++) {
+      const first = tmp.file(`lifetime-a-${trial}.raw`);
+      const second = tmp.file(`lifetime-b-${trial}.raw`);
+      await writeFile(first, Buffer.alloc(0));
+      await truncate(first, 13 * GiB);
+      const victim = Buffer.alloc(MiB, 0x5a);
+      await writeFile(second, victim);
+      const zeroing = await FileBackend.open(first, { direct: "never" });
+      // 12 GiB is zeroed in several steps, with a turn of the event loop between them.
+      const zero = zeroing.zero(0, 12 * GiB);
+      const closed = zeroing.close();
+      await expect(zeroing.read(Buffer.alloc(1), 0)).rejects.toThrow(/is closed/);
+      await closed;
+      const other = await FileBackend.open(second, { direct: "never" });
+      try {
+        await zero;
+        expect((await stat(second)).size, `trial ${trial}: the other image kept its size`).toBe(MiB);
+        const back = Buffer.alloc(MiB);
+        expect(await other.read(back, 0)).toBe(MiB);
+        expect(back.equals(victim), `trial ${trial}: the other image kept its bytes`).toBe(true);
+      } finally {
+        await other.close();
+      }
+    }
+  });
+
+  it("9.3: calls after close() are refused and close() is idempotent", async () => {
+    const path = tmp.file("lifetime-c.raw");
+    await writeFile(path, Buffer.alloc(8192, 1));
+    const backend = await FileBackend.open(path, { direct: "never" });
+    await Promise.all([backend.close(), backend.close()]);
+    await expect(backend.write(Buffer.alloc(1), 0)).rejects.toThrow(/is closed/);
+    await expect(backend.zero(0, 4096)).rejects.toThrow(/is closed/);
+    await expect(backend.flush()).rejects.toThrow(/is closed/);
+  });
+});

@@ -17,6 +17,7 @@ import {
 } from "../errors.js";
 import { GiB, MiB } from "../units.js";
 import {
+  alignDown,
   type Backend,
   type ByteRange,
   type Capabilities,
@@ -43,6 +44,7 @@ import {
   seekData,
   seekHole,
 } from "./native.js";
+import { noteRewritten, recordWriteBackFailure, writeBackFailure } from "./write-back.js";
 
 export type DirectMode = "auto" | "always" | "never";
 
@@ -68,11 +70,15 @@ const NOT_SUPPORTED = new Set(["EOPNOTSUPP", "ENOTSUP", "ENODEV", "ENOTTY", "ENO
 
 /**
  * Zeroing calls run synchronously on the main thread (so errno survives); they are issued in
- * steps so that zeroing a large range never blocks the event loop for long. Block devices may
- * write the zeros for real, so their steps are small.
+ * steps with a turn of the event loop between them, so zeroing a large range never blocks it
+ * for long. A file's fallocate only changes metadata; a device without write-zeroes offload
+ * writes the zeros for real (about 80 ms per 16 MiB at 200 MB/s), so its steps are small.
  */
 const FILE_ZERO_STEP = 4 * GiB;
-const DEVICE_ZERO_STEP = 128 * MiB;
+const DEVICE_ZERO_STEP = 16 * MiB;
+
+/** lseek calls of an extents walk between two turns of the event loop (about 1 ms). */
+const SEEKS_PER_TURN = 512;
 
 type ZeroMethod = "zeroRange" | "punchHole" | "allocate" | "zeroOut";
 
@@ -98,6 +104,10 @@ export class FileBackend implements Backend {
   readonly isBlockDevice: boolean;
   readonly imageKey: string;
   private handle: FileHandle | undefined;
+  /** Calls running on the handle: close() waits for them, so no call ever sees a closed fd. */
+  private calls = 0;
+  private closing: Promise<void> | undefined;
+  private wakeClose: (() => void) | undefined;
 
   private constructor(
     handle: FileHandle,
@@ -170,16 +180,22 @@ export class FileBackend implements Backend {
     return [...this.state.unsupported];
   }
 
-  async size(): Promise<number> {
-    const handle = this.open_();
+  size(): Promise<number> {
+    return this.use((handle) => this.sizeOf(handle));
+  }
+
+  private async sizeOf(handle: FileHandle): Promise<number> {
     if (this.isBlockDevice) return blockDeviceSize(handle.fd);
     return (await handle.stat()).size;
   }
 
-  async read(buf: Buffer, offset: number): Promise<number> {
-    const handle = this.open_();
+  read(buf: Buffer, offset: number): Promise<number> {
+    return this.use((handle) => this.readAt(handle, buf, offset));
+  }
+
+  private async readAt(handle: FileHandle, buf: Buffer, offset: number): Promise<number> {
     this.checkAligned("read", offset, buf);
-    if (this.isBlockDevice) await this.checkInside("read", offset, buf.length);
+    if (this.isBlockDevice) await this.checkInside(handle, "read", offset, buf.length);
     let done = 0;
     try {
       while (done < buf.length) {
@@ -193,15 +209,23 @@ export class FileBackend implements Backend {
     return done;
   }
 
-  async write(buf: Buffer, offset: number): Promise<void> {
-    const handle = this.writable();
-    this.checkAligned("write", offset, buf);
-    if (this.isBlockDevice) await this.checkInside("write", offset, buf.length);
-    await this.writeAll(handle, buf, offset);
+  write(buf: Buffer, offset: number): Promise<void> {
+    return this.useWritable(async (handle) => {
+      this.checkAligned("write", offset, buf);
+      if (this.isBlockDevice) await this.checkInside(handle, "write", offset, buf.length);
+      await this.writeAll(handle, buf, offset);
+      noteRewritten(this.imageKey, offset, buf.length);
+    });
   }
 
-  async zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
-    const handle = this.writable();
+  zero(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    return this.useWritable(async (handle) => {
+      await this.zeroRange(handle, offset, length, options);
+      noteRewritten(this.imageKey, offset, length);
+    });
+  }
+
+  private async zeroRange(handle: FileHandle, offset: number, length: number, options: ZeroOptions): Promise<void> {
     checkRange(offset, length);
     if (offset % this.blockSize !== 0 || length % this.blockSize !== 0) {
       throw new InvalidArgumentError(
@@ -210,7 +234,7 @@ export class FileBackend implements Backend {
     }
     if (length === 0) return;
     if (this.isBlockDevice) {
-      await this.checkInside("zero", offset, length);
+      await this.checkInside(handle, "zero", offset, length);
       await this.zeroDevice(handle, offset, length);
     } else if (options.punchHole) {
       await this.punchFile(handle, offset, length);
@@ -219,19 +243,34 @@ export class FileBackend implements Backend {
     }
   }
 
-  async flush(): Promise<void> {
-    const handle = this.open_();
-    try {
-      // Buffered mode only needs the data on disk; with O_DIRECT, fsync also flushes the
-      // metadata of a file that grew ([D10]).
-      await (this.directIo ? handle.sync() : handle.datasync());
-    } catch (error) {
-      throw this.ioError("flush", error);
-    }
+  flush(): Promise<void> {
+    return this.use(async (handle) => {
+      const earlier = writeBackFailure(this.imageKey);
+      if (earlier !== undefined) {
+        throw new BackendIoError(
+          `Cannot flush '${this.path}': an earlier write-back of this image failed (${earlier.reason}), so data ` +
+            "acknowledged before it may be lost; flushes fail until the image is written again in full",
+          earlier.code,
+        );
+      }
+      try {
+        // Buffered mode only needs the data on disk; with O_DIRECT, fsync also flushes the
+        // metadata of a file that grew ([D10]).
+        await (this.directIo ? handle.sync() : handle.datasync());
+      } catch (error) {
+        const failure = this.ioError("flush", error);
+        const reason = error instanceof Error ? error.message : String(error);
+        recordWriteBackFailure(this.imageKey, reason, failure.errno, await this.sizeOf(handle).catch(() => 0));
+        throw failure;
+      }
+    });
   }
 
-  async resize(size: number): Promise<void> {
-    const handle = this.writable();
+  resize(size: number): Promise<void> {
+    return this.useWritable((handle) => this.resizeTo(handle, size));
+  }
+
+  private async resizeTo(handle: FileHandle, size: number): Promise<void> {
     checkByteCount("size", size);
     if (this.isBlockDevice) {
       const deviceSize = blockDeviceSize(handle.fd);
@@ -256,16 +295,24 @@ export class FileBackend implements Backend {
     return mergeExtents(this.zeroExtents(range), sameZeroExtent);
   }
 
+  /**
+   * Walks SEEK_DATA/SEEK_HOLE. The handle is looked up again for every call and used only
+   * synchronously, so a consumer that pauses between extents never holds a descriptor that a
+   * close() could hand to another open meanwhile: it gets ClosedError instead.
+   */
   private async *zeroExtents(range: ByteRange | undefined): AsyncGenerator<ZeroExtent> {
-    const handle = this.open_();
     const [start, end] = clipRange(range, await this.size());
     if (this.isBlockDevice) {
       yield { start, length: end - start, zero: false, hole: false };
       return;
     }
     // [D7]: holes of a raw file read as zeros; hole: true is kept for layered formats.
+    let seeks = 0;
     for (let position = start; position < end; ) {
-      const data = this.seek(seekData, handle, position);
+      // A walk of a fragmented file makes hundreds of thousands of calls: other clients and
+      // timers get the event loop between batches.
+      if (++seeks % SEEKS_PER_TURN === 0) await yieldToEventLoop();
+      const data = this.seek(seekData, position);
       if (data === "unsupported") {
         yield { start: position, length: end - position, zero: false, hole: false };
         return;
@@ -273,18 +320,15 @@ export class FileBackend implements Backend {
       const dataStart = Math.min(data ?? end, end);
       if (dataStart > position) yield { start: position, length: dataStart - position, zero: true, hole: false };
       if (dataStart >= end) return;
-      const hole = this.seek(seekHole, handle, dataStart);
+      const hole = this.seek(seekHole, dataStart);
       const dataEnd = Math.min(typeof hole === "number" ? hole : end, end);
       yield { start: dataStart, length: dataEnd - dataStart, zero: false, hole: false };
       position = dataEnd;
     }
   }
 
-  private seek(
-    how: (fd: number, offset: number) => number | null,
-    handle: FileHandle,
-    offset: number,
-  ): number | null | "unsupported" {
+  private seek(how: (fd: number, offset: number) => number | null, offset: number): number | null | "unsupported" {
+    const handle = this.open_();
     try {
       return how(handle.fd, offset);
     } catch (error) {
@@ -293,64 +337,117 @@ export class FileBackend implements Backend {
     }
   }
 
-  async clone(): Promise<FileBackend> {
-    this.open_();
-    const flags = this.directIo ? fsConstants.O_DIRECT : 0;
-    const handle = await openHandle(this.path, this.state.options, flags);
-    return new FileBackend(handle, { ...this.state, unsupported: new Set(this.state.unsupported) });
+  clone(): Promise<FileBackend> {
+    return this.use(async () => {
+      const flags = this.directIo ? fsConstants.O_DIRECT : 0;
+      const handle = await openHandle(this.path, this.state.options, flags);
+      return new FileBackend(handle, { ...this.state, unsupported: new Set(this.state.unsupported) });
+    });
   }
 
-  async close(): Promise<void> {
-    const handle = this.handle;
-    this.handle = undefined;
-    await handle?.close();
+  /** Refuses new calls at once, waits for the calls in flight, then closes the descriptor. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.calls > 0) {
+        await new Promise<void>((resolve) => {
+          this.wakeClose = resolve;
+        });
+      }
+      const handle = this.handle;
+      this.handle = undefined;
+      await handle?.close();
+    })();
+    return this.closing;
+  }
+
+  /**
+   * Runs one call holding the handle: the descriptor stays open until it returns, however
+   * many awaits it takes. @throws ClosedError once close() was called.
+   */
+  private async use<T>(call: (handle: FileHandle) => Promise<T>): Promise<T> {
+    const handle = this.open_();
+    this.calls++;
+    try {
+      return await call(handle);
+    } finally {
+      if (--this.calls === 0) this.wakeClose?.();
+    }
+  }
+
+  private useWritable<T>(call: (handle: FileHandle) => Promise<T>): Promise<T> {
+    return this.use((handle) => {
+      if (this.readonly) throw new NotSupportedError(`Backend file '${this.path}' is opened read-only`);
+      return call(handle);
+    });
   }
 
   // Zeroing (spec §6.2): each method is tried once per handle; only "not supported" errors
   // move on to the next one, and the failure is remembered.
 
+  // The zeroing calls below read `handle.fd` at each step: the handle is held open by use()
+  // for the whole call, so the number always names this image.
+
   private async zeroDevice(handle: FileHandle, offset: number, length: number): Promise<void> {
-    const fd = handle.fd;
-    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(fd, FALLOC_FL_ZERO_RANGE, o, l))) return;
-    if (await this.tryZero("zeroOut", offset, length, (o, l) => blockDeviceZeroOut(fd, o, l))) return;
+    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(handle.fd, FALLOC_FL_ZERO_RANGE, o, l)))
+      return;
+    if (await this.tryZero("zeroOut", offset, length, (o, l) => blockDeviceZeroOut(handle.fd, o, l))) return;
     await this.writeZeros(handle, offset, length);
   }
 
   private async zeroFile(handle: FileHandle, offset: number, length: number): Promise<void> {
-    const fd = handle.fd;
     // Without KEEP_SIZE, ZERO_RANGE also extends the file when the range passes its end.
-    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(fd, FALLOC_FL_ZERO_RANGE, o, l))) return;
-    const size = await this.size();
+    if (await this.tryZero("zeroRange", offset, length, (o, l) => fallocate(handle.fd, FALLOC_FL_ZERO_RANGE, o, l)))
+      return;
+    const size = await this.sizeOf(handle);
     const insideEnd = Math.min(offset + length, size);
     if (insideEnd > offset) {
       const inside = insideEnd - offset;
       const punched = await this.tryZero("punchHole", offset, inside, (o, l) =>
-        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l),
+        fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l),
       );
       // Allocate the punched range again so a non-sparse image stays allocated.
-      if (punched) await this.tryZero("allocate", offset, inside, (o, l) => fallocate(fd, 0, o, l));
+      if (punched) await this.tryZero("allocate", offset, inside, (o, l) => fallocate(handle.fd, 0, o, l));
       else await this.writeZeros(handle, offset, inside);
     }
     const pastStart = Math.max(offset, size);
     const past = offset + length - pastStart;
-    if (past > 0 && !(await this.tryZero("allocate", pastStart, past, (o, l) => fallocate(fd, 0, o, l)))) {
+    if (past > 0 && !(await this.tryZero("allocate", pastStart, past, (o, l) => fallocate(handle.fd, 0, o, l)))) {
       await this.writeZeros(handle, pastStart, past);
     }
   }
 
   private async punchFile(handle: FileHandle, offset: number, length: number): Promise<void> {
-    const size = await this.size();
+    const size = await this.sizeOf(handle);
     const end = offset + length;
-    if (end > size) await this.resize(end);
+    if (end > size) await this.growTo(handle, size, end);
     const insideEnd = Math.min(end, size);
     if (insideEnd <= offset) return;
-    const fd = handle.fd;
     const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    if (await this.tryZero("punchHole", offset, insideEnd - offset, (o, l) => fallocate(fd, mode, o, l))) return;
+    if (await this.tryZero("punchHole", offset, insideEnd - offset, (o, l) => fallocate(handle.fd, mode, o, l))) return;
     await this.writeZeros(handle, offset, insideEnd - offset);
   }
 
   /** Runs a zeroing call over the range in steps; false when the method is not supported here. */
+  /**
+   * Makes a regular file at least `end` bytes long without ever shrinking it: fallocate of its
+   * last byte lets the kernel grow i_size to max(size, end), so a writer appending past `end`
+   * meanwhile keeps its bytes (ftruncate would cut them off). The block allocated there is
+   * punched again with the rest of the range.
+   */
+  private async growTo(handle: FileHandle, size: number, end: number): Promise<void> {
+    if (await this.tryZero("allocate", end - 1, 1, (o, l) => fallocate(handle.fd, 0, o, l))) {
+      // Only bytes past the old end, which read as zeros anyway.
+      const block = Math.max(size, alignDown(end - 1, BUFFER_ALIGNMENT));
+      await this.tryZero("punchHole", block, end - block, (o, l) =>
+        fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l),
+      );
+      return;
+    }
+    // No fallocate here: only ftruncate can grow the file sparsely. Callers that share the
+    // image hold its size lock (AlignedBackend), so no writer grows it meanwhile.
+    if ((await this.sizeOf(handle)) < end) await this.resizeTo(handle, end);
+  }
+
   private async tryZero(
     method: ZeroMethod,
     offset: number,
@@ -404,8 +501,8 @@ export class FileBackend implements Backend {
     }
   }
 
-  private async checkInside(op: string, offset: number, length: number): Promise<void> {
-    const size = await this.size();
+  private async checkInside(handle: FileHandle, op: string, offset: number, length: number): Promise<void> {
+    const size = await this.sizeOf(handle);
     if (offset + length > size) {
       throw new OutOfRangeError(
         `Cannot ${op} ${length} bytes at offset ${offset} on '${this.path}': range ends at ${offset + length}, past the device size ${size}`,
@@ -414,14 +511,10 @@ export class FileBackend implements Backend {
   }
 
   private open_(): FileHandle {
-    if (this.handle === undefined) throw new ClosedError(`Backend file '${this.path}' is closed`);
+    if (this.handle === undefined || this.closing !== undefined) {
+      throw new ClosedError(`Backend file '${this.path}' is closed`);
+    }
     return this.handle;
-  }
-
-  private writable(): FileHandle {
-    const handle = this.open_();
-    if (this.readonly) throw new NotSupportedError(`Backend file '${this.path}' is opened read-only`);
-    return handle;
   }
 
   private ioError(what: string, error: unknown): BackendIoError {

@@ -12,7 +12,7 @@ import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
 import { isIP, Socket } from "node:net";
 import { networkInterfaces } from "node:os";
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import {
   ClosedError,
   InvalidArgumentError,
@@ -31,10 +31,30 @@ import {
   checkRange,
   clipRange,
   type DirtyExtent,
-  type RemoteUpload,
   type ZeroExtent,
 } from "./backend.js";
 import { connectUnixStream } from "./native.js";
+import { pump } from "./pump.js";
+import {
+  type ByteSink,
+  type StreamOptions,
+  type UploadOptions,
+  type UploadResult,
+  writeThroughBuffers,
+} from "./streaming.js";
+
+/** An upload in flight to the remote. */
+interface RemoteUpload {
+  body: Writable;
+  /** Settles before the body should be sent: rejects when the remote refused the upload. */
+  ready: Promise<void>;
+  done: Promise<void>;
+  /** Aborts the remote request (the client went away). */
+  abort(): void;
+}
+
+/** How long a failed relay waits for the remote's own answer before giving up on it. */
+const REMOTE_VERDICT_WAIT_MS = 2000;
 
 export interface HttpBackendOptions {
   readonly?: boolean;
@@ -162,7 +182,8 @@ export class HttpBackend implements Backend {
     return done;
   }
 
-  async readStream(offset: number, length: number): Promise<Readable> {
+  /** The remote's response body for a range, once its status and length are checked. */
+  private async readStream(offset: number, length: number): Promise<IncomingMessage> {
     this.checkOpen();
     checkRange(offset, length);
     const response = await this.request("GET", this.url.pathname, { range: `bytes=${offset}-${offset + length - 1}` });
@@ -187,8 +208,59 @@ export class HttpBackend implements Backend {
     await upload.done;
   }
 
-  writeStream(offset: number, length: number | undefined, flush: boolean): RemoteUpload {
-    return this.startUpload(offset, length, flush, true);
+  /** Relays a range: one remote GET of the same range, with backpressure both ways (spec [B6]). */
+  async readTo(offset: number, length: number, sink: ByteSink, options: StreamOptions): Promise<void> {
+    const upstream = await this.readStream(offset, length);
+    try {
+      sink.start();
+      const { bytes } = await pump(upstream, sink.stream, options.onProgress ? { onProgress: options.onProgress } : {});
+      if (bytes !== length) {
+        throw new RemoteError(`Remote ${this.transport.where} sent ${bytes} of ${length} bytes`, 502, undefined);
+      }
+    } finally {
+      upstream.destroy();
+    }
+  }
+
+  /**
+   * Relays an upload of known length as one remote PUT of the same range, asking the remote
+   * to flush with it. A chunked body goes through the buffers instead, one PUT with
+   * content-length per buffer (spec §6.4), since older daemons refuse chunked uploads.
+   */
+  async writeFrom(
+    source: Readable,
+    offset: number,
+    length: number | undefined,
+    options: UploadOptions,
+  ): Promise<UploadResult> {
+    if (length === undefined) return writeThroughBuffers(this, source, offset, options);
+    const upload = this.startUpload(offset, length, options.flush, true);
+    try {
+      await upload.ready;
+    } catch (error) {
+      upload.abort();
+      throw error;
+    }
+    options.onReady?.();
+    let bytes: number;
+    try {
+      ({ bytes } = await pump(source, upload.body, options.onProgress ? { onProgress: options.onProgress } : {}));
+    } catch (error) {
+      // The remote may have refused the upload early (416, 403) and closed, which is what
+      // broke the relay: its answer, when it came, explains the failure better.
+      const verdict = await Promise.race([
+        upload.done.then(
+          () => undefined,
+          (remote: unknown) => remote,
+        ),
+        new Promise((resolve) => setTimeout(resolve, REMOTE_VERDICT_WAIT_MS)),
+      ]);
+      upload.abort();
+      throw verdict instanceof RemoteError ? verdict : error;
+    }
+    upload.body.end();
+    await upload.done;
+    return { bytes, overflow: false, flushed: options.flush && this.caps.flush };
   }
 
   /**
@@ -426,6 +498,9 @@ export class HttpBackend implements Backend {
         resolve(res);
       });
       request.once("socket", (socket) => {
+        // Small requests (PATCH, short PUTs, a relayed body's last bytes) go out at once
+        // instead of waiting for the ACK of the previous segment (Nagle).
+        socket.setNoDelay(true);
         const connected = () => {
           clearTimeout(connectTimer);
           readySockets.add(socket);

@@ -14,8 +14,6 @@ const koffi = loadKoffi();
 
 const libc = koffi.load("libc.so.6");
 
-const posixMemalign = libc.func("int posix_memalign(_Out_ void **memptr, size_t alignment, size_t size)");
-const libcFree = libc.func("void free(void *ptr)");
 const libcLseek = libc.func("int64_t lseek(int fd, int64_t offset, int whence)");
 const libcFallocate = libc.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
 const libcIoctl = libc.func("int ioctl(int fd, unsigned long request, ...)");
@@ -77,35 +75,27 @@ function check(result: number | bigint, syscall: string): void {
 }
 
 /**
- * Allocates `size` bytes aligned to `alignment` with posix_memalign and exposes them as a
- * Buffer without copying. The memory is freed when the Buffer's ArrayBuffer is garbage
- * collected, so a view can never outlive its memory.
- * @throws SystemError (ENOMEM, EINVAL) when allocation fails.
+ * Allocates `size` bytes whose address is a multiple of `alignment` (a power of two), for
+ * O_DIRECT. The memory is V8's own (an aligned slice of a slightly larger unpooled Buffer), so
+ * V8 accounts for it and frees it like any Buffer; native memory freed only by a finalizer
+ * would stay resident long after its last use.
+ * @throws RangeError for a size that is not a positive safe integer.
  */
 export function allocAligned(size: number, alignment = 4096): Buffer {
   if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`Invalid aligned buffer size: ${size}`);
-  const out: unknown[] = [null];
-  const rc = posixMemalign(out, alignment, size) as number;
-  // posix_memalign returns the error number instead of setting errno.
-  if (rc !== 0) throw systemError("posix_memalign", rc);
-  const pointer = out[0];
-  const arrayBuffer = koffi.view(pointer, size);
-  freeOnCollect.register(arrayBuffer, pointer);
-  alignedMemory.set(arrayBuffer, alignment);
-  return Buffer.from(arrayBuffer);
+  const backing = Buffer.allocUnsafeSlow(size + alignment);
+  const skew = Number(bufferAddress(backing) % BigInt(alignment));
+  const start = skew === 0 ? 0 : alignment - skew;
+  return backing.subarray(start, start + size);
 }
 
-const freeOnCollect = new FinalizationRegistry<unknown>((pointer) => libcFree(pointer));
-/** Memory from allocAligned, with the alignment of its start address. */
-const alignedMemory = new WeakMap<ArrayBufferLike, number>();
-
 /**
- * True when `buf` lies in memory from allocAligned and its address is a multiple of
- * `alignment` (a power of two), so it can be handed to an O_DIRECT read or write as it is.
+ * True when `buf`'s first byte lies at an address that is a multiple of `alignment` (a power
+ * of two), so it can be handed to an O_DIRECT read or write as it is.
  */
 export function isAligned(buf: Buffer, alignment: number): boolean {
-  const baseAlignment = alignedMemory.get(buf.buffer);
-  return baseAlignment !== undefined && alignment <= baseAlignment && buf.byteOffset % alignment === 0;
+  if (buf.length === 0) return true;
+  return bufferAddress(buf) % BigInt(alignment) === 0n;
 }
 
 /** The address of a buffer's first byte: lets tests and diagnostics verify alignment. */

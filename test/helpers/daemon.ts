@@ -12,6 +12,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { promisify } from "node:util";
 import { type Config, DAEMON_DEFAULTS, loadConfig } from "../../src/config.js";
+import type { BackendOpener } from "../../src/http/connection.js";
 import { portOf, type RunningServices, startServices } from "../../src/http/services.js";
 import type { FileBackendOptions } from "../../src/io/file.js";
 import { createLogger, memorySink } from "../../src/log.js";
@@ -168,6 +169,8 @@ export async function startInProcess(
     fileOptions?: Pick<FileBackendOptions, "probeDirect">;
     /** Handshake and request-head deadline (default 60 s). */
     deadlineMs?: number;
+    /** Replaces how tickets' backends are opened (spies, failures). */
+    openBackend?: BackendOpener;
   } = {},
 ): Promise<InProcessDaemon> {
   const tmp = await makeTempDir("imageio-daemon-");
@@ -180,6 +183,7 @@ export async function startInProcess(
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.fileOptions ? { fileOptions: options.fileOptions } : {}),
     ...(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs }),
+    ...(options.openBackend ? { openBackend: options.openBackend } : {}),
   });
   return {
     services,

@@ -1,9 +1,9 @@
 /** `GET /images/{id}/checksum` and `/checksum/algorithms` (spec §5.8). */
 import {
-  blkhash,
   checksumAlgorithms,
   DEFAULT_CHECKSUM_ALGORITHM,
   DEFAULT_CHECKSUM_BLOCK_SIZE,
+  imageChecksum,
   validateChecksumParams,
 } from "../../io/blkhash.js";
 import type { App } from "../app.js";
@@ -32,23 +32,16 @@ export async function checksum(ctx: RequestContext, app: App, id: string): Promi
   app.log.info(`${clientTag(ctx)} CHECKSUM`, { algorithm, block_size: blockSize, transfer: ticket.label });
   const operation = ticket.begin(0);
   try {
-    const backend = context.backend;
-    const result = await ctx.connection.whileBusy(async () => {
-      // A remote daemon computes its own checksum: no image data crosses the network.
-      if (backend.checksum) {
-        const remote = await backend.checksum(algorithm, blockSize);
-        operation.done = await backend.size();
-        return remote;
-      }
-      return blkhash(backend, {
+    const result = await ctx.connection.whileBusy(() =>
+      imageChecksum(context.backend, {
         algorithm,
         blockSize,
         signal: operation.signal,
         onProgress: (bytes) => {
           operation.done = bytes;
         },
-      });
-    });
+      }),
+    );
     ticket.end(operation);
     sendJson(ctx, 200, result);
   } finally {

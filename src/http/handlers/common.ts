@@ -2,7 +2,7 @@
  * Steps every image handler shares: authorizing the ticket, opening the connection's backend
  * for it, CORS, and the numbers in log lines.
  */
-import { ForbiddenError } from "../../errors.js";
+import { ClosedError, ForbiddenError } from "../../errors.js";
 import { pythonRepr } from "../../pyformat.js";
 import type { Ticket, TicketOp } from "../../tickets/ticket.js";
 import type { App } from "../app.js";
@@ -25,6 +25,33 @@ export function authorize(app: App, id: string, op: TicketOp, close: boolean): T
   }
 }
 
+/**
+ * Runs `work` on a ticket's backend. Cancelling the ticket (its removal) closes its backends
+ * under running requests: such a request then ends as one on a cancelled ticket does, with
+ * 403, instead of reporting the closed backend as a server failure.
+ */
+export async function onTicket<T>(ticket: Ticket, op: TicketOp, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof ClosedError && ticket.canceled) stopIfCancelled(ticket, op);
+    throw error;
+  }
+}
+
+/** @throws HttpError 403 (closing the connection) once `ticket` was cancelled. */
+export function stopIfCancelled(ticket: Ticket, op: TicketOp): void {
+  if (!ticket.canceled) return;
+  try {
+    ticket.authorize(op);
+  } catch (error) {
+    if (error instanceof ForbiddenError) {
+      throw new HttpError(403, error.message, { close: true, logMessage: error.logMessage, cause: error });
+    }
+    throw error;
+  }
+}
+
 /** Authorizes and returns the connection's backend context for the ticket (opened lazily). */
 export async function openForTicket(
   ctx: RequestContext,
@@ -35,6 +62,11 @@ export async function openForTicket(
 ): Promise<{ ticket: Ticket; context: BackendContext }> {
   const ticket = authorize(app, id, op, closeOn403);
   const context = await ctx.connection.backendFor(ticket, app.openBackend);
+  if (ticket.canceled) {
+    // Removed while the backend was opening: its contexts were closed before this one existed.
+    await context.close();
+    stopIfCancelled(ticket, op);
+  }
   return { ticket, context };
 }
 

@@ -94,7 +94,7 @@ describe("NBD transmission against a scripted server", () => {
     let seen = 0;
     const server = await startFakeNbd(tmp.path, {
       size: MiB,
-      onRequest: (request, reply) => {
+      onRequest: (_request, reply) => {
         seen += 1;
         if (seen === 4) reply.simple(Buffer.from("00000000deadbeef", "hex"));
       },

@@ -319,20 +319,31 @@ describe.skipIf(realSkip !== undefined)("NBD against real servers", () => {
     }
   });
 
-  it("11.3: pipelining keeps 16 requests in flight, never more, and the cookie table drains", async () => {
+  it("11.3: pipelining keeps 16 requests (or the byte bound) in flight, never more, and the cookie table drains", async () => {
     const server = await startNbdkit(tmp.path, "memory", ["size=64M", "delay-read=50ms"], { filters: ["delay"] });
     servers.push(server);
-    const client = await keep(NbdClient.connect(parseNbdUrl(server.url)));
-    let most = 0;
-    const reads = Array.from({ length: 64 }, (_, i) =>
-      client.read(Buffer.alloc(256 * 1024), i * 256 * 1024).then(() => {
+    /** Issues `count` 256 KiB reads and returns the most requests the client held pending at once. */
+    const mostInFlight = async (client: NbdClient, count: number): Promise<number> => {
+      let done = false;
+      const reads = Promise.all(
+        Array.from({ length: count }, (_, i) => client.read(Buffer.alloc(256 * 1024), i * 256 * 1024)),
+      ).finally(() => {
+        done = true;
+      });
+      let most = 0;
+      while (!done) {
         most = Math.max(most, client.pendingCount);
-      }),
-    );
-    most = Math.max(most, client.pendingCount);
-    await Promise.all(reads);
-    expect(most).toBe(16);
-    expect(client.pendingCount).toBe(0);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await reads;
+      expect(client.pendingCount).toBe(0);
+      return most;
+    };
+    const client = await keep(NbdClient.connect(parseNbdUrl(server.url)));
+    expect(await mostInFlight(client, 64)).toBe(16);
+    // The byte bound: 1 MiB in flight is four 256 KiB reads.
+    const bounded = await keep(NbdClient.connect(parseNbdUrl(server.url), { maxBytes: MiB }));
+    expect(await mostInFlight(bounded, 16)).toBe(4);
   });
 
   it("11.8: a server killed with requests in flight fails them all within a second; later calls fail fast", async () => {

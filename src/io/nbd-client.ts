@@ -169,7 +169,8 @@ export class NbdClient {
     options: NbdClientOptions,
   ) {
     this.maxRequests = Math.max(1, options.maxRequests ?? NBD_DEFAULTS.maxRequests);
-    this.maxBytes = Math.max(info.maximumPayload, options.maxBytes ?? NBD_DEFAULTS.maxBytes);
+    // A request larger than maxBytes still goes out alone (see fits()).
+    this.maxBytes = options.maxBytes ?? NBD_DEFAULTS.maxBytes;
     this.drainTimeoutMs = options.drainTimeoutMs ?? NBD_DEFAULTS.drainTimeoutMs;
   }
 

@@ -70,7 +70,8 @@ export const DAEMON_DEFAULTS: Config = {
   tls: { enable: true, key_file: "", cert_file: "", ca_file: "", enable_tls1_1: false },
   backend_file: { buffer_size: 8388608, direct: "auto" },
   backend_http: { ca_file: "", buffer_size: 8388608 },
-  // 16 × 256 KiB in flight: 3.9× one 8 MiB request from qemu-nbd (measured, docs/nbd.md).
+  // 16 × 256 KiB in flight keeps qemu-nbd busy; one 8 MiB request at a time leaves it idle
+  // between requests (docs/nbd.md, `npm run bench -- nbd`).
   backend_nbd: {
     buffer_size: 8388608,
     requests: 16,

@@ -79,4 +79,23 @@ describe.skipIf(skip !== undefined)("proxy in front of nbd tickets", () => {
     const options = JSON.parse((await request(proxy, { method: "OPTIONS", path: `/images/${id}` })).text);
     expect(options).toMatchObject({ max_readers: 8, max_writers: 8, size });
   });
+
+  it("11.10: dirty extents of a backup export come through the proxy as the daemon serves them", async () => {
+    const image = daemon.tmp.file("backup.qcow2");
+    await run("qemu-img", ["create", "-f", "qcow2", image, "4M"]);
+    await run("qemu-img", ["bitmap", "--add", image, "b0"]);
+    await run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x42 1M 64k", "-c", "write -z 3M 64k", image]);
+    const server = await startQemuNbd(daemon.tmp.path, image, { allocationDepth: true, readOnly: true, bitmap: "b0" });
+    servers.push(server);
+    const id = await proxied(server.url, 4 * MiB, { dirty: true, ops: ["read"] });
+    const response = await request(proxy, { path: `/images/${id}/extents?context=dirty` });
+    expect(response.status, response.text).toBe(200);
+    expect(JSON.parse(response.text)).toEqual([
+      { start: 0, length: MiB, dirty: false, zero: true },
+      { start: MiB, length: 64 * 1024, dirty: true, zero: false },
+      { start: MiB + 64 * 1024, length: 2 * MiB - 64 * 1024, dirty: false, zero: true },
+      { start: 3 * MiB, length: 64 * 1024, dirty: true, zero: true },
+      { start: 3 * MiB + 64 * 1024, length: MiB - 64 * 1024, dirty: false, zero: true },
+    ]);
+  });
 });

@@ -223,4 +223,37 @@ describe.skipIf(skip !== undefined)("nbd tickets", () => {
     const options = await request(daemon, { method: "OPTIONS", path: "/images/*" });
     expect(options.status).toBe(200);
   });
+
+  it("11.8: a server killed during a download ends the response at once; ENOSPC on upload is a 500; the daemon keeps serving", async () => {
+    const slow = await startNbdkit(daemon.tmp.path, "memory", ["size=64M", "delay-read=200ms"], { filters: ["delay"] });
+    servers.push(slow);
+    const id = await ticket(slow.url, 64 * MiB, { ops: ["read"] });
+    const started = Date.now();
+    const download = request(daemon, { path: `/images/${id}` }).then(
+      (response) => ({ response, error: undefined }),
+      (error: unknown) => ({ response: undefined, error }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    process.kill(slow.pid, "SIGKILL");
+    const outcome = await download;
+    expect(Date.now() - started).toBeLessThan(5000);
+    // Either the headers were out (the body ends short) or the daemon answered 500.
+    if (outcome.response !== undefined) {
+      expect(outcome.response.status === 500 || outcome.response.body.length < 64 * MiB).toBe(true);
+    } else {
+      expect(String(outcome.error)).toMatch(/aborted|socket hang up|ECONNRESET/);
+    }
+    expect(daemon.logs()).toMatch(/closed the connection/);
+
+    const full = await startNbdkit(daemon.tmp.path, "memory", ["size=1M", "error=ENOSPC", "error-pwrite-rate=100%"], {
+      filters: ["error"],
+    });
+    servers.push(full);
+    const writer = await ticket(full.url, MiB);
+    const put = await request(daemon, { method: "PUT", path: `/images/${writer}`, body: Buffer.alloc(MiB, 7) });
+    expect(put.status).toBe(500);
+    expect(daemon.logs()).toMatch(/NBD WRITE of \d+ bytes at offset \d+ on unix:\S+ failed: ENOSPC/);
+    const options = await request(daemon, { method: "OPTIONS", path: `/images/${writer}` });
+    expect(options.status).toBe(200);
+  });
 });

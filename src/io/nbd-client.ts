@@ -87,8 +87,8 @@ interface Request {
 /** Where the reply parser is: reading a header, an OFFSET_DATA offset, data, or a whole payload. */
 type ParseState =
   | { kind: "header" }
-  | { kind: "data-offset"; req: Request; flags: number; remaining: number }
-  | { kind: "data"; req: Request; flags: number; at: number; remaining: number; simple: boolean }
+  | { kind: "data-offset"; req: Request; flags: number; remaining: number; offset: Buffer; filled: number }
+  | { kind: "data"; req: Request; flags: number; at: number; remaining: number }
   | { kind: "payload"; req: Request; flags: number; type: number; buffer: Buffer; filled: number };
 
 /** Bytes received during the handshake, handed out in exact amounts. */
@@ -522,7 +522,7 @@ export class NbdClient {
           state.at += take;
           state.remaining -= take;
           at += take;
-          if (state.remaining === 0) this.endChunk(state.req, state.simple ? CHUNK_FLAG_DONE : state.flags);
+          if (state.remaining === 0) this.endChunk(state.req, state.flags);
           break;
         }
       }
@@ -567,7 +567,8 @@ export class NbdClient {
     if (req.type === Cmd.READ && req.length > 0) {
       // A simple reply has no length: the pending READ says how many bytes follow.
       req.covered.push([0, req.length]);
-      this.state = { kind: "data", req, flags: CHUNK_FLAG_DONE, at: 0, remaining: req.length, simple: true };
+      // A simple reply is complete once its data is in: treat it as a chunk marked DONE.
+      this.state = { kind: "data", req, flags: CHUNK_FLAG_DONE, at: 0, remaining: req.length };
       return;
     }
     if (req.type === Cmd.READ) req.covered.push([0, 0]);
@@ -596,9 +597,9 @@ export class NbdClient {
         req,
         flags: chunk.flags,
         remaining: chunk.length - 8,
+        offset: Buffer.alloc(8),
+        filled: 0,
       };
-      this.payloadBuffer = Buffer.alloc(8);
-      this.payloadFill = 0;
       return;
     }
     if (chunk.type === Chunk.NONE) {
@@ -624,9 +625,6 @@ export class NbdClient {
     if (chunk.length === 0) this.onPayload(this.state);
   }
 
-  private payloadBuffer = Buffer.alloc(8);
-  private payloadFill = 0;
-
   private receivePayload(
     state: Extract<ParseState, { kind: "data-offset" } | { kind: "payload" }>,
     bytes: Buffer,
@@ -639,18 +637,18 @@ export class NbdClient {
       if (state.filled === state.buffer.length) this.onPayload(state);
       return at + take;
     }
-    const take = Math.min(8 - this.payloadFill, bytes.length - at);
-    bytes.copy(this.payloadBuffer, this.payloadFill, at, at + take);
-    this.payloadFill += take;
-    if (this.payloadFill === 8) {
+    const take = Math.min(8 - state.filled, bytes.length - at);
+    bytes.copy(state.offset, state.filled, at, at + take);
+    state.filled += take;
+    if (state.filled === 8) {
       const req = state.req;
-      const start = readU64(this.payloadBuffer, 0) - req.offset;
+      const start = readU64(state.offset, 0) - req.offset;
       const end = start + state.remaining;
       if (!this.cover(req, start, end)) {
         this.protocolError(`OFFSET_DATA chunk ${start}-${end} outside or overlapping its READ`);
         return at + take;
       }
-      this.state = { kind: "data", req, flags: state.flags, at: start, remaining: state.remaining, simple: false };
+      this.state = { kind: "data", req, flags: state.flags, at: start, remaining: state.remaining };
     }
     return at + take;
   }

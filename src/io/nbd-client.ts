@@ -61,6 +61,8 @@ export const NBD_DEFAULTS = {
 const DISCONNECT_GRACE_MS = 2000;
 /** Socket read buffer, reused for every read (no allocation per chunk). */
 const READ_BUFFER_SIZE = 256 * 1024;
+/** READ payloads at least this large are read straight into the caller's buffer. */
+const DIRECT_READ_MIN = 64 * 1024;
 /** Non-data chunks (status, errors) are buffered whole; 2^20 extents is the spec's maximum. */
 const MAX_METADATA_CHUNK = 4 + 8 * 2 ** 20;
 
@@ -185,9 +187,21 @@ export class NbdClient {
     const queue = new ByteQueue();
     let client: NbdClient | undefined;
     const readBuffer = Buffer.allocUnsafe(READ_BUFFER_SIZE);
+    /** Whether the read in progress lands in a READ's destination rather than readBuffer. */
+    let direct = false;
     const onread = {
-      buffer: readBuffer,
+      // Called before every socket read: while a large READ payload streams in, the kernel
+      // copies it straight into the caller's buffer, saving a copy of every byte.
+      buffer: (): Uint8Array => {
+        const target = client?.directReadTarget();
+        direct = target !== undefined;
+        return target ?? readBuffer;
+      },
       callback: (length: number, buffer: Uint8Array): boolean => {
+        if (direct) {
+          client?.receivedInPlace(length);
+          return true;
+        }
         const bytes = Buffer.from(buffer.buffer, buffer.byteOffset, length);
         // The read buffer is reused at once: the handshake keeps a copy, the engine consumes now.
         if (client === undefined) queue.push(Buffer.from(bytes));
@@ -503,6 +517,25 @@ export class NbdClient {
 
   // -------------------------------------------------------------------------------------------
   // The reply parser: consumes each socket read synchronously, so the read buffer can be reused.
+
+  /**
+   * The rest of the READ payload being received, when it is large enough to be worth a read
+   * of its own; undefined to read into the shared buffer.
+   */
+  private directReadTarget(): Buffer | undefined {
+    const state = this.state;
+    if (state.kind !== "data" || state.remaining < DIRECT_READ_MIN || this.failure !== undefined) return undefined;
+    return state.req.dest?.subarray(state.at, state.at + state.remaining);
+  }
+
+  /** `length` bytes of the streaming READ payload arrived in place (see directReadTarget). */
+  private receivedInPlace(length: number): void {
+    const state = this.state;
+    if (state.kind !== "data" || this.failure !== undefined) return;
+    state.at += length;
+    state.remaining -= length;
+    if (state.remaining === 0) this.endChunk(state.req, state.flags);
+  }
 
   private receive(bytes: Buffer): void {
     let at = 0;

@@ -8,7 +8,7 @@
 import net from "node:net";
 import { BackendIoError, BackendOpenError, ClosedError } from "../errors.js";
 import { MiB } from "../units.js";
-import { type ExportInfo, negotiate } from "./nbd-handshake.js";
+import { ByteQueue, type ExportInfo, negotiate } from "./nbd-handshake.js";
 import {
   CHUNK_ERROR_BIT,
   CHUNK_FLAG_DONE,
@@ -92,55 +92,6 @@ type ParseState =
   | { kind: "data-offset"; req: Request; flags: number; remaining: number; offset: Buffer; filled: number }
   | { kind: "data"; req: Request; flags: number; at: number; remaining: number }
   | { kind: "payload"; req: Request; flags: number; type: number; buffer: Buffer; filled: number };
-
-/** Bytes received during the handshake, handed out in exact amounts. */
-class ByteQueue {
-  private chunks: Buffer[] = [];
-  private size = 0;
-  private waiter: { length: number; resolve(b: Buffer): void; reject(e: Error): void } | undefined;
-  private failure: Error | undefined;
-
-  push(bytes: Buffer): void {
-    this.chunks.push(bytes);
-    this.size += bytes.length;
-    this.wake();
-  }
-
-  fail(error: Error): void {
-    this.failure ??= error;
-    const waiter = this.waiter;
-    if (waiter !== undefined && this.size < waiter.length) {
-      this.waiter = undefined;
-      waiter.reject(error);
-    }
-  }
-
-  read(length: number): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      this.waiter = { length, resolve, reject };
-      this.wake();
-      if (this.waiter !== undefined && this.failure !== undefined) this.fail(this.failure);
-    });
-  }
-
-  /** Everything not consumed yet (bytes that arrived after GO's ACK belong to transmission). */
-  rest(): Buffer {
-    const all = Buffer.concat(this.chunks);
-    this.chunks = [];
-    this.size = 0;
-    return all;
-  }
-
-  private wake(): void {
-    const waiter = this.waiter;
-    if (waiter === undefined || this.size < waiter.length) return;
-    this.waiter = undefined;
-    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
-    this.chunks = all.length > waiter.length ? [all.subarray(waiter.length)] : [];
-    this.size -= waiter.length;
-    waiter.resolve(all.subarray(0, waiter.length));
-  }
-}
 
 export class NbdClient {
   private readonly pending = new Map<number, Request>();

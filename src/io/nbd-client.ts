@@ -10,32 +10,21 @@ import { BackendIoError, BackendOpenError, ClosedError } from "../errors.js";
 import { MiB } from "../units.js";
 import { ByteQueue, type ExportInfo, negotiate } from "./nbd-handshake.js";
 import {
-  CHUNK_ERROR_BIT,
-  CHUNK_FLAG_DONE,
-  Chunk,
   Cmd,
   CmdFlag,
   commandName,
-  decodeBlockStatusChunk,
-  decodeChunkHeader,
-  decodeErrorChunk,
-  decodeHoleChunk,
-  decodeSimpleReply,
   ESHUTDOWN,
   encodeOption,
   encodeRequest,
   errnoName,
   Opt,
   REQUEST_HEADER_SIZE,
-  readU64,
-  SIMPLE_REPLY_MAGIC,
-  SIMPLE_REPLY_SIZE,
-  STRUCTURED_HEADER_SIZE,
-  STRUCTURED_REPLY_MAGIC,
-  type StatusExtent,
   TxFlag,
 } from "./nbd-protocol.js";
+import { type BlockStatus, type PendingRequest, ReplyParser } from "./nbd-replies.js";
 import { describeAddress, type NbdTarget } from "./nbd-url.js";
+
+export type { BlockStatus } from "./nbd-replies.js";
 
 export interface NbdClientOptions {
   /** Negotiate the export's dirty bitmap (a ticket with `"dirty": true`). */
@@ -61,40 +50,9 @@ export const NBD_DEFAULTS = {
 const DISCONNECT_GRACE_MS = 2000;
 /** Socket read buffer, reused for every read (no allocation per chunk). */
 const READ_BUFFER_SIZE = 256 * 1024;
-/** READ payloads at least this large are read straight into the caller's buffer. */
-const DIRECT_READ_MIN = 64 * 1024;
-/** Non-data chunks (status, errors) are buffered whole; 2^20 extents is the spec's maximum. */
-const MAX_METADATA_CHUNK = 4 + 8 * 2 ** 20;
-
-/** Per-context extents of one BLOCK_STATUS reply, by context id. */
-export type BlockStatus = Map<number, StatusExtent[]>;
-
-interface Request {
-  readonly cookie: number;
-  readonly type: number;
-  readonly offset: number;
-  readonly length: number;
-  /** Bytes charged against the in-flight byte bound. */
-  readonly bytes: number;
-  /** READ destination: exactly `length` bytes. */
-  readonly dest: Buffer | undefined;
-  /** READ: content chunks received, as sorted [start, end) pairs relative to `offset`. */
-  covered: [number, number][];
-  status: BlockStatus | undefined;
-  error: Error | undefined;
-  resolve(value: BlockStatus | undefined): void;
-  reject(error: Error): void;
-}
-
-/** Where the reply parser is: reading a header, an OFFSET_DATA offset, data, or a whole payload. */
-type ParseState =
-  | { kind: "header" }
-  | { kind: "data-offset"; req: Request; flags: number; remaining: number; offset: Buffer; filled: number }
-  | { kind: "data"; req: Request; flags: number; at: number; remaining: number }
-  | { kind: "payload"; req: Request; flags: number; type: number; buffer: Buffer; filled: number };
 
 export class NbdClient {
-  private readonly pending = new Map<number, Request>();
+  private readonly pending = new Map<number, PendingRequest>();
   private nextCookie = 1;
   /** Admitted requests (sent or about to be) and their payload bytes, for the in-flight bounds. */
   private inFlight = 0;
@@ -104,9 +62,7 @@ export class NbdClient {
   /** WRITE and WRITE_ZEROES replies a FLUSH must wait for. */
   private readonly writes = new Set<Promise<unknown>>();
   private idleWaiters: (() => void)[] = [];
-  private state: ParseState = { kind: "header" };
-  private readonly header = Buffer.alloc(STRUCTURED_HEADER_SIZE);
-  private headerFill = 0;
+  private readonly parser: ReplyParser;
   private failure: Error | undefined;
   private closing = false;
   private closed: Promise<void> | undefined;
@@ -125,6 +81,18 @@ export class NbdClient {
     // A request larger than maxBytes still goes out alone (see fits()).
     this.maxBytes = options.maxBytes ?? NBD_DEFAULTS.maxBytes;
     this.drainTimeoutMs = options.drainTimeoutMs ?? NBD_DEFAULTS.drainTimeoutMs;
+    this.parser = new ReplyParser(
+      {
+        lookup: (cookieHigh, cookie) => this.lookup(cookieHigh, cookie),
+        complete: (request) => this.finish(request),
+        protocolError: (message) => this.protocolError(message),
+        serverError: (request, error, message) => this.serverError(request, error, message),
+        requestError: (request, problem, errno) => this.requestError(request, problem, errno),
+        failed: () => this.failure !== undefined,
+      },
+      info.structuredReplies,
+      [...info.contexts.values()],
+    );
   }
 
   /**
@@ -144,19 +112,19 @@ export class NbdClient {
       // Called before every socket read: while a large READ payload streams in, the kernel
       // copies it straight into the caller's buffer, saving a copy of every byte.
       buffer: (): Uint8Array => {
-        const target = client?.directReadTarget();
+        const target = client?.parser.directReadTarget();
         direct = target !== undefined;
         return target ?? readBuffer;
       },
       callback: (length: number, buffer: Uint8Array): boolean => {
         if (direct) {
-          client?.receivedInPlace(length);
+          client?.parser.receivedInPlace(length);
           return true;
         }
         const bytes = Buffer.from(buffer.buffer, buffer.byteOffset, length);
         // The read buffer is reused at once: the handshake keeps a copy, the engine consumes now.
         if (client === undefined) queue.push(Buffer.from(bytes));
-        else client.receive(bytes);
+        else client.parser.receive(bytes);
         return true;
       },
     };
@@ -202,7 +170,7 @@ export class NbdClient {
       socket.off("close", onEarlyEnd);
       client.attach();
       const early = queue.rest();
-      if (early.length > 0) client.receive(early);
+      if (early.length > 0) client.parser.receive(early);
       return client;
     } catch (error) {
       // Soft disconnect where the server still listens; it may close without replying.
@@ -362,7 +330,7 @@ export class NbdClient {
     while (this.pending.has(cookie)) cookie = (cookie + 1) >>> 0;
     this.nextCookie = (cookie + 1) >>> 0;
     return new Promise<BlockStatus | undefined>((resolve, reject) => {
-      const req: Request = {
+      const req: PendingRequest = {
         cookie,
         type,
         offset,
@@ -425,7 +393,7 @@ export class NbdClient {
   }
 
   /** Settles `req` once its reply is complete. */
-  private finish(req: Request): void {
+  private finish(req: PendingRequest): void {
     this.pending.delete(req.cookie);
     this.release(req.bytes);
     if (req.error === undefined && req.type === Cmd.READ) {
@@ -441,7 +409,7 @@ export class NbdClient {
     else req.resolve(req.status);
   }
 
-  private requestError(req: Request, problem: string, errno = "EPROTO"): BackendIoError {
+  private requestError(req: PendingRequest, problem: string, errno = "EPROTO"): BackendIoError {
     return new BackendIoError(
       `NBD ${commandName(req.type)} of ${req.length} bytes at offset ${req.offset} on ${this.where} failed: ${problem}`,
       errno,
@@ -466,222 +434,13 @@ export class NbdClient {
     this.fail(new BackendIoError(`NBD server at ${this.where} broke the protocol: ${message}`, "EPROTO"));
   }
 
-  // -------------------------------------------------------------------------------------------
-  // The reply parser: consumes each socket read synchronously, so the read buffer can be reused.
-
-  /**
-   * The rest of the READ payload being received, when it is large enough to be worth a read
-   * of its own; undefined to read into the shared buffer.
-   */
-  private directReadTarget(): Buffer | undefined {
-    const state = this.state;
-    if (state.kind !== "data" || state.remaining < DIRECT_READ_MIN || this.failure !== undefined) return undefined;
-    return state.req.dest?.subarray(state.at, state.at + state.remaining);
-  }
-
-  /** `length` bytes of the streaming READ payload arrived in place (see directReadTarget). */
-  private receivedInPlace(length: number): void {
-    const state = this.state;
-    if (state.kind !== "data" || this.failure !== undefined) return;
-    state.at += length;
-    state.remaining -= length;
-    if (state.remaining === 0) this.endChunk(state.req, state.flags);
-  }
-
-  private receive(bytes: Buffer): void {
-    let at = 0;
-    while (at < bytes.length && this.failure === undefined) {
-      const state = this.state;
-      switch (state.kind) {
-        case "header":
-          at = this.receiveHeader(bytes, at);
-          break;
-        case "data-offset":
-        case "payload":
-          at = this.receivePayload(state, bytes, at);
-          break;
-        case "data": {
-          const take = Math.min(state.remaining, bytes.length - at);
-          state.req.dest?.set(bytes.subarray(at, at + take), state.at);
-          state.at += take;
-          state.remaining -= take;
-          at += take;
-          if (state.remaining === 0) this.endChunk(state.req, state.flags);
-          break;
-        }
-      }
-    }
-  }
-
-  private receiveHeader(bytes: Buffer, at: number): number {
-    const magic = this.headerFill >= 4 ? this.header.readUInt32BE(0) : undefined;
-    const need = magic === undefined ? 4 : magic === SIMPLE_REPLY_MAGIC ? SIMPLE_REPLY_SIZE : STRUCTURED_HEADER_SIZE;
-    const take = Math.min(need - this.headerFill, bytes.length - at);
-    bytes.copy(this.header, this.headerFill, at, at + take);
-    this.headerFill += take;
-    if (this.headerFill < need) return at + take;
-    if (magic === undefined) {
-      const got = this.header.readUInt32BE(0);
-      if (got !== SIMPLE_REPLY_MAGIC && got !== STRUCTURED_REPLY_MAGIC) {
-        this.protocolError(`unknown reply magic 0x${got.toString(16)}`);
-      }
-      return at + take;
-    }
-    this.headerFill = 0;
-    if (magic === SIMPLE_REPLY_MAGIC) this.onSimpleReply();
-    else this.onChunkHeader();
-    return at + take;
-  }
-
-  private lookup(cookieHigh: number, cookie: number): Request | undefined {
+  private lookup(cookieHigh: number, cookie: number): PendingRequest | undefined {
     const req = cookieHigh === 0 ? this.pending.get(cookie) : undefined;
     if (req === undefined) this.protocolError(`reply to unknown cookie ${cookieHigh * 2 ** 32 + cookie}`);
     return req;
   }
 
-  private onSimpleReply(): void {
-    const reply = decodeSimpleReply(this.header);
-    const req = this.lookup(reply.cookieHigh, reply.cookie);
-    if (req === undefined) return;
-    if (reply.error !== 0) {
-      this.serverError(req, reply.error, "");
-      this.finish(req);
-      return;
-    }
-    if (req.type === Cmd.READ && req.length > 0) {
-      // A simple reply has no length: the pending READ says how many bytes follow.
-      req.covered.push([0, req.length]);
-      // A simple reply is complete once its data is in: treat it as a chunk marked DONE.
-      this.state = { kind: "data", req, flags: CHUNK_FLAG_DONE, at: 0, remaining: req.length };
-      return;
-    }
-    if (req.type === Cmd.READ) req.covered.push([0, 0]);
-    this.finish(req);
-  }
-
-  private onChunkHeader(): void {
-    const chunk = decodeChunkHeader(this.header);
-    if (!this.info.structuredReplies) {
-      this.protocolError("structured reply without negotiation");
-      return;
-    }
-    const req = this.lookup(chunk.cookieHigh, chunk.cookie);
-    if (req === undefined) return;
-    if (chunk.type === Chunk.OFFSET_DATA) {
-      if (req.type !== Cmd.READ) {
-        this.protocolError(`OFFSET_DATA chunk for ${commandName(req.type)}`);
-        return;
-      }
-      if (chunk.length < 9 || chunk.length - 8 > req.length) {
-        this.protocolError(`OFFSET_DATA chunk of ${chunk.length} bytes for a ${req.length}-byte READ`);
-        return;
-      }
-      this.state = {
-        kind: "data-offset",
-        req,
-        flags: chunk.flags,
-        remaining: chunk.length - 8,
-        offset: Buffer.alloc(8),
-        filled: 0,
-      };
-      return;
-    }
-    if (chunk.type === Chunk.NONE) {
-      if (chunk.length !== 0 || (chunk.flags & CHUNK_FLAG_DONE) === 0) {
-        this.protocolError("NONE chunk with a payload or without DONE");
-        return;
-      }
-      this.endChunk(req, chunk.flags);
-      return;
-    }
-    if (chunk.length > MAX_METADATA_CHUNK) {
-      this.protocolError(`chunk of type ${chunk.type} with ${chunk.length} bytes`);
-      return;
-    }
-    this.state = {
-      kind: "payload",
-      req,
-      flags: chunk.flags,
-      type: chunk.type,
-      buffer: Buffer.allocUnsafe(chunk.length),
-      filled: 0,
-    };
-    if (chunk.length === 0) this.onPayload(this.state);
-  }
-
-  private receivePayload(
-    state: Extract<ParseState, { kind: "data-offset" } | { kind: "payload" }>,
-    bytes: Buffer,
-    at: number,
-  ): number {
-    if (state.kind === "payload") {
-      const take = Math.min(state.buffer.length - state.filled, bytes.length - at);
-      bytes.copy(state.buffer, state.filled, at, at + take);
-      state.filled += take;
-      if (state.filled === state.buffer.length) this.onPayload(state);
-      return at + take;
-    }
-    const take = Math.min(8 - state.filled, bytes.length - at);
-    bytes.copy(state.offset, state.filled, at, at + take);
-    state.filled += take;
-    if (state.filled === 8) {
-      const req = state.req;
-      const start = readU64(state.offset, 0) - req.offset;
-      const end = start + state.remaining;
-      if (!this.cover(req, start, end)) {
-        this.protocolError(`OFFSET_DATA chunk ${start}-${end} outside or overlapping its READ`);
-        return at + take;
-      }
-      this.state = { kind: "data", req, flags: state.flags, at: start, remaining: state.remaining };
-    }
-    return at + take;
-  }
-
-  /** Records content `[start, end)` of a READ; false when outside the request or overlapping. */
-  private cover(req: Request, start: number, end: number): boolean {
-    if (!(start >= 0 && end <= req.length && start < end)) return false;
-    const ranges = req.covered;
-    let i = 0;
-    while (i < ranges.length && (ranges[i] as [number, number])[1] <= start) i++;
-    if (i < ranges.length && (ranges[i] as [number, number])[0] < end) return false;
-    ranges.splice(i, 0, [start, end]);
-    return true;
-  }
-
-  private onPayload(state: Extract<ParseState, { kind: "payload" }>): void {
-    const { req, type, buffer } = state;
-    try {
-      if (type === Chunk.OFFSET_HOLE) {
-        if (req.type !== Cmd.READ) throw new Error(`OFFSET_HOLE chunk for ${commandName(req.type)}`);
-        const hole = decodeHoleChunk(buffer);
-        const start = hole.offset - req.offset;
-        if (!this.cover(req, start, start + hole.size)) throw new Error("OFFSET_HOLE outside or overlapping its READ");
-        req.dest?.fill(0, start, start + hole.size);
-      } else if (type === Chunk.BLOCK_STATUS) {
-        if (req.type !== Cmd.BLOCK_STATUS) throw new Error(`BLOCK_STATUS chunk for ${commandName(req.type)}`);
-        const status = decodeBlockStatusChunk(buffer);
-        if (![...this.info.contexts.values()].includes(status.contextId))
-          throw new Error(`BLOCK_STATUS for context ${status.contextId}, which was not negotiated`);
-        if (req.status?.has(status.contextId))
-          throw new Error(`two BLOCK_STATUS chunks for context ${status.contextId}`);
-        req.status?.set(status.contextId, status.extents);
-      } else if (type === Chunk.ERROR || type === Chunk.ERROR_OFFSET) {
-        const error = decodeErrorChunk(type, buffer);
-        this.serverError(req, error.error, error.message);
-      } else if ((type & CHUNK_ERROR_BIT) !== 0) {
-        // An unknown error type fails only its request (spec: the message length fits).
-        req.error ??= this.requestError(req, `unknown error chunk type 0x${type.toString(16)}`, "EIO");
-      } else {
-        throw new Error(`unknown chunk type ${type}`);
-      }
-    } catch (error) {
-      this.protocolError(error instanceof Error ? error.message : String(error));
-      return;
-    }
-    this.endChunk(req, state.flags);
-  }
-
-  private serverError(req: Request, error: number, message: string): void {
+  private serverError(req: PendingRequest, error: number, message: string): void {
     const errno = errnoName(error);
     req.error ??= this.requestError(req, `${errno}${message === "" ? "" : ` (${message})`}`, errno);
     if (error === ESHUTDOWN) {
@@ -689,10 +448,5 @@ export class NbdClient {
       this.closing = true;
       void this.close();
     }
-  }
-
-  private endChunk(req: Request, flags: number): void {
-    this.state = { kind: "header" };
-    if ((flags & CHUNK_FLAG_DONE) !== 0) this.finish(req);
   }
 }

@@ -377,7 +377,7 @@ describe.skipIf(realSkip !== undefined)("NBD against real servers", () => {
     await first.close();
   });
 
-  it("11.7: errors injected by nbdkit's error filter reach the caller with their errno", async () => {
+  it("11.7: errors injected by nbdkit's error filter (EIO, ENOSPC, EPERM, ESHUTDOWN) reach the caller with their errno", async () => {
     for (const [errno, kind] of [
       ["EIO", "pread"],
       ["ENOSPC", "pwrite"],
@@ -398,6 +398,14 @@ describe.skipIf(realSkip !== undefined)("NBD against real servers", () => {
       // The connection survives a request error.
       if (kind !== "pread") expect((await backend.read(Buffer.alloc(10), 0)) === 10).toBe(true);
     }
+    // ESHUTDOWN: the request fails, then the client disconnects softly and refuses new requests.
+    const leaving = await startNbdkit(tmp.path, "memory", ["size=1M", "error=ESHUTDOWN", "error-pread-rate=100%"], {
+      filters: ["error"],
+    });
+    servers.push(leaving);
+    const backend = await keep(NbdBackend.open(leaving.url));
+    await expect(backend.read(Buffer.alloc(4096), 0)).rejects.toMatchObject({ errno: "ESHUTDOWN" });
+    await expect(backend.write(Buffer.alloc(1), 0)).rejects.toThrow(/is closing|is closed/);
   });
 
   it("11.7: a read-only export opened for writing fails at open; a read-only handle refuses writes before the wire", async () => {

@@ -8,10 +8,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { blkhash } from "../src/io/blkhash.js";
 import { MemoryBackend } from "../src/io/memory.js";
 import { addTicket, type InProcessDaemon, request, startInProcess } from "./helpers/daemon.js";
-import { type NbdServer, run, skipUnless, startNbdkit, startQemuNbd } from "./helpers/nbd.js";
+import { type NbdServer, nbdinfoMap, run, skipUnless, startNbdkit, startQemuNbd } from "./helpers/nbd.js";
 
 const MiB = 1024 * 1024;
-const skip = skipUnless("qemu-nbd", "qemu-img", "qemu-io", "nbdkit");
+const skip = skipUnless("qemu-nbd", "qemu-img", "qemu-io", "nbdkit", "nbdinfo");
 let daemon: InProcessDaemon;
 const servers: NbdServer[] = [];
 let counter = 0;
@@ -169,7 +169,7 @@ describe.skipIf(skip !== undefined)("nbd tickets", () => {
     expect(flat.every((e: { hole: boolean }) => !e.hole)).toBe(true);
   });
 
-  it("11.6: a dirty ticket on an export with one bitmap returns dirty extents (context=dirty)", async () => {
+  it("11.6: a dirty ticket on an export with one bitmap returns dirty extents (context=dirty), as nbdinfo sees them; two bitmaps or none: 404", async () => {
     const { top } = await chain();
     const server = await startQemuNbd(daemon.tmp.path, top, { allocationDepth: true, readOnly: true, bitmap: "b0" });
     servers.push(server);
@@ -185,11 +185,27 @@ describe.skipIf(skip !== undefined)("nbd tickets", () => {
       { start: 3 * MiB, length: 64 * K, dirty: true, zero: true },
       { start: 3 * MiB + 64 * K, length: 960 * K, dirty: false, zero: true },
     ]);
+    // The oracle: nbdinfo's view of the bitmap marks exactly our dirty ranges.
+    const bitmap = await nbdinfoMap(server.socket, "qemu:dirty-bitmap:b0");
+    const dirtyRanges = bitmap.filter((e) => (e.type & 1) !== 0).map((e) => [e.offset, e.length]);
+    expect(dirtyRanges).toEqual([
+      [2 * MiB, 64 * K],
+      [3 * MiB, 64 * K],
+    ]);
+    // Two bitmaps and no way to choose: dirty extents are refused, not guessed.
+    const other = (await chain()).top;
+    await run("qemu-img", ["bitmap", "--add", other, "b1"]);
+    const two = await startQemuNbd(daemon.tmp.path, other, { readOnly: true, bitmap: ["b0", "b1"] });
+    servers.push(two);
+    const ambiguous = await ticket(two.url, 4 * MiB, { ops: ["read"], dirty: true });
+    const refused = await request(daemon, { path: `/images/${ambiguous}/extents?context=dirty` });
+    expect(refused.status).toBe(404);
+    expect(refused.text).toContain("no single dirty bitmap");
     // Without a bitmap on the export: 404 with the reason.
     const noBitmap = await startQemuNbd(daemon.tmp.path, top, { readOnly: true });
     servers.push(noBitmap);
-    const other = await ticket(noBitmap.url, 4 * MiB, { ops: ["read"], dirty: true });
-    const missing = await request(daemon, { path: `/images/${other}/extents?context=dirty` });
+    const plain = await ticket(noBitmap.url, 4 * MiB, { ops: ["read"], dirty: true });
+    const missing = await request(daemon, { path: `/images/${plain}/extents?context=dirty` });
     expect(missing.status).toBe(404);
     expect(missing.text).toContain("no single dirty bitmap");
   });

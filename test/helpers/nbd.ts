@@ -83,9 +83,9 @@ export interface QemuNbdOptions {
   shared?: number;
   /** `-A`: qemu:allocation-depth (Vdsm passes it for qcow2 only). */
   allocationDepth?: boolean;
-  /** `-B NAME`: export a persistent dirty bitmap (with readOnly, as Vdsm does for backups). */
-  bitmap?: string;
-  /** The image file name as given, or a `json:` filename. */
+  /** `-B NAME`: export persistent dirty bitmaps (with readOnly, as Vdsm does for backups). */
+  bitmap?: string | string[];
+  /** `--discard=unmap` on writable exports (default true, as Vdsm). */
   discard?: boolean;
 }
 
@@ -112,7 +112,7 @@ export async function startQemuNbd(dir: string, image: string, options: QemuNbdO
   if (options.readOnly) args.push("--read-only");
   else if (options.discard ?? true) args.push("--discard=unmap");
   if (options.allocationDepth) args.push("--allocation-depth");
-  if (options.bitmap !== undefined) args.push(`--bitmap=${options.bitmap}`);
+  for (const bitmap of [options.bitmap ?? []].flat()) args.push(`--bitmap=${bitmap}`);
   args.push(image);
   await execFileAsync("qemu-nbd", args);
   const pid = Number((await readFile(pidFile, "utf8")).trim());

@@ -37,7 +37,17 @@ export interface Config {
   tls: { enable: boolean; key_file: string; cert_file: string; ca_file: string; enable_tls1_1: boolean };
   backend_file: { buffer_size: number; direct: string };
   backend_http: { ca_file: string; buffer_size: number };
-  backend_nbd: { buffer_size: number };
+  backend_nbd: {
+    buffer_size: number;
+    /** NBD requests in flight per connection. */
+    requests: number;
+    /** Bytes per NBD READ/WRITE request: one HTTP buffer becomes buffer_size / request_size requests. */
+    request_size: number;
+    /** Payload bytes in flight per connection. */
+    queue_size: number;
+    /** Seconds to connect and negotiate; a qemu-nbd serving its --shared limit never greets. */
+    handshake_timeout: number;
+  };
   remote: { host: string; port: number };
   local: { enable: boolean; socket: string };
   control: {
@@ -70,7 +80,15 @@ export const DAEMON_DEFAULTS: Config = {
   tls: { enable: true, key_file: "", cert_file: "", ca_file: "", enable_tls1_1: false },
   backend_file: { buffer_size: 8388608, direct: "auto" },
   backend_http: { ca_file: "", buffer_size: 8388608 },
-  backend_nbd: { buffer_size: 8388608 },
+  // 16 × 256 KiB in flight keeps qemu-nbd busy; one 8 MiB request at a time leaves it idle
+  // between requests (docs/nbd.md, `npm run bench -- nbd`).
+  backend_nbd: {
+    buffer_size: 8388608,
+    requests: 16,
+    request_size: 262144,
+    queue_size: 16777216,
+    handshake_timeout: 10,
+  },
   remote: { host: "::", port: 54322 },
   local: { enable: true, socket: DEFAULT_LOCAL_SOCKET },
   control: {
@@ -104,6 +122,11 @@ const INT_RANGES: Record<string, [number, number]> = {
   "backend_file.buffer_size": [4096, 1024 * 1024 * 1024],
   "backend_http.buffer_size": [4096, 1024 * 1024 * 1024],
   "backend_nbd.buffer_size": [4096, 1024 * 1024 * 1024],
+  "backend_nbd.requests": [1, 1024],
+  // qemu-nbd refuses payloads above 32 MiB.
+  "backend_nbd.request_size": [4096, 32 * 1024 * 1024],
+  "backend_nbd.queue_size": [65536, 1024 * 1024 * 1024],
+  "backend_nbd.handshake_timeout": [1, 2_147_483],
 };
 
 const BOOLEANS: Record<string, boolean> = {

@@ -13,6 +13,7 @@ export interface Suite {
 const suites: Record<string, () => Promise<Suite>> = {
   copy: async () => (await import("./copy.js")).suite,
   daemon: async () => (await import("./daemon.js")).suite,
+  nbd: async () => (await import("./nbd.js")).suite,
   proxy: async () => (await import("./proxy.js")).suite,
   stalls: async () => (await import("./stalls.js")).suite,
 };

@@ -111,11 +111,17 @@ export interface RunningService {
   stop(): void;
 }
 
-/** Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`. */
+/**
+ * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`.
+ * @param extraConfig more INI lines (sections and keys) appended to the configuration.
+ * @param name names its configuration and sockets, for two services of one kind in `dir`.
+ */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
+  extraConfig: string[] = [],
+  name: string = kind,
 ): Promise<RunningService> {
   const config = [
     "[daemon]",
@@ -131,17 +137,18 @@ export async function startService(
     "host = 127.0.0.1",
     "port = 0",
     "[local]",
-    `socket = ${join(dir, "local.sock")}`,
+    `socket = ${join(dir, `${name}-local.sock`)}`,
     "[control]",
     "transport = unix",
-    `socket = ${join(dir, "control.sock")}`,
+    `socket = ${join(dir, `${name}-control.sock`)}`,
     "[logging]",
     "level = INFO",
+    ...extraConfig,
     "",
   ].join("\n");
-  writeFileSync(join(dir, `${kind}.conf`), config);
+  writeFileSync(join(dir, `${name}.conf`), config);
   const bin = new URL("../../bin/imageio", import.meta.url).pathname;
-  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${kind}.conf`)], {
+  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${name}.conf`)], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let output = "";
@@ -156,8 +163,8 @@ export async function startService(
   return {
     pid: child.pid as number,
     port,
-    local: join(dir, "local.sock"),
-    control: join(dir, "control.sock"),
+    local: join(dir, `${name}-local.sock`),
+    control: join(dir, `${name}-control.sock`),
     logs: () => output,
     stop: () => child.kill("SIGTERM"),
   };

@@ -43,7 +43,7 @@ export interface CopyCommandOptions {
 }
 
 /** Schemes `imageio copy` accepts as URLs; https joins when the http backend lands. */
-const COPY_SCHEMES = new Set(["file:"]);
+const COPY_SCHEMES = new Set(["file:", "nbd:"]);
 
 /** A usage error found after commander parsed the line (same file twice, bad URL): exit 2. */
 class UsageError extends Error {}
@@ -53,8 +53,8 @@ export function addCopyCommand(program: Command): void {
   program
     .command("copy")
     .description("copy a disk image between files and block devices with direct I/O, moving only data")
-    .argument("<src>", "source file, block device or file: URL")
-    .argument("<dst>", "destination file, block device or file: URL (a missing file is created)")
+    .argument("<src>", "source file, block device, file: URL or nbd: URL (nbd:unix:/path[:exportname=NAME])")
+    .argument("<dst>", "destination file, block device, file: or nbd: URL (a missing file is created)")
     .addOption(
       new Option("-w, --workers <n>", `parallel workers, 1 to ${MAX_COPY_WORKERS}`)
         .argParser(parseWorkers)
@@ -118,25 +118,23 @@ interface Target {
   /** As the user wrote it, for messages. */
   label: string;
   url: URL;
-  /** The local path of a file: URL. */
-  path: string;
+  /** The local path of a file: URL; undefined for an NBD export. */
+  path: string | undefined;
 }
 
 function parseTarget(arg: string): Target {
   const label = `'${arg}'`;
-  // Only "file:" and "scheme://" are URLs, so a relative path such as "disk:1.raw" stays a path.
+  // Only "file:", "nbd:" and "scheme://" are URLs, so a relative path such as "disk:1.raw"
+  // stays a path. NBD URLs are not hierarchical (nbd:unix:/path): the nbd backend parses them.
+  if (/^nbds/i.test(arg)) throw new UsageError(`Unsupported URL ${label}: NBD over TLS (nbds) is not supported`);
+  if (/^nbd:/i.test(arg)) return { label, url: parseUrlOrUsage(arg, label), path: undefined };
   if (!/^file:/i.test(arg) && !/^[a-z][a-z0-9+.-]*:\/\//i.test(arg)) {
     const url = pathToFileURL(resolve(arg));
     return { label, url, path: fileURLToPath(url) };
   }
-  let url: URL;
-  try {
-    url = new URL(arg);
-  } catch {
-    throw new UsageError(`Invalid URL ${label}`);
-  }
+  const url = parseUrlOrUsage(arg, label);
   if (!COPY_SCHEMES.has(url.protocol)) {
-    throw new UsageError(`Unsupported URL ${label}: copy takes paths and file: URLs`);
+    throw new UsageError(`Unsupported URL ${label}: copy takes paths, file: and nbd: URLs`);
   }
   try {
     return { label, url, path: fileURLToPath(url) };
@@ -145,7 +143,16 @@ function parseTarget(arg: string): Target {
   }
 }
 
+function parseUrlOrUsage(arg: string, label: string): URL {
+  try {
+    return new URL(arg);
+  } catch {
+    throw new UsageError(`Invalid URL ${label}`);
+  }
+}
+
 async function statOrUndefined(target: Target): Promise<Stats | undefined> {
+  if (target.path === undefined) return undefined;
   try {
     return await stat(target.path);
   } catch (error) {
@@ -164,6 +171,7 @@ function sameImage(a: Stats, b: Stats): boolean {
 
 /** Creates DST as an empty regular file; false when it already existed. */
 async function createIfMissing(target: Target): Promise<boolean> {
+  if (target.path === undefined) return false;
   try {
     const handle = await open(target.path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o644);
     await handle.close();
@@ -190,7 +198,8 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
     const dst = parseTarget(dstArg);
     const srcStat = await statOrUndefined(src);
     const dstStat = await statOrUndefined(dst);
-    if (srcStat !== undefined && dstStat !== undefined && sameImage(srcStat, dstStat)) {
+    const sameExport = src.path === undefined && src.url.href === dst.url.href;
+    if (sameExport || (srcStat !== undefined && dstStat !== undefined && sameImage(srcStat, dstStat))) {
       throw new UsageError(`${src.label} and ${dst.label} are the same image`);
     }
     const onDirectFallback = (reason: string) => say(`imageio copy: warning: ${reason}`);

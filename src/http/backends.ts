@@ -22,6 +22,13 @@ export function ticketBackendOpener(
       readonly: !ticket.mayWrite(),
       direct: config.backend_file.direct as "auto" | "always" | "never",
       maxConnections: config.daemon.max_connections,
+      dirty: ticket.fields.dirty,
+      nbd: {
+        maxRequests: config.backend_nbd.requests,
+        requestSize: config.backend_nbd.request_size,
+        maxBytes: config.backend_nbd.queue_size,
+        handshakeTimeoutMs: config.backend_nbd.handshake_timeout * 1000,
+      },
       onDirectFallback: (reason) => {
         // One warning per ticket, not per connection ([D10]).
         if (warned.has(ticket)) return;
@@ -29,7 +36,11 @@ export function ticketBackendOpener(
         log.warning("DIRECT_IO fallback", { transfer: ticket.label, reason });
       },
     });
-    const bufferSize = backend.name === "http" ? config.backend_http.buffer_size : config.backend_file.buffer_size;
+    const bufferSizes: Record<string, number> = {
+      http: config.backend_http.buffer_size,
+      nbd: config.backend_nbd.buffer_size,
+    };
+    const bufferSize = bufferSizes[backend.name] ?? config.backend_file.buffer_size;
     return { backend, bufferSize };
   };
 }

@@ -11,8 +11,9 @@ import type { Backend } from "./backend.js";
 import { FileBackend, type FileBackendOptions } from "./file.js";
 import { HttpBackend, type HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
+import { NbdBackend, type NbdBackendOptions } from "./nbd.js";
 
-export interface OpenOptions extends FileBackendOptions, HttpBackendOptions {}
+export interface OpenOptions extends FileBackendOptions, HttpBackendOptions, NbdBackendOptions {}
 
 type Opener = (url: URL, options: OpenOptions) => Promise<Backend>;
 
@@ -21,13 +22,15 @@ const openers: Record<string, Opener> = {
   "memory:": async (_url, options) => MemoryBackend.create({ readonly: options.readonly ?? false }),
   "http:": (url, options) => HttpBackend.open(url, options),
   "https:": (url, options) => HttpBackend.open(url, options),
+  "nbd:": openNbd,
 };
 
 /** URL schemes openBackend understands. */
 export const supportedSchemes = (): string[] => Object.keys(openers).map((scheme) => scheme.slice(0, -1));
 
 /**
- * Opens the image at `url` (`file:///path`, `https://host:port/images/ID`, `memory:`).
+ * Opens the image at `url` (`file:///path`, `nbd:unix:/path[:exportname=NAME]`,
+ * `https://host:port/images/ID`, `memory:`).
  * @throws UnsupportedUrlError for a malformed URL or an unknown scheme; the backend's open
  *   errors (BackendOpenError) otherwise.
  */
@@ -79,4 +82,10 @@ async function openFile(url: URL, options: OpenOptions): Promise<Backend> {
     throw new UnsupportedUrlError(`File URL '${url.href}' does not name a file`);
   const file = await FileBackend.open(path, options);
   return file.blockSize > 1 ? new AlignedBackend(file) : file;
+}
+
+async function openNbd(url: URL, options: OpenOptions): Promise<Backend> {
+  // The NBD forms are not hierarchical URLs (nbd:unix:/path:exportname=x): parse the text.
+  const nbd = await NbdBackend.open(url.href, options);
+  return nbd.blockSize > 1 ? new AlignedBackend(nbd) : nbd;
 }

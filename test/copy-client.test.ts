@@ -31,7 +31,10 @@ interface Outcome {
 }
 
 /** Runs the built CLI; `input` is written to its stdin (then closed), or `stdin` gets the child. */
-function imageio(args: string[], options: { input?: Buffer; onSpawn?: (child: ChildProcessWithoutNullStreams) => void } = {}) {
+function imageio(
+  args: string[],
+  options: { input?: Buffer; onSpawn?: (child: ChildProcessWithoutNullStreams) => void } = {},
+) {
   return new Promise<Outcome>((resolve, reject) => {
     const child = spawn(process.execPath, [`${root}/bin/imageio`, ...args], { stdio: ["pipe", "pipe", "pipe"] });
     const stdout: Buffer[] = [];

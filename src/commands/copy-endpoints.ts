@@ -6,9 +6,17 @@
  */
 import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
+import { STATUS_CODES } from "node:http";
 import { resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { BackendOpenError, systemErrorCode } from "../errors.js";
+import {
+  BackendOpenError,
+  ImageioError,
+  RemoteError,
+  RemoteTimeoutError,
+  RemoteUnavailableError,
+  systemErrorCode,
+} from "../errors.js";
 import { describeFormat, detectImageFormat, type ImageFormat } from "../io/image-format.js";
 
 /** A usage error found after commander parsed the line (bad URL, refused format): exit 2. */
@@ -97,7 +105,12 @@ const NOT_YET = "that needs imageio's nbd backend, which this version does not h
  * auto: a local regular file is what its header says; a device, URL or stream is raw.
  * @throws UsageError (exit 2) saying what the image is and what to do instead.
  */
-export async function checkSourceFormat(src: Endpoint, srcStat: Stats | undefined, choice: FormatChoice) {
+export async function checkSourceFormat(
+  src: Endpoint,
+  srcStat: Stats | undefined,
+  choice: FormatChoice,
+  purpose = "copying its guest data",
+) {
   if (choice === "raw") return;
   if (src.kind !== "local") {
     if (choice === "qcow2") {
@@ -111,7 +124,7 @@ export async function checkSourceFormat(src: Endpoint, srcStat: Stats | undefine
   if (format === undefined && srcStat?.isFile()) format = await detectImageFormat(src.path);
   if (format === undefined || format === "raw") return;
   throw new UsageError(
-    `${src.label} is ${describeFormat(format)}: copying its guest data from ${format} ${NOT_YET}. ` +
+    `${src.label} is ${describeFormat(format)}: ${purpose} from ${format} ${NOT_YET}. ` +
       `Convert it first (qemu-img convert -O raw ${src.label} disk.raw), or pass --src-format raw ` +
       "to copy the file's bytes as they are",
   );
@@ -177,4 +190,23 @@ export async function systemCaFile(): Promise<string | undefined> {
     }
   }
   return undefined;
+}
+
+/**
+ * The message for a failure. A daemon's answer is named by its URL (the ticket id cut short),
+ * its status and its message (its own ticket ids cut short too).
+ */
+export function describeFailure(error: unknown, endpoints: Endpoint[]): string {
+  const remotes = endpoints.filter((endpoint) => endpoint.kind === "remote").map((endpoint) => endpoint.label);
+  const where = remotes.length === 1 ? `${remotes[0]}: ` : "";
+  if (error instanceof RemoteError) {
+    const status = `${error.status}${STATUS_CODES[error.status] ? ` ${STATUS_CODES[error.status]}` : ""}`;
+    const expired = error.status === 403 ? " (the ticket expired, was removed, or does not allow this operation)" : "";
+    return `${where}the daemon answered ${status}${expired}: ${error.logMessage}`;
+  }
+  if (error instanceof RemoteUnavailableError || error instanceof RemoteTimeoutError) return `${where}${error.message}`;
+  if (error instanceof ImageioError || error instanceof UsageError) return error.message;
+  // Anything else is a bug or a system error we did not wrap: keep the stack for the report.
+  if (error instanceof Error) return error.stack ?? error.message;
+  return String(error);
 }

@@ -10,20 +10,10 @@
 import type { Stats } from "node:fs";
 import { constants as fsConstants } from "node:fs";
 import { open } from "node:fs/promises";
-import { STATUS_CODES } from "node:http";
 import { constants as osConstants } from "node:os";
 import type { Options, SingleBar } from "cli-progress";
 import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
-import {
-  BackendOpenError,
-  CancelledError,
-  ImageioError,
-  RemoteError,
-  RemoteTimeoutError,
-  RemoteUnavailableError,
-  systemErrorCode,
-  UnsupportedUrlError,
-} from "../errors.js";
+import { BackendOpenError, CancelledError, systemErrorCode, UnsupportedUrlError } from "../errors.js";
 import type { Backend, ChecksumResult } from "../io/backend.js";
 import { DEFAULT_BUFFER_SIZE } from "../io/buffers.js";
 import {
@@ -44,6 +34,7 @@ import { formatSize, parseSize } from "../units.js";
 import {
   checkDestinationFormat,
   checkSourceFormat,
+  describeFailure,
   type Endpoint,
   FORMAT_CHOICES,
   type FormatChoice,
@@ -392,25 +383,6 @@ async function verify(
 function failureStatus(error: unknown, interrupt: Interrupt): number {
   if (error instanceof CancelledError && interrupt.signalNumber !== undefined) return 128 + interrupt.signalNumber;
   return error instanceof UsageError || error instanceof UnsupportedUrlError ? 2 : 1;
-}
-
-/**
- * The message for a failure. A daemon's answer is named by its URL (the ticket id cut short),
- * its status and its message (its own ticket ids cut short too).
- */
-function describeFailure(error: unknown, endpoints: Endpoint[]): string {
-  const remotes = endpoints.filter((endpoint) => endpoint.kind === "remote").map((endpoint) => endpoint.label);
-  const where = remotes.length === 1 ? `${remotes[0]}: ` : "";
-  if (error instanceof RemoteError) {
-    const status = `${error.status}${STATUS_CODES[error.status] ? ` ${STATUS_CODES[error.status]}` : ""}`;
-    const expired = error.status === 403 ? " (the ticket expired, was removed, or does not allow this operation)" : "";
-    return `${where}the daemon answered ${status}${expired}: ${error.logMessage}`;
-  }
-  if (error instanceof RemoteUnavailableError || error instanceof RemoteTimeoutError) return `${where}${error.message}`;
-  if (error instanceof ImageioError || error instanceof UsageError) return error.message;
-  // Anything else is a bug or a system error we did not wrap: keep the stack for the report.
-  if (error instanceof Error) return error.stack ?? error.message;
-  return String(error);
 }
 
 function summary(src: Endpoint, dst: Endpoint, outcome: Outcome): string {

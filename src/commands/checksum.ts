@@ -96,7 +96,10 @@ async function runChecksum(imageArg: string, options: ChecksumCommandOptions): P
     }
     endpoint = parseEndpoint(imageArg, "source");
     if (endpoint.kind === "stdio") throw new UsageError("checksum needs an image it can read twice: not -");
-    await checkSourceFormat(endpoint, await statEndpoint(endpoint), options.format, "checksumming its guest data");
+    await checkSourceFormat(endpoint, await statEndpoint(endpoint), options.format, {
+      flag: "--format",
+      rawAction: "checksum the file's bytes as they are",
+    });
     const caFile =
       options.caFile ?? (endpoint.kind === "remote" && !options.insecure ? await systemCaFile() : undefined);
     backend = await openBackend(endpoint.url, {

@@ -98,7 +98,15 @@ export async function statEndpoint(endpoint: Endpoint): Promise<Stats | undefine
  * and the nbd backend; until that backend is part of imageio they are refused, never copied
  * as container bytes.
  */
-const NOT_YET = "that needs imageio's nbd backend, which this version does not have yet";
+const NOT_YET = "needs imageio's nbd backend, which this version does not have yet";
+
+/** How the refusal of a non-raw source reads for each command. */
+export interface SourceFormatWording {
+  /** The option that forces raw. */
+  flag: string;
+  /** What forcing raw does. */
+  rawAction: string;
+}
 
 /**
  * Resolves `--src-format` for the source and refuses what cannot be read as asked.
@@ -109,7 +117,7 @@ export async function checkSourceFormat(
   src: Endpoint,
   srcStat: Stats | undefined,
   choice: FormatChoice,
-  purpose = "copying its guest data",
+  wording: SourceFormatWording = { flag: "--src-format", rawAction: "copy the file's bytes as they are" },
 ) {
   if (choice === "raw") return;
   if (src.kind !== "local") {
@@ -124,9 +132,9 @@ export async function checkSourceFormat(
   if (format === undefined && srcStat?.isFile()) format = await detectImageFormat(src.path);
   if (format === undefined || format === "raw") return;
   throw new UsageError(
-    `${src.label} is ${describeFormat(format)}: ${purpose} from ${format} ${NOT_YET}. ` +
-      `Convert it first (qemu-img convert -O raw ${src.label} disk.raw), or pass --src-format raw ` +
-      "to copy the file's bytes as they are",
+    `${src.label} is ${describeFormat(format)}: reading its guest data ${NOT_YET}. ` +
+      `Convert it first (qemu-img convert -O raw ${src.label} disk.raw), or pass ${wording.flag} raw ` +
+      `to ${wording.rawAction}`,
   );
 }
 
@@ -147,7 +155,7 @@ export async function checkDestinationFormat(dst: Endpoint, dstStat: Stats | und
   if (dstStat === undefined) {
     if (choice === "qcow2" || /\.qcow2?$/i.test(dst.path)) {
       throw new UsageError(
-        `Creating ${dst.label} as a qcow2 image: ${NOT_YET}. Copy to a raw file and convert it ` +
+        `Creating ${dst.label} as a qcow2 image ${NOT_YET}. Copy to a raw file and convert it ` +
           "(qemu-img convert -O qcow2), or pass --dst-format raw to write raw bytes to this name",
       );
     }

@@ -404,7 +404,8 @@ function summary(src: Endpoint, dst: Endpoint, outcome: Outcome): string {
   }
   if (result.checksum !== undefined) {
     lines.push(
-      `Verified in ${outcome.verifySeconds.toFixed(2)} s: both have ${result.checksum.algorithm} block checksum ${result.checksum.checksum}`,
+      `Verified: both have ${result.checksum.algorithm} block checksum ${result.checksum.checksum} ` +
+        `(${outcome.verifySeconds.toFixed(2)} s)`,
     );
   }
   return lines.join("\n");

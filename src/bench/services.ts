@@ -109,12 +109,17 @@ export interface RunningService {
   stop(): void;
 }
 
-/** Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`. */
+/**
+ * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`; with
+ * `localSocket: false`, without its unix socket (clients on this host then use HTTPS).
+ */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
+  options: { localSocket?: boolean; name?: string } = {},
 ): Promise<RunningService> {
+  const name = options.name ?? kind;
   const config = [
     "[daemon]",
     `run_dir = ${dir}`,
@@ -129,17 +134,18 @@ export async function startService(
     "host = 127.0.0.1",
     "port = 0",
     "[local]",
-    `socket = ${join(dir, "local.sock")}`,
+    `enable = ${options.localSocket ?? true}`,
+    `socket = ${join(dir, `${name}-local.sock`)}`,
     "[control]",
     "transport = unix",
-    `socket = ${join(dir, "control.sock")}`,
+    `socket = ${join(dir, `${name}-control.sock`)}`,
     "[logging]",
     "level = INFO",
     "",
   ].join("\n");
-  writeFileSync(join(dir, `${kind}.conf`), config);
+  writeFileSync(join(dir, `${name}.conf`), config);
   const bin = new URL("../../bin/imageio", import.meta.url).pathname;
-  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${kind}.conf`)], {
+  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${name}.conf`)], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let output = "";
@@ -154,8 +160,8 @@ export async function startService(
   return {
     pid: child.pid as number,
     port,
-    local: join(dir, "local.sock"),
-    control: join(dir, "control.sock"),
+    local: join(dir, `${name}-local.sock`),
+    control: join(dir, `${name}-control.sock`),
     stop: () => child.kill("SIGTERM"),
   };
 }

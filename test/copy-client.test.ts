@@ -288,6 +288,37 @@ describe("imageio copy with a daemon", () => {
     expect(Date.now() - started).toBeLessThan(30_000);
   });
 
+  it("12: Ctrl-C during an upload stops after the chunks in flight, flushes, and exits 130 saying how far it got", async () => {
+    const ticket = await ticketFor(daemon, { size: 64 * MiB });
+    const before = daemon.logs().length;
+    const sent: Buffer[] = [];
+    const result = await imageio(["copy", "-", ticket.url, "--ca-file", caFile, "--buffer-size", "1M"], {
+      onSpawn: (child) => {
+        const feed = () => {
+          if (child.exitCode !== null || child.stdin.destroyed || sent.length >= 64) return;
+          const chunk = randomBytes(MiB);
+          sent.push(chunk);
+          child.stdin.write(chunk, () => setImmediate(feed));
+        };
+        feed();
+        const poll = setInterval(() => {
+          if (!/\bWRITE\b/.test(daemon.logs().slice(before))) return;
+          clearInterval(poll);
+          child.kill("SIGINT");
+        }, 20);
+        child.once("close", () => clearInterval(poll));
+      },
+    });
+    expect(result.code, result.stderr).toBe(130);
+    const copied = Number(/the first (\d+) bytes of '.*' are copied/.exec(result.stderr)?.[1]);
+    expect(copied).toBeGreaterThan(0);
+    expect(copied).toBeLessThan(64 * MiB);
+    // What it says is there, is there, and flushed (the daemon logged the flush).
+    const image = await readFile(ticket.path);
+    expect(sha(image.subarray(0, copied))).toBe(sha(Buffer.concat(sent).subarray(0, copied)));
+    expect(daemon.logs().slice(before)).toMatch(/\bFLUSH\b/);
+  });
+
   it("12: a missing ticket fails with exit 1, the status and the daemon's message, the ticket id shortened", async () => {
     const id = randomUUID();
     const out = tmp.file("never.raw");

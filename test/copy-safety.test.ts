@@ -122,10 +122,27 @@ describe("imageio copy and image formats", () => {
     expect((await imageio("copy", "--help")).stdout).toMatch(/larger existing file is truncated/);
   });
 
-  it("12: - to a terminal-less stdout with --progress json is a usage error, as is - to -", async () => {
+  it("12: --progress json onto the image on stdout, - to -, and --verify with - are usage errors", async () => {
     expect((await imageio("copy", raw, "-", "--progress", "json")).code).toBe(2);
     expect((await imageio("copy", "-", "-")).code).toBe(2);
     expect((await imageio("copy", "-", tmp.file("v.raw"), "--verify")).code).toBe(2);
+  });
+
+  it("12: refuses to write an image to a terminal or read one from it (exit 2)", async () => {
+    // script(1) gives the command a pseudo-terminal for stdin and stdout, as an admin's shell would.
+    for (const [args, message] of [
+      [[raw, "-"], "Standard output is a terminal"],
+      [["-", tmp.file("typed.raw")], "Standard input is a terminal"],
+    ] as const) {
+      const command = ["node", `${root}/bin/imageio`, "copy", ...args].map((arg) => `'${arg}'`).join(" ");
+      const failed = await run("script", ["-qfec", command, "/dev/null"], { cwd: root }).then(
+        () => undefined,
+        (error: { code: number; stdout: string }) => error,
+      );
+      expect(failed?.code).toBe(2);
+      expect(failed?.stdout).toContain(message);
+    }
+    await expect(stat(tmp.file("typed.raw"))).rejects.toThrow(/ENOENT/);
   });
 });
 

@@ -13,7 +13,13 @@ import { open } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import type { Options, SingleBar } from "cli-progress";
 import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
-import { BackendOpenError, CancelledError, systemErrorCode, UnsupportedUrlError } from "../errors.js";
+import {
+  BackendOpenError,
+  CancelledError,
+  InvalidArgumentError,
+  systemErrorCode,
+  UnsupportedUrlError,
+} from "../errors.js";
 import type { Backend, ChecksumResult } from "../io/backend.js";
 import { DEFAULT_BUFFER_SIZE } from "../io/buffers.js";
 import {
@@ -28,7 +34,7 @@ import {
 } from "../io/copy.js";
 import { claimBlockDevice, type DeviceClaim } from "../io/device-use.js";
 import { openBackend } from "../io/open.js";
-import { openStdin, openStdout } from "../io/stdio.js";
+import { type ByteSink, type ByteSource, openStdin, openStdout } from "../io/stdio.js";
 import { copyFromSource, copyToSink, type StreamCopyOptions } from "../io/stream-copy.js";
 import { formatSize, parseSize } from "../units.js";
 import {
@@ -204,6 +210,8 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
   let created: string | undefined;
   let claim: DeviceClaim | undefined;
   let endpoints: Endpoint[] = [];
+  let input: ByteSource | undefined;
+  let output: ByteSink | undefined;
   try {
     const src = parseEndpoint(srcArg, "source");
     const dst = parseEndpoint(dstArg, "destination");
@@ -240,6 +248,13 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
       return backend;
     };
 
+    // Standard input or output first: a terminal there is a usage error, found before any open.
+    const stdio = async <T>(open: () => Promise<T>): Promise<T> =>
+      open().catch((error: unknown) => {
+        throw error instanceof InvalidArgumentError ? new UsageError(error.message) : error;
+      });
+    if (src.kind === "stdio") input = await stdio(openStdin);
+    if (dst.kind === "stdio") output = await stdio(openStdout);
     const srcBackend = src.kind === "stdio" ? undefined : await openEndpoint(src, true);
     if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
     const dstBackend = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false);
@@ -267,12 +282,12 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
     const started = performance.now();
     let result: CopyResult;
     let untouched = 0;
-    if (srcBackend === undefined && dstBackend !== undefined) {
-      const streamed = await copyFromSource(await openStdin(), dstBackend, streamOptions);
+    if (input !== undefined && dstBackend !== undefined) {
+      const streamed = await copyFromSource(input, dstBackend, streamOptions);
       result = streamed;
       untouched = streamed.untouchedBytes;
-    } else if (srcBackend !== undefined && dstBackend === undefined) {
-      result = await copyToSink(srcBackend, await openStdout(), streamOptions);
+    } else if (srcBackend !== undefined && output !== undefined) {
+      result = await copyToSink(srcBackend, output, streamOptions);
     } else if (srcBackend !== undefined && dstBackend !== undefined) {
       const size = await srcBackend.size();
       // A new file reads as zeros, so zero ranges need no work; preallocating it first with one
@@ -308,7 +323,7 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
       process.stderr.write(`imageio copy: ${created} was created by this copy and is incomplete\n`);
   } finally {
     interrupt.uninstall();
-    await Promise.allSettled(opened.map((backend) => backend.close()));
+    await Promise.allSettled([...opened.map((backend) => backend.close()), input?.close(), output?.close()]);
     await claim?.release();
   }
 }

@@ -8,22 +8,12 @@ import { truncate, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
+import { imageio } from "./helpers/cli.js";
 import { addTicket, type InProcessDaemon, request, startInProcess } from "./helpers/daemon.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
-const root = new URL("..", import.meta.url).pathname;
 const MiB = 1024 * 1024;
-
-async function imageio(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run("node", ["bin/imageio", ...args], { cwd: root });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const failed = error as { code: number; stdout: string; stderr: string };
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
-  }
-}
 
 let tmp: TempDir;
 let daemon: InProcessDaemon;

@@ -10,28 +10,13 @@ import { constants as fsConstants } from "node:fs";
 import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { imageio } from "./helpers/cli.js";
 import { attach, loopDeviceSupport } from "./helpers/loop.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
 const root = new URL("..", import.meta.url).pathname;
 const MiB = 1024 * 1024;
-
-interface Outcome {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function imageio(...args: string[]): Promise<Outcome> {
-  try {
-    const { stdout, stderr } = await run("node", ["bin/imageio", ...args], { cwd: root });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const failed = error as { code: number; stdout: string; stderr: string };
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
-  }
-}
 
 const sha = async (path: string) =>
   createHash("sha256")

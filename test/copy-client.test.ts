@@ -248,6 +248,46 @@ describe("imageio copy with a daemon", () => {
     expect(await allocated(local)).toBeLessThanOrEqual(3 * MiB);
   });
 
+  it("12: works in shell pipelines (FIFOs): gzip of a download, zcat into an upload, head cutting one short", async () => {
+    const size = 8 * MiB;
+    const image = Buffer.alloc(size);
+    randomBytes(MiB).copy(image, 3 * MiB);
+    const ticket = await ticketFor(daemon, { contents: image });
+    const cli = `'${process.execPath}' '${root}/bin/imageio' copy --ca-file '${caFile}'`;
+    const gz = tmp.file("pipe.raw.gz");
+    const sh = (script: string) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn("bash", ["-o", "pipefail", "-c", script], { stdio: ["ignore", "ignore", "pipe"] });
+        let stderr = "";
+        child.stderr.on("data", (data: Buffer) => {
+          stderr += data.toString();
+        });
+        child.once("close", (code) => resolve({ code, stderr }));
+      });
+    const down = await sh(`${cli} '${ticket.url}' - | gzip > '${gz}'`);
+    expect(down.code, down.stderr).toBe(0);
+    const target = await ticketFor(daemon, { size });
+    const up = await sh(`zcat '${gz}' | ${cli} - '${target.url}'`);
+    expect(up.code, up.stderr).toBe(0);
+    expect(await fileSha(target.path)).toBe(sha(image));
+    // head exits after 1 KiB: the copy must fail (exit 1, EPIPE), not report success.
+    const cut = await sh(`${cli} '${ticket.url}' - | head -c 1024 > /dev/null`);
+    expect(cut.code).toBe(1);
+    expect(cut.stderr).toContain("Cannot write to standard output: the reader closed the pipe (EPIPE)");
+  });
+
+  it("12: a reader of standard output that goes away fails the download with exit 1 and EPIPE, not 0", async () => {
+    const ticket = await ticketFor(daemon, { contents: randomBytes(32 * MiB), ops: ["read"] });
+    const result = await imageio(["copy", ticket.url, "-", "--ca-file", caFile, "--buffer-size", "1M"], {
+      onSpawn: (child) => {
+        child.stdin.end();
+        child.stdout.once("data", () => child.stdout.destroy());
+      },
+    });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("Cannot write to standard output: the reader closed the pipe (EPIPE)");
+  });
+
   it("12: more input on standard input than the ticket's image holds fails with exit 1", async () => {
     const ticket = await ticketFor(daemon, { size: MiB });
     const result = await imageio(["copy", "-", ticket.url, "--ca-file", caFile], { input: randomBytes(2 * MiB) });

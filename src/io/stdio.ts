@@ -13,7 +13,7 @@ import { read as fsRead, fstat, write as fsWrite } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { Readable, Writable } from "node:stream";
 import { promisify } from "node:util";
-import { InvalidArgumentError } from "../errors.js";
+import { BackendIoError, InvalidArgumentError, systemErrorCode } from "../errors.js";
 
 const fstatAsync = promisify(fstat);
 
@@ -37,6 +37,36 @@ const STDOUT = 1;
  * @throws InvalidArgumentError when standard input is a terminal.
  */
 export async function openStdin(stream: Readable = process.stdin): Promise<ByteSource> {
+  const source = await rawStdin(stream);
+  return {
+    read: (buf) =>
+      source.read(buf).catch((error: unknown) => Promise.reject(ioError("read from standard input", error))),
+    close: () => source.close(),
+  };
+}
+
+/**
+ * Standard output as a ByteSink.
+ * @throws InvalidArgumentError when standard output is a terminal.
+ */
+export async function openStdout(stream: Writable = process.stdout): Promise<ByteSink> {
+  const sink = await rawStdout(stream);
+  return {
+    write: (buf) =>
+      sink.write(buf).catch((error: unknown) => Promise.reject(ioError("write to standard output", error))),
+    close: () => sink.close(),
+  };
+}
+
+/** A system error as BackendIoError: "Cannot write to standard output: the reader closed the pipe (EPIPE)". */
+function ioError(what: string, error: unknown): BackendIoError {
+  const code = systemErrorCode(error);
+  const reason =
+    code === "EPIPE" ? "the reader closed the pipe" : error instanceof Error ? error.message : String(error);
+  return new BackendIoError(`Cannot ${what}: ${reason}${code ? ` (${code})` : ""}`, code, { cause: error });
+}
+
+async function rawStdin(stream: Readable): Promise<ByteSource> {
   const info = await fstatAsync(STDIN);
   if (info.isCharacterDevice() && (await isTerminal(STDIN))) {
     throw new InvalidArgumentError("Standard input is a terminal: pipe or redirect an image into imageio copy -");
@@ -46,11 +76,7 @@ export async function openStdin(stream: Readable = process.stdin): Promise<ByteS
   return streamSource(stream);
 }
 
-/**
- * Standard output as a ByteSink.
- * @throws InvalidArgumentError when standard output is a terminal.
- */
-export async function openStdout(stream: Writable = process.stdout): Promise<ByteSink> {
+async function rawStdout(stream: Writable): Promise<ByteSink> {
   const info = await fstatAsync(STDOUT);
   if (info.isCharacterDevice() && (await isTerminal(STDOUT))) {
     throw new InvalidArgumentError(
@@ -143,13 +169,32 @@ function streamSource(stream: Readable): ByteSource {
   };
 }
 
-/** A Node stream (a socket on fd 1): each write waits for its callback, so buffers can be reused. */
+/**
+ * A Node stream (a socket on fd 1, as Node's own child processes get): each write waits for
+ * its callback, so buffers can be reused. While the image goes out, the stream's other error
+ * listeners are set aside: the command line's "reader went away, exit quietly" handler is
+ * right for help text and wrong for an image, whose cut-off copy must fail. close() puts them back.
+ */
 function streamSink(stream: Writable): ByteSink {
+  const others = stream.listeners("error") as ((error: Error) => void)[];
+  stream.removeAllListeners("error");
+  let failure: Error | undefined;
+  const onError = (error: Error) => {
+    failure ??= error;
+  };
+  stream.on("error", onError);
   return {
     write: (buf) =>
       new Promise<void>((resolve, reject) => {
+        if (failure !== undefined) {
+          reject(failure);
+          return;
+        }
         stream.write(buf, (error) => (error ? reject(error) : resolve()));
       }),
-    close: async () => undefined,
+    close: async () => {
+      stream.off("error", onError);
+      for (const listener of others) stream.on("error", listener);
+    },
   };
 }

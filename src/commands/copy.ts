@@ -34,6 +34,7 @@ import {
 } from "../io/copy.js";
 import { claimBlockDevice, type DeviceClaim } from "../io/device-use.js";
 import { openBackend } from "../io/open.js";
+import { shareWriter } from "../io/shared-writer.js";
 import { type ByteSink, type ByteSource, openStdin, openStdout } from "../io/stdio.js";
 import { copyFromSource, copyToSink, type StreamCopyOptions } from "../io/stream-copy.js";
 import { formatSize, parseSize } from "../units.js";
@@ -257,7 +258,13 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
     if (dst.kind === "stdio") output = await stdio(openStdout);
     const srcBackend = src.kind === "stdio" ? undefined : await openEndpoint(src, true);
     if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
-    const dstBackend = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false);
+    const dstOpened = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false);
+    // A daemon allowing fewer writers than workers (a file ticket allows one) still gets one
+    // writing connection, while the other workers read ahead.
+    const dstBackend =
+      dst.kind === "remote" && dstOpened !== undefined && dstOpened.caps.maxWriters < options.workers
+        ? shareWriter(dstOpened, options.workers)
+        : dstOpened;
     const dstSizeBefore = dstBackend === undefined ? 0 : await dstBackend.size();
 
     reporter = await makeReporter(options);

@@ -177,6 +177,25 @@ describe("imageio copy with a daemon", () => {
     expect(done).toMatchObject({ phase: "done", workers: 3, copied: scattered(size).length * 256 * 1024 });
   });
 
+  it("12: asks a daemon for 4 MiB per request unless --buffer-size says otherwise", async () => {
+    const ticket = await ticketFor(daemon, { contents: randomBytes(16 * MiB), ops: ["read"] });
+    for (const [args, requests] of [
+      [[], 4],
+      [["--buffer-size", "8M"], 2],
+    ] as const) {
+      const before = daemon.logs().length;
+      const out = tmp.file(`requests-${requests}.raw`);
+      await copyOk(ticket.url, out, "--ca-file", caFile, ...args);
+      const reads = daemon
+        .logs()
+        .slice(before)
+        .split("\n")
+        .filter((line) => /\bREAD\b/.test(line));
+      expect(reads).toHaveLength(requests);
+      for (const line of reads) expect(line).toContain(`size=${(16 * MiB) / requests}`);
+    }
+  });
+
   it("12: uses the daemon's unix socket when the daemon is on this host", async () => {
     const src = tmp.file("unix-src.raw");
     const image = await makeImage(src, 8 * MiB, [[0, MiB]]);

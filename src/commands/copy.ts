@@ -37,7 +37,7 @@ import { openBackend } from "../io/open.js";
 import { shareWriter } from "../io/shared-writer.js";
 import { type ByteSink, type ByteSource, openStdin, openStdout } from "../io/stdio.js";
 import { copyFromSource, copyToSink, type StreamCopyOptions } from "../io/stream-copy.js";
-import { formatSize, parseSize } from "../units.js";
+import { formatSize, MiB, parseSize } from "../units.js";
 import {
   checkDestinationFormat,
   checkSourceFormat,
@@ -52,6 +52,13 @@ import {
 } from "./copy-endpoints.js";
 
 type ProgressMode = "auto" | "bar" | "json" | "none";
+
+/**
+ * The buffer size of uploads and downloads unless --buffer-size says otherwise: requests of
+ * 4 MiB keep as many bytes in flight as the network needs, and measured 20 MiB less peak
+ * memory than 8 MiB at the same speed (npm run bench -- client).
+ */
+const REMOTE_BUFFER_SIZE = 4 * MiB;
 
 /** Parsed options, as commander hands them to the action. */
 export interface CopyCommandOptions {
@@ -86,7 +93,10 @@ export function addCopyCommand(program: Command): void {
         .default(DEFAULT_COPY_WORKERS),
     )
     .addOption(
-      new Option("-b, --buffer-size <size>", "bytes per read and write per worker (K, M, G suffixes)")
+      new Option(
+        "-b, --buffer-size <size>",
+        `bytes per read and write per worker (K, M, G suffixes; ${formatSize(REMOTE_BUFFER_SIZE).replace(".00 ", " ")} when a daemon is SRC or DST)`,
+      )
         .argParser(parseBufferSize)
         .default(DEFAULT_BUFFER_SIZE, formatSize(DEFAULT_BUFFER_SIZE).replace(".00 ", " ")),
     )
@@ -201,7 +211,12 @@ interface Outcome {
 }
 
 /** The `imageio copy` action; sets process.exitCode rather than exiting, so output flushes. */
-export async function runCopy(srcArg: string, dstArg: string, options: CopyCommandOptions): Promise<void> {
+export async function runCopy(
+  srcArg: string,
+  dstArg: string,
+  options: CopyCommandOptions,
+  command?: Command,
+): Promise<void> {
   const say = (text: string) => {
     if (!options.quiet) process.stderr.write(`${text}\n`);
   };
@@ -274,9 +289,12 @@ export async function runCopy(srcArg: string, dstArg: string, options: CopyComma
       say("imageio copy: stopping after the chunks in flight (Ctrl-C again to exit at once)");
     };
     interrupt.install();
+    const remote = src.kind === "remote" || dst.kind === "remote";
+    const bufferSize =
+      remote && command?.getOptionValueSource("bufferSize") !== "cli" ? REMOTE_BUFFER_SIZE : options.bufferSize;
     const streamOptions: StreamCopyOptions = {
       workers: options.workers,
-      bufferSize: options.bufferSize,
+      bufferSize,
       sparse: !options.preallocate,
       targetIsZero: created !== undefined || (options.targetIsZero ?? false),
       detectZeroes: options.detectZeroes ?? true,

@@ -2,6 +2,7 @@
  * The `imageio` command line: one executable, one subcommand per job.
  */
 import { Command, CommanderError } from "commander";
+import { addChecksumCommand } from "./commands/checksum.js";
 import { addCopyCommand } from "./commands/copy.js";
 import { addDaemonCommand, addProxyCommand } from "./commands/server-cli.js";
 import { addTicketCommand } from "./commands/ticket.js";
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   addDaemonCommand(program);
   addProxyCommand(program);
   addCopyCommand(program);
+  addChecksumCommand(program);
   addTicketCommand(program);
   addVersionCommand(program);
 
@@ -35,6 +37,8 @@ export function buildProgram(): Command {
       "  imageio daemon --config /etc/ovirt-imageio",
       "  imageio proxy --config /etc/ovirt-imageio-proxy",
       "  imageio copy disk.raw /dev/vg0/lv-disk",
+      "  imageio copy disk.raw https://host:54322/images/TICKET --ca-file ca.pem",
+      "  imageio checksum disk.raw",
     ].join("\n"),
   );
   return program;

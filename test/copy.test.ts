@@ -215,7 +215,8 @@ describe("imageio copy between files", () => {
     expect(copying[0]).toMatchObject({ done: 0, total: 4 * MiB });
     expect(copying.at(-1)).toMatchObject({ done: 4 * MiB, total: 4 * MiB });
     for (const r of records) expect(Number.isInteger(r.rate) && r.rate >= 0).toBe(true);
-    expect(records.at(-1)).toMatchObject({ phase: "verify", done: 8 * MiB, total: 8 * MiB });
+    expect(records.at(-2)).toMatchObject({ phase: "verify", done: 8 * MiB, total: 8 * MiB });
+    expect(records.at(-1)).toMatchObject({ phase: "done", size: 4 * MiB, copied: 4 * MiB });
   });
 
   it("on a terminal, shows a progress bar with bytes, rate and ETA", async () => {
@@ -286,7 +287,8 @@ describe("imageio copy between files", () => {
       [["--progress", "loud", src, dst], "argument 'loud' is invalid"],
       [["--bogus", src, dst], "unknown option '--bogus'"],
       [[src], "missing required argument 'dst'"],
-      [[src, "https://example.com/images/1"], "Unsupported URL 'https://example.com/images/1'"],
+      [[src, "ftp://example.com/images/1"], "Unsupported URL 'ftp://example.com/images/1'"],
+      [[src, "https://example.com/tickets/1"], "Invalid image URL 'https://example.com/tickets/1'"],
       [[src, "file://remote-host/x.raw"], "Invalid file URL"],
     ];
     for (const [args, message] of attempts) {

@@ -65,7 +65,7 @@ const cases: Case[] = [
 ];
 
 /** Writes random data in `runs` of a sparse file of `size` bytes. */
-async function writeRandom(path: string, size: number, runs: [number, number][]): Promise<void> {
+export async function writeRandom(path: string, size: number, runs: [number, number][]): Promise<void> {
   await writeFile(path, "");
   await truncate(path, size);
   const fd = openSync(path, "r+");
@@ -84,7 +84,7 @@ async function writeRandom(path: string, size: number, runs: [number, number][])
 }
 
 /** `fraction` of the image in runs of `run` bytes at run-aligned places drawn by a fixed seed. */
-function scatteredRuns(size: number, run: number, fraction: number): [number, number][] {
+export function scatteredRuns(size: number, run: number, fraction: number): [number, number][] {
   const slots = size / run;
   const wanted = Math.round(slots * fraction);
   // mulberry32: a tiny seeded PRNG, so every run of the benchmark copies the same layout.

@@ -83,13 +83,10 @@ export const suite: Suite = {
     const sink = startQemuNbd(dir, "sink", target, false);
     const certificate = makeCertificate(dir);
     const daemon = await startService("daemon", dir, certificate);
-    const single = await startService(
-      "daemon",
-      dir,
-      certificate,
-      ["[backend_nbd]", "requests = 1", "request_size = 8388608"],
-      "single",
-    );
+    const single = await startService("daemon", dir, certificate, {
+      extraConfig: ["[backend_nbd]", "requests = 1", "request_size = 8388608"],
+      name: "single",
+    });
     const output = join(dir, "output.raw");
     try {
       const readId = randomUUID();

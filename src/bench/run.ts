@@ -11,6 +11,7 @@ export interface Suite {
 }
 
 const suites: Record<string, () => Promise<Suite>> = {
+  client: async () => (await import("./client.js")).suite,
   copy: async () => (await import("./copy.js")).suite,
   daemon: async () => (await import("./daemon.js")).suite,
   nbd: async () => (await import("./nbd.js")).suite,

@@ -113,16 +113,17 @@ export interface RunningService {
 
 /**
  * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`.
- * @param extraConfig more INI lines (sections and keys) appended to the configuration.
- * @param name names its configuration and sockets, for two services of one kind in `dir`.
+ * @param options.localSocket false: without its unix socket (clients on this host then use HTTPS).
+ * @param options.name names its configuration and sockets, for two services of one kind in `dir`.
+ * @param options.extraConfig more INI lines (sections and keys) appended to the configuration.
  */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
-  extraConfig: string[] = [],
-  name: string = kind,
+  options: { localSocket?: boolean; name?: string; extraConfig?: string[] } = {},
 ): Promise<RunningService> {
+  const name = options.name ?? kind;
   const config = [
     "[daemon]",
     `run_dir = ${dir}`,
@@ -137,13 +138,14 @@ export async function startService(
     "host = 127.0.0.1",
     "port = 0",
     "[local]",
+    `enable = ${options.localSocket ?? true}`,
     `socket = ${join(dir, `${name}-local.sock`)}`,
     "[control]",
     "transport = unix",
     `socket = ${join(dir, `${name}-control.sock`)}`,
     "[logging]",
     "level = INFO",
-    ...extraConfig,
+    ...(options.extraConfig ?? []),
     "",
   ].join("\n");
   writeFileSync(join(dir, `${name}.conf`), config);

@@ -60,6 +60,8 @@ export interface HttpBackendOptions {
   readonly?: boolean;
   /** CA bundle to verify the remote's certificate; empty or unset: the system CAs. */
   caFile?: string;
+  /** Do not verify the remote's certificate and host name (`imageio copy --insecure`). */
+  insecure?: boolean;
   connectTimeoutMs?: number;
   readTimeoutMs?: number;
   /** Use the remote's unix socket when it runs on this host (default true). */
@@ -551,7 +553,7 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
   const requestOptions: https.RequestOptions = { host, port };
   let agent: http.Agent;
   if (secure) {
-    const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1 };
+    const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1, rejectUnauthorized: !options.insecure };
     if (options.caFile) {
       try {
         tls.ca = readFileSync(options.caFile);

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import http from "node:http";
-import { join } from "node:path";
+import { join, resolve as resolvePath } from "node:path";
 import { createSelfSignedCertificate } from "../commands/dev.js";
 import { commandExists } from "./harness.js";
 
@@ -19,15 +19,24 @@ export interface BenchOptions {
   sizeGiB: number;
   rounds: number;
   dir: string;
+  /**
+   * Another checkout of imageio (built, with bin/imageio) whose services run next to this
+   * one's in the same interleaved rounds: a before/after comparison under the same load.
+   */
+  baseline?: string;
+  /** Only the transfer table: no memory, stall and churn measurements after it. */
+  dataOnly: boolean;
 }
 
 export function parseBenchOptions(args: string[]): BenchOptions {
-  const options: BenchOptions = { sizeGiB: 2, rounds: 3, dir: "/var/tmp" };
+  const options: BenchOptions = { sizeGiB: 2, rounds: 3, dir: "/var/tmp", dataOnly: false };
   for (let i = 0; i < args.length; i++) {
     const value = args[i + 1];
     if (args[i] === "--size-gib" && value) options.sizeGiB = Number(args[++i]);
     else if (args[i] === "--rounds" && value) options.rounds = Number(args[++i]);
     else if (args[i] === "--dir" && value) options.dir = args[++i] as string;
+    else if (args[i] === "--data-only") options.dataOnly = true;
+    else if (args[i] === "--baseline" && value) options.baseline = resolvePath(args[++i] as string);
     else throw new Error(`unknown option '${args[i]}'`);
   }
   return options;
@@ -111,11 +120,15 @@ export interface RunningService {
   stop(): void;
 }
 
-/** Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`. */
+/**
+ * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`, from this
+ * checkout or from the one at `checkout` (a baseline).
+ */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
+  checkout?: string,
 ): Promise<RunningService> {
   const config = [
     "[daemon]",
@@ -140,7 +153,8 @@ export async function startService(
     "",
   ].join("\n");
   writeFileSync(join(dir, `${kind}.conf`), config);
-  const bin = new URL("../../bin/imageio", import.meta.url).pathname;
+  const bin =
+    checkout === undefined ? new URL("../../bin/imageio", import.meta.url).pathname : join(checkout, "bin", "imageio");
   const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${kind}.conf`)], {
     stdio: ["ignore", "ignore", "pipe"],
   });

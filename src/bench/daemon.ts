@@ -19,6 +19,7 @@ import {
   GiB,
   MiB,
   makeCertificate,
+  originsOf,
   parseBenchOptions,
   prepareImages,
   type RunningService,
@@ -35,16 +36,18 @@ const BASELINE_SUFFIX = " (baseline)";
 
 export const suite: Suite = {
   description: "daemon GET/PUT over HTTPS and the unix socket with curl, next to dd (O_DIRECT)",
-  usage: "npm run bench -- daemon [--size-gib 2] [--rounds 3] [--dir /var/tmp] [--baseline CHECKOUT] [--data-only]",
+  usage:
+    "npm run bench -- daemon [--size-gib 2] [--rounds 3] [--dir /var/tmp] [--baseline CHECKOUT] [--executable dist/imageio] [--data-only]",
   async run(args) {
     const options = parseBenchOptions(args);
     const { dir, size, image, target } = await prepareImages("daemon", options, ["curl", "dd", "openssl"]);
     const certificate = makeCertificate(dir);
-    const daemon = await startService("daemon", mkdtempSync(join(dir, "daemon-")), certificate);
+    const origins = originsOf(options);
+    const daemon = await startService("daemon", mkdtempSync(join(dir, "daemon-")), certificate, origins.current);
     const baseline =
-      options.baseline === undefined
+      origins.baseline === undefined
         ? undefined
-        : await startService("daemon", mkdtempSync(join(dir, "baseline-")), certificate, options.baseline);
+        : await startService("daemon", mkdtempSync(join(dir, "baseline-")), certificate, origins.baseline);
     try {
       const readId = randomUUID();
       const writeId = randomUUID();

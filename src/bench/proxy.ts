@@ -16,25 +16,29 @@ import {
   GiB,
   MiB,
   makeCertificate,
+  originsOf,
   parseBenchOptions,
   prepareImages,
+  type ServiceOrigin,
   startService,
 } from "./services.js";
 
 export const suite: Suite = {
   description: "HTTPS GET/PUT through the proxy vs directly to the daemon; CPU-s/GiB of each",
-  usage: "npm run bench -- proxy [--size-gib 2] [--rounds 3] [--dir /var/tmp] [--baseline CHECKOUT]",
+  usage:
+    "npm run bench -- proxy [--size-gib 2] [--rounds 3] [--dir /var/tmp] [--baseline CHECKOUT] [--executable dist/imageio]",
   async run(args) {
     const options = parseBenchOptions(args);
     const { dir, size, image, target } = await prepareImages("proxy", options, ["curl", "openssl"]);
     const certificate = makeCertificate(dir);
-    const start = async (checkout: string | undefined) => {
-      const daemon = await startService("daemon", mkdtempSync(join(dir, "daemon-")), certificate, checkout);
-      const proxy = await startService("proxy", mkdtempSync(join(dir, "proxy-")), certificate, checkout);
+    const start = async (origin: ServiceOrigin) => {
+      const daemon = await startService("daemon", mkdtempSync(join(dir, "daemon-")), certificate, origin);
+      const proxy = await startService("proxy", mkdtempSync(join(dir, "proxy-")), certificate, origin);
       return { daemon, proxy };
     };
-    const pairs = [{ suffix: "", ...(await start(undefined)) }];
-    if (options.baseline !== undefined) pairs.push({ suffix: " (baseline)", ...(await start(options.baseline)) });
+    const origins = originsOf(options);
+    const pairs = [{ suffix: "", ...(await start(origins.current)) }];
+    if (origins.baseline !== undefined) pairs.push({ suffix: " (baseline)", ...(await start(origins.baseline)) });
     try {
       const readId = randomUUID();
       const writeId = randomUUID();

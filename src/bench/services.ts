@@ -24,6 +24,11 @@ export interface BenchOptions {
    * one's in the same interleaved rounds: a before/after comparison under the same load.
    */
   baseline?: string;
+  /**
+   * Run this checkout's services from a single executable (`dist/imageio` from `npm run
+   * package`, on the Node it embeds) instead of `node bin/imageio`.
+   */
+  executable?: string;
   /** Only the transfer table: no memory, stall and churn measurements after it. */
   dataOnly: boolean;
 }
@@ -36,6 +41,7 @@ export function parseBenchOptions(args: string[]): BenchOptions {
     else if (args[i] === "--rounds" && value) options.rounds = Number(args[++i]);
     else if (args[i] === "--dir" && value) options.dir = args[++i] as string;
     else if (args[i] === "--data-only") options.dataOnly = true;
+    else if (args[i] === "--executable" && value) options.executable = resolvePath(args[++i] as string);
     else if (args[i] === "--baseline" && value) options.baseline = resolvePath(args[++i] as string);
     else throw new Error(`unknown option '${args[i]}'`);
   }
@@ -120,15 +126,26 @@ export interface RunningService {
   stop(): void;
 }
 
+/** Which imageio runs a service: this checkout's, another checkout's, or a single executable. */
+export type ServiceOrigin = { checkout: string } | { executable: string } | undefined;
+
+/** The origin of this checkout's services under `options`, and of the baseline's. */
+export function originsOf(options: BenchOptions): { current: ServiceOrigin; baseline: ServiceOrigin } {
+  return {
+    current: options.executable === undefined ? undefined : { executable: options.executable },
+    baseline: options.baseline === undefined ? undefined : { checkout: options.baseline },
+  };
+}
+
 /**
  * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`, from this
- * checkout or from the one at `checkout` (a baseline).
+ * checkout unless `origin` names another checkout or an executable.
  */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
-  checkout?: string,
+  origin?: ServiceOrigin,
 ): Promise<RunningService> {
   const config = [
     "[daemon]",
@@ -153,9 +170,20 @@ export async function startService(
     "",
   ].join("\n");
   writeFileSync(join(dir, `${kind}.conf`), config);
-  const bin =
-    checkout === undefined ? new URL("../../bin/imageio", import.meta.url).pathname : join(checkout, "bin", "imageio");
-  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${kind}.conf`)], {
+  const args = [kind, "--config", join(dir, `${kind}.conf`)];
+  const [command, argv] =
+    origin !== undefined && "executable" in origin
+      ? [origin.executable, args]
+      : [
+          process.execPath,
+          [
+            origin === undefined
+              ? new URL("../../bin/imageio", import.meta.url).pathname
+              : join(origin.checkout, "bin", "imageio"),
+            ...args,
+          ],
+        ];
+  const child = spawn(command, argv, {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let output = "";

@@ -2,16 +2,32 @@
  * The `imageio` command line: one executable, one subcommand per job.
  */
 import { Command, CommanderError } from "commander";
-import { addChecksumCommand } from "./commands/checksum.js";
-import { addCopyCommand } from "./commands/copy.js";
-import { addDaemonCommand, addProxyCommand } from "./commands/server-cli.js";
-import { addTicketCommand } from "./commands/ticket.js";
-import { addVersionCommand, isVerboseVersionRequest, versionText } from "./commands/version.js";
+import { isVerboseVersionRequest, versionText } from "./commands/version.js";
 import { disableInspector } from "./no-inspector.js";
 import { VERSION } from "./version.js";
 
-/** Builds the command tree; exported so tests can inspect help without spawning. */
-export function buildProgram(): Command {
+type Registration = (program: Command) => void;
+
+/**
+ * The subcommands in help order, each loaded only when needed: `imageio copy` starts without
+ * the ticket client's configuration parser or the server modules (start-up is most of the
+ * time of a small copy).
+ */
+const COMMANDS: Record<string, () => Promise<Registration>> = {
+  daemon: async () => (await import("./commands/server-cli.js")).addDaemonCommand,
+  proxy: async () => (await import("./commands/server-cli.js")).addProxyCommand,
+  copy: async () => (await import("./commands/copy.js")).addCopyCommand,
+  checksum: async () => (await import("./commands/checksum.js")).addChecksumCommand,
+  ticket: async () => (await import("./commands/ticket.js")).addTicketCommand,
+  version: async () => (await import("./commands/version.js")).addVersionCommand,
+};
+
+/**
+ * Builds the command tree: with `only` (a subcommand's name) that subcommand alone, else all
+ * of them (for help, usage errors and suggestions). Exported so tests can inspect help
+ * without spawning.
+ */
+export async function buildProgram(only?: string): Promise<Command> {
   const program = new Command("imageio")
     .description(
       "Move virtual-machine disk images fast and safely: an ovirt-imageio compatible daemon, proxy and copy tool",
@@ -22,12 +38,9 @@ export function buildProgram(): Command {
     // Set before the subcommands are added so they inherit it: errors reach main() as exceptions.
     .exitOverride();
 
-  addDaemonCommand(program);
-  addProxyCommand(program);
-  addCopyCommand(program);
-  addChecksumCommand(program);
-  addTicketCommand(program);
-  addVersionCommand(program);
+  const wanted = only !== undefined && Object.hasOwn(COMMANDS, only) ? [only] : Object.keys(COMMANDS);
+  const registrations = await Promise.all(wanted.map((name) => (COMMANDS[name] as () => Promise<Registration>)()));
+  for (const register of registrations) register(program);
 
   program.addHelpText(
     "after",
@@ -58,7 +71,9 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(await versionText(true));
     return;
   }
-  const program = buildProgram();
+  // The first word names the subcommand when it is one; anything else (an option, `help`, a
+  // typo) gets the whole tree.
+  const program = await buildProgram(argv[2]);
   try {
     await program.parseAsync(argv);
   } catch (error) {

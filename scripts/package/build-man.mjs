@@ -125,6 +125,6 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   const { values } = parseArgs({ options: { "out-dir": { type: "string", default: join(root, "dist/man") } } });
   const { buildProgram } = await import(pathToFileURL(join(root, "dist/cli.js")).href);
   const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
-  const written = writeManPages(buildProgram(), resolve(values["out-dir"]), version);
+  const written = writeManPages(await buildProgram(), resolve(values["out-dir"]), version);
   process.stdout.write(`wrote ${written.join(" ")} to ${resolve(values["out-dir"])}\n`);
 }

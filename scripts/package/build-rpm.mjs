@@ -61,7 +61,7 @@ try {
   const { writeManPages } = await import("./build-man.mjs");
   const { buildProgram } = await import(pathToFileURL(join(root, "dist/cli.js")).href);
   const man = join(top, "man");
-  writeManPages(buildProgram(), man, version);
+  writeManPages(await buildProgram(), man, version);
   run("tar", ["-cf", join(sources, "man.tar"), "-C", man, ...readdirSync(man).sort()]);
   run("tar", ["-cf", join(sources, "docs.tar"), "-C", join(root, "docs"), ...readdirSync(join(root, "docs")).sort()]);
   const inputs = {

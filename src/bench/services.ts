@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import http from "node:http";
-import { join } from "node:path";
+import { join, resolve as resolvePath } from "node:path";
 import { createSelfSignedCertificate } from "../commands/dev.js";
 import { commandExists } from "./harness.js";
 
@@ -19,15 +19,30 @@ export interface BenchOptions {
   sizeGiB: number;
   rounds: number;
   dir: string;
+  /**
+   * Another checkout of imageio (built, with bin/imageio) whose services run next to this
+   * one's in the same interleaved rounds: a before/after comparison under the same load.
+   */
+  baseline?: string;
+  /**
+   * Run this checkout's services from a single executable (`dist/imageio` from `npm run
+   * package`, on the Node it embeds) instead of `node bin/imageio`.
+   */
+  executable?: string;
+  /** Only the transfer table: no memory, stall and churn measurements after it. */
+  dataOnly: boolean;
 }
 
 export function parseBenchOptions(args: string[]): BenchOptions {
-  const options: BenchOptions = { sizeGiB: 2, rounds: 3, dir: "/var/tmp" };
+  const options: BenchOptions = { sizeGiB: 2, rounds: 3, dir: "/var/tmp", dataOnly: false };
   for (let i = 0; i < args.length; i++) {
     const value = args[i + 1];
     if (args[i] === "--size-gib" && value) options.sizeGiB = Number(args[++i]);
     else if (args[i] === "--rounds" && value) options.rounds = Number(args[++i]);
     else if (args[i] === "--dir" && value) options.dir = args[++i] as string;
+    else if (args[i] === "--data-only") options.dataOnly = true;
+    else if (args[i] === "--executable" && value) options.executable = resolvePath(args[++i] as string);
+    else if (args[i] === "--baseline" && value) options.baseline = resolvePath(args[++i] as string);
     else throw new Error(`unknown option '${args[i]}'`);
   }
   return options;
@@ -111,8 +126,20 @@ export interface RunningService {
   stop(): void;
 }
 
+/** Which imageio runs a service: this checkout's, another checkout's, or a single executable. */
+export type ServiceOrigin = { checkout: string } | { executable: string } | undefined;
+
+/** The origin of this checkout's services under `options`, and of the baseline's. */
+export function originsOf(options: BenchOptions): { current: ServiceOrigin; baseline: ServiceOrigin } {
+  return {
+    current: options.executable === undefined ? undefined : { executable: options.executable },
+    baseline: options.baseline === undefined ? undefined : { checkout: options.baseline },
+  };
+}
+
 /**
- * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`.
+ * Starts `imageio daemon` or `imageio proxy` on 127.0.0.1:0 with sockets in `dir`, from this
+ * checkout unless `options.origin` names another checkout or an executable.
  * @param options.localSocket false: without its unix socket (clients on this host then use HTTPS).
  * @param options.name names its configuration and sockets, for two services of one kind in `dir`.
  * @param options.extraConfig more INI lines (sections and keys) appended to the configuration.
@@ -121,7 +148,7 @@ export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
-  options: { localSocket?: boolean; name?: string; extraConfig?: string[] } = {},
+  options: { localSocket?: boolean; name?: string; extraConfig?: string[]; origin?: ServiceOrigin } = {},
 ): Promise<RunningService> {
   const name = options.name ?? kind;
   const config = [
@@ -149,8 +176,21 @@ export async function startService(
     "",
   ].join("\n");
   writeFileSync(join(dir, `${name}.conf`), config);
-  const bin = new URL("../../bin/imageio", import.meta.url).pathname;
-  const child = spawn(process.execPath, [bin, kind, "--config", join(dir, `${name}.conf`)], {
+  const args = [kind, "--config", join(dir, `${name}.conf`)];
+  const origin = options.origin;
+  const [command, argv] =
+    origin !== undefined && "executable" in origin
+      ? [origin.executable, args]
+      : [
+          process.execPath,
+          [
+            origin === undefined
+              ? new URL("../../bin/imageio", import.meta.url).pathname
+              : join(origin.checkout, "bin", "imageio"),
+            ...args,
+          ],
+        ];
+  const child = spawn(command, argv, {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let output = "";

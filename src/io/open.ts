@@ -9,7 +9,7 @@ import { UnsupportedUrlError } from "../errors.js";
 import { AlignedBackend } from "./aligned.js";
 import type { Backend } from "./backend.js";
 import { FileBackend, type FileBackendOptions } from "./file.js";
-import { HttpBackend, type HttpBackendOptions } from "./http.js";
+import type { HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
 import { NbdBackend, type NbdBackendOptions } from "./nbd.js";
 
@@ -20,10 +20,16 @@ type Opener = (url: URL, options: OpenOptions) => Promise<Backend>;
 const openers: Record<string, Opener> = {
   "file:": openFile,
   "memory:": async (_url, options) => MemoryBackend.create({ readonly: options.readonly ?? false }),
-  "http:": (url, options) => HttpBackend.open(url, options),
-  "https:": (url, options) => HttpBackend.open(url, options),
+  "http:": openHttp,
+  "https:": openHttp,
   "nbd:": openNbd,
 };
+
+/** Loaded on first use: a local copy starts without the TLS and HTTP client modules. */
+async function openHttp(url: URL, options: OpenOptions): Promise<Backend> {
+  const { HttpBackend } = await import("./http.js");
+  return HttpBackend.open(url, options);
+}
 
 /** URL schemes openBackend understands. */
 export const supportedSchemes = (): string[] => Object.keys(openers).map((scheme) => scheme.slice(0, -1));

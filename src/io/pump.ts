@@ -1,7 +1,7 @@
 /**
  * Moves bytes from one stream to another with backpressure both ways, for the proxy's
  * streaming (spec [B6]): the source pauses while the sink is full; either side ending early
- * stops the other. Memory stays bounded by the streams' own buffers.
+ * stops the other. Memory stays bounded by the streams' own buffers (and `highWaterMark`).
  */
 import type { Readable, Writable } from "node:stream";
 
@@ -10,6 +10,12 @@ export interface PumpOptions {
   onProgress?: (bytes: number) => void;
   /** Stop after this many bytes; the rest of the source is left unread. */
   limit?: number;
+  /**
+   * Bytes the sink may hold before the source pauses, when more than the sink's own
+   * highWaterMark (16 KiB for sockets): a relay whose chunks exceed that would otherwise
+   * pause and resume its source on every chunk, and write every chunk on its own.
+   */
+  highWaterMark?: number;
 }
 
 export interface PumpResult {
@@ -56,7 +62,7 @@ export function pump(source: Readable, sink: Writable, options: PumpOptions = {}
       }
       // Batching chunks per event-loop turn (cork/uncork) measured no cheaper: TLS copies a
       // batch into one buffer before encrypting it. Plain writes keep backpressure simple.
-      const more = sink.write(data);
+      const more = sink.write(data) || (options.highWaterMark ?? 0) > sink.writableLength;
       if (overflow) {
         source.pause();
         finish(undefined, true);

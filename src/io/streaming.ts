@@ -153,7 +153,12 @@ export function writeChunk(stream: Writable, chunk: Buffer): Promise<void> {
   });
 }
 
-/** The default upload: the source's chunks are copied into the two buffers in turn. */
+/**
+ * The default upload: the source's chunks are copied into the two buffers in turn, straight
+ * from its `data` events. A TLS socket delivers at most 16 KiB per chunk, so the per-chunk
+ * path stays synchronous (no async iterator, no promise per chunk): the source pauses only
+ * while both buffers are on their way to the backend.
+ */
 async function writeThroughBuffers(
   backend: Backend,
   source: Readable,
@@ -164,35 +169,152 @@ async function writeThroughBuffers(
   options.onReady?.();
   let received = 0;
   let overflow = false;
-  const chunks = source.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   try {
-    for (;;) {
-      let next: IteratorResult<Buffer>;
-      try {
-        next = await chunks.next();
-      } catch (error) {
-        // The sender went away mid-body: what did arrive is written first.
-        await writer.finish();
-        throw error;
-      }
-      if (next.done) break;
-      let data = next.value;
-      if (received + data.length > options.limit) {
-        data = data.subarray(0, options.limit - received);
-        overflow = true;
-      }
-      received += data.length;
-      await writer.add(data);
-      // Between chunks even when no write completed: a cancelled transfer stops here.
-      options.onProgress?.(writer.done);
-      if (overflow) break;
-    }
-    await writer.finish();
+    await new Promise<void>((resolve, reject) => {
+      /** Bytes counted but not yet copied: they arrived while both buffers were busy. */
+      const waiting: Buffer[] = [];
+      let blocked = false;
+      let ended = false;
+      /** The body is over (ended, failed or past the limit): buffered bytes are being written. */
+      let finishing = false;
+      let settled = false;
+      const detach = () => {
+        source.off("data", onData);
+        source.off("end", onEnd);
+        source.off("error", onError);
+        source.off("close", onClose);
+      };
+      const stop = (error?: unknown) => {
+        if (settled) return;
+        settled = true;
+        detach();
+        source.pause();
+        if (error === undefined) resolve();
+        else reject(error);
+      };
+      /** Writes every byte that arrived, then settles with `error` (or a write's own failure). */
+      const finishThen = (error?: unknown) => {
+        if (settled || finishing) return;
+        finishing = true;
+        detach();
+        const writeRest = async () => {
+          for (let chunk of waiting.splice(0)) {
+            while (chunk.length > 0) {
+              await writer.free();
+              chunk = chunk.subarray(writer.copyIn(chunk));
+            }
+          }
+          await writer.finish();
+        };
+        writeRest().then(
+          () => stop(error),
+          (writeError: unknown) => stop(writeError),
+        );
+      };
+      /** Counts a chunk against the limit; the part past it is dropped and marks overflow. */
+      const admit = (data: Buffer): Buffer => {
+        let chunk = data;
+        if (received + chunk.length > options.limit) {
+          chunk = chunk.subarray(0, options.limit - received);
+          overflow = true;
+        }
+        received += chunk.length;
+        return chunk;
+      };
+      /** After a chunk: a cancelled transfer stops here, even when no write completed. */
+      const progressed = (): boolean => {
+        try {
+          options.onProgress?.(writer.done);
+          return true;
+        } catch (error) {
+          detach();
+          void writer.settle().then(() => stop(error));
+          return false;
+        }
+      };
+      // Once finishing, the path that writes the rest meets the same failure and reports it.
+      const failedWhileBlocked = (error: unknown) => {
+        if (!finishing) stop(error);
+      };
+      const block = () => {
+        blocked = true;
+        source.pause();
+        writer.free().then(unblock, failedWhileBlocked);
+      };
+      const unblock = () => {
+        if (finishing || settled) return;
+        try {
+          while (waiting.length > 0) {
+            const chunk = waiting[0] as Buffer;
+            const used = writer.copyIn(chunk);
+            if (used < chunk.length) {
+              waiting[0] = chunk.subarray(used);
+              writer.free().then(unblock, failedWhileBlocked);
+              return;
+            }
+            waiting.shift();
+          }
+        } catch (error) {
+          stop(error);
+          return;
+        }
+        blocked = false;
+        if (!progressed()) return;
+        if (overflow || ended) finishThen();
+        else source.resume();
+      };
+      const onData = (data: Buffer) => {
+        const chunk = admit(data);
+        if (blocked) {
+          // Emitted before the pause took effect: copied once a buffer is free.
+          waiting.push(chunk);
+          return;
+        }
+        let used: number;
+        try {
+          used = writer.copyIn(chunk);
+        } catch (error) {
+          stop(error);
+          return;
+        }
+        if (used < chunk.length) {
+          waiting.push(chunk.subarray(used));
+          block();
+          return;
+        }
+        if (progressed() && overflow) finishThen();
+      };
+      const onEnd = () => {
+        ended = true;
+        if (!blocked) finishThen();
+      };
+      // The sender went away mid-body: what did arrive is written first.
+      const onError = (error: Error) => finishThen(error);
+      const onClose = () => {
+        if (!ended) finishThen(new Error("the sending side closed before the end of the data"));
+      };
+      if (source.readableEnded) return finishThen();
+      if (source.destroyed) return onClose();
+      source.on("data", onData);
+      source.once("end", onEnd);
+      source.once("error", onError);
+      source.once("close", onClose);
+      source.resume();
+    });
   } catch (error) {
     await writer.settle();
     throw error;
   }
   return { bytes: received, overflow, flushed: false };
+}
+
+/** One buffer's write on its way to the backend. */
+interface WriteInFlight {
+  write: Promise<void>;
+  /** Where the write ends in the image. */
+  end: number;
+  /** The write completed (or failed): the buffer may be filled again. */
+  settled: boolean;
 }
 
 /**
@@ -205,8 +327,7 @@ class DoubleBufferedWriter {
   private fill: number;
   private start: number;
   private position: number;
-  /** Per buffer: its write in flight and where that write ends in the image. */
-  private readonly inFlight: ({ write: Promise<void>; end: number } | undefined)[] = [undefined, undefined];
+  private readonly inFlight: (WriteInFlight | undefined)[] = [undefined, undefined];
   private failure: unknown;
   /** Bytes from the start written so far. */
   done = 0;
@@ -222,21 +343,33 @@ class DoubleBufferedWriter {
     this.position = offset;
   }
 
-  async add(data: Buffer): Promise<void> {
+  /**
+   * Copies as much of `data` as the buffers take, starting a write whenever one fills.
+   * @returns the bytes taken: fewer than `data.length` when the next buffer is still being
+   *   written (wait with free(), then copy the rest).
+   * @throws the failure of an earlier write.
+   */
+  copyIn(data: Buffer): number {
     let used = 0;
-    while (used < data.length) {
+    while (used < data.length && this.retireIfDone(this.index)) {
       const buf = this.buffers[this.index as 0 | 1];
       const n = Math.min(data.length - used, buf.length - this.fill);
       data.copy(buf, this.fill, used, used + n);
       this.fill += n;
       used += n;
-      if (this.fill === buf.length) await this.submit();
+      if (this.fill === buf.length) this.submit();
     }
+    return used;
+  }
+
+  /** Resolves once the buffer to fill next is free. @throws a write's failure. */
+  async free(): Promise<void> {
+    await this.wait(this.index);
   }
 
   /** Writes what is buffered and waits for every write. */
   async finish(): Promise<void> {
-    if (this.fill > this.start) await this.submit();
+    if (this.fill > this.start) this.submit();
     // Oldest first, so the progress only grows.
     await this.wait(this.index);
     await this.wait(this.index ^ 1);
@@ -247,28 +380,47 @@ class DoubleBufferedWriter {
     await Promise.all(this.inFlight.map((slot) => slot?.write));
   }
 
-  private async submit(): Promise<void> {
+  /** True when buffer `index` may be filled: its last write, if any, has completed. */
+  private retireIfDone(index: number): boolean {
+    const slot = this.inFlight[index];
+    if (slot !== undefined) {
+      if (!slot.settled) return false;
+      this.inFlight[index] = undefined;
+      if (this.failure === undefined) this.done = Math.max(this.done, slot.end - this.offset);
+    }
+    if (this.failure !== undefined) throw this.failure;
+    return true;
+  }
+
+  private submit(): void {
     const buf = this.buffers[this.index as 0 | 1];
     const data = buf.subarray(this.start, this.fill);
-    const write = this.backend.write(data, this.position).catch((error: unknown) => {
-      this.failure ??= error;
-    });
-    this.position += data.length;
-    this.inFlight[this.index] = { write, end: this.position };
+    const end = this.position + data.length;
+    const slot: WriteInFlight = { write: Promise.resolve(), end, settled: false };
+    slot.write = this.backend.write(data, this.position).then(
+      () => {
+        slot.settled = true;
+      },
+      (error: unknown) => {
+        this.failure ??= error;
+        slot.settled = true;
+      },
+    );
+    this.position = end;
+    this.inFlight[this.index] = slot;
     this.index ^= 1;
     this.fill = 0;
     this.start = 0;
-    // Reuse the other buffer only once its write is done: this is where the upload waits.
-    await this.wait(this.index);
   }
 
   private async wait(index: number): Promise<void> {
     const slot = this.inFlight[index];
-    this.inFlight[index] = undefined;
     if (slot !== undefined) {
       await slot.write;
+      // Two waiters may wait for one write (an upload finishing while it waited for a buffer).
+      if (this.inFlight[index] === slot) this.inFlight[index] = undefined;
       if (this.failure === undefined) {
-        this.done = slot.end - this.offset;
+        this.done = Math.max(this.done, slot.end - this.offset);
         this.onProgress?.(this.done);
       }
     }

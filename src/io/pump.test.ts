@@ -1,0 +1,67 @@
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { PassThrough, Writable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { pump } from "./pump.js";
+
+/**
+ * A sink that takes one chunk per event-loop turn, with a 16 KiB highWaterMark as sockets
+ * have; it records the bytes and the most it ever held.
+ */
+function slowSink() {
+  const received: Buffer[] = [];
+  let most = 0;
+  const sink = new Writable({
+    highWaterMark: 16 * 1024,
+    write(chunk: Buffer, _encoding, callback) {
+      most = Math.max(most, sink.writableLength);
+      received.push(Buffer.from(chunk));
+      setImmediate(callback);
+    },
+  });
+  return { sink, bytes: () => Buffer.concat(received), most: () => most };
+}
+
+/** A source holding `body` in 64 KiB chunks (as a unix socket delivers), counting its pauses. */
+function countingSource(body: Buffer) {
+  const source = new PassThrough({ highWaterMark: body.length });
+  let pauses = 0;
+  const pause = source.pause.bind(source);
+  source.pause = () => {
+    pauses++;
+    return pause();
+  };
+  for (let at = 0; at < body.length; at += 65_536) source.write(body.subarray(at, at + 65_536));
+  source.end();
+  return { source, pauses: () => pauses };
+}
+
+async function relay(body: Buffer, highWaterMark: number | undefined) {
+  const { sink, bytes, most } = slowSink();
+  const { source, pauses } = countingSource(body);
+  const result = await pump(source, sink, highWaterMark === undefined ? {} : { highWaterMark });
+  sink.end();
+  await once(sink, "finish");
+  return { result, bytes: bytes(), most: most(), pauses: pauses() };
+}
+
+describe("pump", () => {
+  it("14: with a 1 MiB highWaterMark the relay pauses about once per MiB instead of per 64 KiB chunk, every byte moved", async () => {
+    const body = randomBytes(4 * 1024 * 1024);
+    const plain = await relay(body, undefined);
+    const roomy = await relay(body, 1024 * 1024);
+    for (const run of [plain, roomy]) {
+      expect(run.result).toEqual({ bytes: body.length, overflow: false });
+      expect(run.bytes.equals(body)).toBe(true);
+    }
+    // 64 chunks, each more than the sink's 16 KiB: the plain relay pauses after every one.
+    expect(plain.pauses).toBeGreaterThanOrEqual(60);
+    expect(roomy.pauses).toBeLessThanOrEqual(8);
+  });
+
+  it("14: the sink never holds more than the highWaterMark and one chunk", async () => {
+    const run = await relay(randomBytes(4 * 1024 * 1024), 1024 * 1024);
+    expect(run.most).toBeGreaterThan(512 * 1024);
+    expect(run.most).toBeLessThanOrEqual(1024 * 1024 + 65_536);
+  });
+});

@@ -6,22 +6,13 @@
 import { MiB } from "../units.js";
 import { allocAligned } from "./native.js";
 
+export { isZero } from "./zeros.js";
+
 /** Default I/O buffer size (spec: backend buffer_size, 8 MiB). */
 export const DEFAULT_BUFFER_SIZE = 8 * MiB;
 
 /** Alignment of every buffer we allocate: enough for 4096-byte sector devices. */
 export const BUFFER_ALIGNMENT = 4096;
-
-const ZERO_CHUNK = Buffer.alloc(64 * 1024);
-
-/** True when every byte of `buf` is zero (memcmp against a zero page, 64 KiB at a time). */
-export function isZero(buf: Buffer): boolean {
-  for (let offset = 0; offset < buf.length; offset += ZERO_CHUNK.length) {
-    const chunk = buf.subarray(offset, offset + ZERO_CHUNK.length);
-    if (!chunk.equals(ZERO_CHUNK.subarray(0, chunk.length))) return false;
-  }
-  return true;
-}
 
 let sharedZeroes: Buffer | undefined;
 

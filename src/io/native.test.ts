@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process";
+import { closeSync } from "node:fs";
 import { open, truncate, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
@@ -6,6 +8,7 @@ import {
   allocAligned,
   blockDeviceSize,
   bufferAddress,
+  connectUnixStream,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   fallocate,
@@ -83,6 +86,46 @@ describe("native", () => {
       expect((await handle.stat()).size).toBe(4 * MiB);
     } finally {
       await handle.close();
+    }
+  });
+
+  it("9.8: connectUnixStream never blocks: a listener whose backlog is full answers EAGAIN at once", async (test) => {
+    const name = `imageio-test-${process.pid}-${Date.now()}`;
+    // A listener that never accepts, with the smallest backlog: Node's servers always accept.
+    const listener = spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0'+sys.argv[1])\ns.listen(0)\nprint('ready',flush=True)\nsys.stdin.read()",
+        name,
+      ],
+      { stdio: ["pipe", "pipe", "inherit"] },
+    );
+    const started = await new Promise<boolean>((resolve) => {
+      listener.once("error", () => resolve(false));
+      listener.stdout.once("data", () => resolve(true));
+      listener.once("exit", () => resolve(false));
+    });
+    if (!started) {
+      console.log("skipping: python3 is needed for a listener that never accepts");
+      return test.skip();
+    }
+    const connected: number[] = [];
+    try {
+      let refusal: unknown;
+      for (let attempt = 0; attempt < 16 && refusal === undefined; attempt++) {
+        try {
+          connected.push(connectUnixStream(`@${name}`));
+        } catch (error) {
+          refusal = error;
+        }
+      }
+      expect(refusal).toMatchObject({ code: "EAGAIN", syscall: "connect" });
+      expect(String(refusal)).toContain(`@${name}`);
+      expect(connected.length).toBeGreaterThanOrEqual(1);
+    } finally {
+      for (const fd of connected) closeSync(fd);
+      listener.stdin.end();
     }
   });
 

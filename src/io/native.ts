@@ -46,6 +46,8 @@ const BLKDISCARD = 0x1277; // _IO(0x12, 119): uint64_t range[2]
 const BLKZEROOUT = 0x127f; // _IO(0x12, 127): uint64_t range[2]
 
 const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
+// 11 has two names; Node's own errors say EAGAIN.
+errnoNames.set(osConstants.errno.EAGAIN, "EAGAIN");
 
 /** A failed system call, shaped like the errors Node's fs throws. */
 export interface SystemError extends Error {

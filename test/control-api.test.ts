@@ -287,7 +287,19 @@ describe("control API with a fake clock", () => {
       req.end();
     });
     stalled.pause();
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Stalled: the operation is active and its socket full, so transferred stops growing.
+    let transferred = -1;
+    await expect
+      .poll(
+        async () => {
+          const status = await ticketStatus(inProcess, t.uuid);
+          const stalledNow = status.active === true && status.transferred === transferred;
+          transferred = status.transferred as number;
+          return stalledNow;
+        },
+        { timeout: 10_000, interval: 50 },
+      )
+      .toBe(true);
     expect((await ticketStatus(inProcess, t.uuid)).active).toBe(true);
     const first = await request(inProcess, { service: "control", method: "DELETE", path: `/tickets/${t.uuid}` });
     expect(first.status).toBe(409);

@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addTicket, request, startDaemon, startInProcess, writeTestConfig } from "./helpers/daemon.js";
+import { addTicket, request, startDaemon, startInProcess, ticketStatus, writeTestConfig } from "./helpers/daemon.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -94,7 +94,8 @@ describe("daemon process", () => {
     const id = randomUUID();
     await addTicket(daemon, { uuid: id, size: 64 * MiB, url: `file://${image}`, timeout: 300, ops: ["read"] });
     const download = request(daemon, { path: `/images/${id}` });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // SIGTERM once the download is running.
+    await expect.poll(async () => (await ticketStatus(daemon, id)).active, { timeout: 10_000 }).toBe(true);
     const controlSocket = daemon.controlSocket;
     const stopped = daemon.stop("SIGTERM");
     const response = await download;

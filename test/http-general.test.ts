@@ -5,7 +5,7 @@ import { writeFile } from "node:fs/promises";
 import tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VERSION } from "../src/version.js";
-import { addTicket, type DaemonProcess, rawRequest, request, startDaemon } from "./helpers/daemon.js";
+import { addTicket, completeResponse, type DaemonProcess, rawRequest, request, startDaemon } from "./helpers/daemon.js";
 
 const MiB = 1024 * 1024;
 let daemon: DaemonProcess;
@@ -42,7 +42,7 @@ describe("routing and methods", () => {
   });
 
   it("61: unknown methods are 405 Invalid method; undefined ones are 405 naming the path", async () => {
-    const foo = await rawRequest(daemon, "FOO /images/T HTTP/1.1\r\nHost: x\r\n\r\n");
+    const foo = await rawRequest(daemon, "FOO /images/T HTTP/1.1\r\nHost: x\r\n\r\n", { until: completeResponse });
     expect(foo.text).toMatch(/^HTTP\/1.1 405 /);
     expect(foo.text.endsWith("Invalid method 'FOO'\n")).toBe(true);
     for (const method of ["DELETE", "POST"]) {

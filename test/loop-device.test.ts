@@ -143,9 +143,12 @@ describe.skipIf(unsupported !== null)("block-device ioctls", () => {
     const device = await makeDevice(initial, 512);
     const handle = await open(device.path, fsConstants.O_RDWR | fsConstants.O_DIRECT);
     try {
-      blockDeviceZeroOut(handle.fd, 0, 512 * 1024);
-      blockDeviceDiscard(handle.fd, MiB, 512 * 1024);
-      expect(() => blockDeviceZeroOut(handle.fd, 3, 512)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+      await blockDeviceZeroOut(handle.fd, 0, 512 * 1024);
+      await blockDeviceDiscard(handle.fd, MiB, 512 * 1024);
+      await expect(blockDeviceZeroOut(handle.fd, 3, 512)).rejects.toMatchObject({
+        code: "EINVAL",
+        syscall: "ioctl(BLKZEROOUT)",
+      });
       const buf = allocAligned(2 * MiB);
       expect((await handle.read(buf, 0, 2 * MiB, 0)).bytesRead).toBe(2 * MiB);
       expect(buf.subarray(0, 512 * 1024).every((b) => b === 0)).toBe(true);

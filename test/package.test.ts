@@ -10,6 +10,8 @@ import { chmod, mkdir, open, readFile, stat, truncate, writeFile } from "node:fs
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { blkhash } from "../src/io/blkhash.js";
+import { MemoryBackend } from "../src/io/memory.js";
 import { MiB } from "../src/units.js";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type Endpoints, request, writeTestConfig } from "./helpers/daemon.js";
@@ -124,7 +126,7 @@ describe("the single executable", () => {
     }
   });
 
-  it("runs the daemon: an upload and a download round trip over HTTPS with O_DIRECT", async () => {
+  it("9.8, 9.9: runs the daemon: an upload, a zero, a download and a checksum over HTTPS with O_DIRECT, its worker threads embedded", async () => {
     const daemonTmp = await makeTempDir("imageio-package-daemon-");
     // direct = always: the daemon must open the image with O_DIRECT or fail the request.
     const confDir = await writeTestConfig(daemonTmp, { backend_file: { direct: "always" } });
@@ -161,6 +163,18 @@ describe("the single executable", () => {
       expect(get.status).toBe(200);
       expect(sha256(get.body)).toBe(sha256(data));
       expect(sha256(await readFile(image))).toBe(sha256(data));
+      // Zeroing and hashing run on worker threads, whose scripts the executable carries.
+      const zero = await request(daemon, {
+        method: "PATCH",
+        path: `/images/${id}`,
+        body: JSON.stringify({ op: "zero", offset: MiB, size: 2 * MiB, flush: true }),
+      });
+      expect(zero.status, zero.text).toBe(200);
+      data.fill(0, MiB, 3 * MiB);
+      expect(sha256(await readFile(image))).toBe(sha256(data));
+      const checksum = await request(daemon, { path: `/images/${id}/checksum?block_size=${MiB}` });
+      expect(checksum.status, checksum.text).toBe(200);
+      expect(JSON.parse(checksum.text)).toEqual(await blkhash(MemoryBackend.create({ data }), { blockSize: MiB }));
       child.kill("SIGTERM");
       expect(await exitCode(child)).toBe(0);
     } finally {

@@ -64,8 +64,6 @@ function drain(res: IncomingMessage): Promise<number> {
   });
 }
 
-const settle = () => new Promise((resolve) => setTimeout(resolve, 150));
-
 describe("ticket status", () => {
   it("12: a ticket with timeout 1 is expired 2 s later: 403 Transfer=<tid> expired", async () => {
     const id = await newTicket({ timeout: 1, transfer_id: "tx-12" });
@@ -89,16 +87,19 @@ describe("ticket status", () => {
   it("57/58: during a long GET the ticket is active with one connection and growing transferred; then idle", async () => {
     const id = await newTicket();
     const res = await startDownload(id);
-    await settle();
+    await expect
+      .poll(async () => ((await ticketStatus(daemon, id)).transferred as number) > 0, { timeout: 10_000 })
+      .toBe(true);
     const during = await ticketStatus(daemon, id);
     expect(during).toMatchObject({ active: true, idle_time: 0, connections: 1 });
     expect(during.transferred as number).toBeGreaterThan(0);
     expect(during.transferred as number).toBeLessThan(GiB);
     const received = await drain(res);
     expect(received).toBe(GiB);
-    await settle();
-    const after = await ticketStatus(daemon, id);
-    expect(after).toMatchObject({ active: false, transferred: GiB, connections: 0 });
+    // The connection's end reaches the daemon after the last byte reached us.
+    await expect
+      .poll(() => ticketStatus(daemon, id), { timeout: 10_000 })
+      .toMatchObject({ active: false, transferred: GiB, connections: 0 });
   });
 
   it("59: an operation running when the ticket expires completes, and then extends the ticket", async () => {
@@ -106,7 +107,8 @@ describe("ticket status", () => {
     const res = await startDownload(id);
     clock.advance(30);
     expect(await drain(res)).toBe(GiB);
-    await settle();
+    // The operation ends (and extends the ticket) once the daemon has seen it finish.
+    await expect.poll(() => ticketStatus(daemon, id), { timeout: 10_000 }).toMatchObject({ active: false });
     const status = await ticketStatus(daemon, id);
     expect(status.expires).toBe(Math.floor(clock.now()) + 10);
     expect((await request(daemon, { path: `/images/${id}`, headers: { range: "bytes=0-0" } })).status).toBe(206);

@@ -45,6 +45,11 @@ const require = createRequire(join(root, "package.json"));
 const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 /** Must match KOFFI_ASSET in src/io/koffi-loader.ts. */
 const KOFFI_ASSET = "koffi.node";
+/**
+ * Must match WORKER_SCRIPTS in src/io/worker-pool.ts: each worker is bundled on its own and
+ * embedded as the asset "NAME.js", which the executable runs with `new Worker(code, { eval })`.
+ */
+const WORKER_SCRIPTS = ["native-worker", "hash-worker"];
 
 const { values } = parseArgs({
   options: { out: { type: "string", default: join(root, "dist/imageio") }, reproducible: { type: "boolean" } },
@@ -63,7 +68,13 @@ copyFileSync(addonSource, addon);
 
 const bundle = join(work, "imageio.cjs");
 const bundled = await bundleCli(bundle);
-writeFileSync(join(work, "THIRD-PARTY-LICENSES"), thirdPartyLicenses(bundled));
+const workerAssets = {};
+for (const script of WORKER_SCRIPTS) {
+  const file = `${script}.js`;
+  for (const dir of await bundleScript(join(root, `src/io/${script}.ts`), join(work, file))) bundled.push(dir);
+  workerAssets[file] = file;
+}
+writeFileSync(join(work, "THIRD-PARTY-LICENSES"), thirdPartyLicenses([...new Set(bundled)].sort()));
 
 const blob = join(work, "imageio.blob");
 const seaConfig = join(work, "sea-config.json");
@@ -83,7 +94,7 @@ writeFileSync(
       // on the inspector (--inspect-brk would pause before our code could close it), preload
       // code or change the runtime under the daemon.
       execArgvExtension: "none",
-      assets: { [KOFFI_ASSET]: KOFFI_ASSET },
+      assets: { [KOFFI_ASSET]: KOFFI_ASSET, ...workerAssets },
     },
     null,
     2,
@@ -154,9 +165,17 @@ function koffiAddon() {
 }
 
 /** Bundles the CLI into `outfile`; returns the package directories that went into it. */
-async function bundleCli(outfile) {
+function bundleCli(outfile) {
+  return bundleScript(join(root, "scripts/package/sea-main.ts"), outfile);
+}
+
+/**
+ * Bundles `entry` (the CLI, or a worker thread's script) into one CommonJS file; returns the
+ * package directories that went into it.
+ */
+async function bundleScript(entry, outfile) {
   const result = await build({
-    entryPoints: [join(root, "scripts/package/sea-main.ts")],
+    entryPoints: [entry],
     outfile,
     bundle: true,
     platform: "node",

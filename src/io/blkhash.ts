@@ -3,79 +3,23 @@
  * concatenated block digests with H. Zero blocks are known from extents and use a
  * precomputed digest without reading, so sparse images hash at the speed of their data.
  */
-import { createHash, getHashes } from "node:crypto";
-import { createBLAKE2b } from "hash-wasm";
+import { availableParallelism } from "node:os";
 import { CancelledError, InvalidArgumentError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
 import type { Backend, ChecksumResult } from "./backend.js";
-import { BUFFER_ALIGNMENT, isZero, zeroBuffer } from "./buffers.js";
+import { BUFFER_ALIGNMENT } from "./buffers.js";
+import type { HashResult, HashTask } from "./hash-worker.js";
+import { checksumAlgorithms, factories, type Hasher } from "./hashers.js";
 import { allocAligned } from "./native.js";
+import { WorkerPool } from "./worker-pool.js";
+
+export { checksumAlgorithms };
 
 /** Spec defaults and limits for `block_size`. */
 export const DEFAULT_CHECKSUM_BLOCK_SIZE = 4 * MiB;
 export const MIN_CHECKSUM_BLOCK_SIZE = MiB;
 export const MAX_CHECKSUM_BLOCK_SIZE = 16 * MiB;
 export const DEFAULT_CHECKSUM_ALGORITHM = "blake2b";
-
-/** A resettable incremental hash. */
-interface Hasher {
-  update(data: Uint8Array): void;
-  digest(): Buffer;
-  reset(): void;
-}
-
-type HasherFactory = () => Promise<Hasher>;
-
-/** Python hashlib names (what clients send) → Node's names, for Node's own algorithms. */
-const nodeNames: Record<string, string> = {
-  blake2s: "blake2s256",
-  md5: "md5",
-  sha1: "sha1",
-  sha224: "sha224",
-  sha256: "sha256",
-  sha384: "sha384",
-  sha512: "sha512",
-  sha512_224: "sha512-224",
-  sha512_256: "sha512-256",
-  sha3_224: "sha3-224",
-  sha3_256: "sha3-256",
-  sha3_384: "sha3-384",
-  sha3_512: "sha3-512",
-};
-
-function nodeHasher(name: string): HasherFactory {
-  return async () => {
-    let hash = createHash(name);
-    return {
-      update: (data) => hash.update(data),
-      digest: () => hash.digest(),
-      reset: () => {
-        hash = createHash(name);
-      },
-    };
-  };
-}
-
-/** BLAKE2b with a 32-byte digest: its own function, not truncated BLAKE2b-512, so not in Node. */
-const blake2b256: HasherFactory = async () => {
-  const hash = await createBLAKE2b(256);
-  return {
-    update: (data) => hash.update(data),
-    digest: () => Buffer.from(hash.digest("binary")),
-    reset: () => hash.init(),
-  };
-};
-
-const available = new Set(getHashes());
-const factories = new Map<string, HasherFactory>([
-  ["blake2b", blake2b256],
-  ...Object.entries(nodeNames)
-    .filter(([, nodeName]) => available.has(nodeName))
-    .map(([name, nodeName]): [string, HasherFactory] => [name, nodeHasher(nodeName)]),
-]);
-
-/** Every algorithm blkhash computes, sorted, in Python hashlib spelling. */
-export const checksumAlgorithms: readonly string[] = [...factories.keys()].sort();
 
 export interface BlkhashOptions {
   algorithm?: string;
@@ -110,7 +54,34 @@ interface Task {
 }
 
 /**
- * Computes the block hash of the whole image behind `backend`.
+ * Threads that hash blocks, shared by every checksum in this process: a 100 GiB checksum
+ * costs the event loop nothing but the reads' completions. At most two, so checksums leave
+ * cores to the transfers; more checksums at once queue for them.
+ */
+const hashThreads = new WorkerPool<HashTask, HashResult>("hash-worker", Math.min(2, availableParallelism()));
+
+/** Blocks of one checksum in flight: one hashing on each thread, and the next one being read. */
+const BLOCKS_IN_FLIGHT = hashThreads.maxWorkers + 1;
+
+/**
+ * Hashes `block` (the first bytes of `buf`) on a hash thread. `buf`'s memory is moved there
+ * and back without a copy; it is unusable until this resolves with the buffer to reuse.
+ */
+async function hashOnThread(algorithm: string, buf: Buffer, length: number): Promise<{ digest: Buffer; buf: Buffer }> {
+  // Read before the move: a moved buffer's views read as empty.
+  const { byteOffset, length: capacity } = buf;
+  const memory = buf.buffer as ArrayBuffer;
+  const task: HashTask = { op: "block", algorithm, buffer: memory, offset: byteOffset, length };
+  const result = await hashThreads.run(task, [memory]);
+  return {
+    digest: Buffer.from(result.digest.buffer, result.digest.byteOffset, result.digest.length),
+    buf: Buffer.from(result.buffer as ArrayBuffer, byteOffset, capacity),
+  };
+}
+
+/**
+ * Computes the block hash of the whole image behind `backend`, hashing blocks on worker
+ * threads while the next ones are read.
  * @throws InvalidArgumentError for an unknown algorithm or bad block size; CancelledError
  *   when `signal` aborts; the backend's errors.
  */
@@ -118,45 +89,59 @@ export async function blkhash(backend: Backend, options: BlkhashOptions = {}): P
   const algorithm = options.algorithm ?? DEFAULT_CHECKSUM_ALGORITHM;
   const blockSize = options.blockSize ?? DEFAULT_CHECKSUM_BLOCK_SIZE;
   validateChecksumParams(algorithm, blockSize);
-  const factory = factories.get(algorithm) as HasherFactory;
-  const [blockHasher, outer] = await Promise.all([factory(), factory()]);
-  const zeroDigests = new ZeroDigests(blockHasher, blockSize);
+  const outer = await (factories.get(algorithm) as () => Promise<Hasher>)();
+  const zeroDigests = new ZeroDigests(algorithm);
   const outerInput = new DigestBatch(outer);
   const size = await backend.size();
 
-  // Two buffers: the next data block is read while the current one is hashed.
-  const free = [allocAligned(blockSize, BUFFER_ALIGNMENT), allocAligned(blockSize, BUFFER_ALIGNMENT)];
-  const queue: { task: Task; buf?: Buffer; read?: Promise<void> }[] = [];
+  const free = Array.from({ length: BLOCKS_IN_FLIGHT }, () => allocAligned(blockSize, BUFFER_ALIGNMENT));
+  // In image order: runs of zero blocks (no digest promise) and data blocks being read and hashed.
+  const queue: { task: Task; digest?: Promise<Buffer> }[] = [];
   let hashed = 0;
 
+  const checkCancelled = (): void => {
+    if (options.signal?.aborted) throw new CancelledError(`Checksum cancelled after ${hashed} of ${size} bytes`);
+  };
   const consume = async (): Promise<void> => {
+    checkCancelled();
     const item = queue.shift() as (typeof queue)[number];
     const { start, end } = item.task;
-    if (item.buf === undefined || item.read === undefined) {
-      outerInput.addZeroRun(zeroDigests, end - start);
+    if (item.digest === undefined) {
+      const whole = Math.floor((end - start) / blockSize);
+      if (whole > 0) outerInput.addRepeated(await zeroDigests.digest(blockSize), whole);
+      const rest = end - start - whole * blockSize;
+      if (rest > 0) outerInput.add(await zeroDigests.digest(rest));
     } else {
-      await item.read;
-      const block = item.buf.subarray(0, end - start);
-      outerInput.add(isZero(block) ? zeroDigests.digest(block.length) : hashBlock(blockHasher, block));
-      free.push(item.buf);
+      outerInput.add(await item.digest);
     }
     hashed = end;
     options.onProgress?.(hashed);
   };
 
   for await (const task of planBlocks(backend, size, blockSize)) {
-    if (options.signal?.aborted) throw new CancelledError(`Checksum cancelled after ${hashed} of ${size} bytes`);
+    checkCancelled();
     if (task.zero) {
       queue.push({ task });
     } else {
       while (free.length === 0) await consume();
       const buf = free.pop() as Buffer;
-      const read = readExact(backend, buf.subarray(0, task.end - task.start), task.start);
-      read.catch(() => undefined); // awaited in consume(); avoid an unhandled rejection meanwhile
-      queue.push({ task, buf, read });
+      const length = task.end - task.start;
+      const digest = readExact(backend, buf.subarray(0, length), task.start).then(
+        async () => {
+          const hashedBlock = await hashOnThread(algorithm, buf, length);
+          free.push(hashedBlock.buf);
+          return hashedBlock.digest;
+        },
+        (error: unknown) => {
+          free.push(buf);
+          throw error;
+        },
+      );
+      digest.catch(() => undefined); // awaited in consume(); avoid an unhandled rejection meanwhile
+      queue.push({ task, digest });
     }
-    // Zero runs at the head are cheap: settle them now, keep data reads in flight.
-    while (queue[0] !== undefined && queue[0].read === undefined) await consume();
+    // Zero runs at the head are cheap: settle them now, keep data blocks in flight.
+    while (queue[0] !== undefined && queue[0].digest === undefined) await consume();
   }
   while (queue.length > 0) await consume();
 
@@ -217,30 +202,18 @@ async function readExact(backend: Backend, buf: Buffer, offset: number): Promise
   }
 }
 
-function hashBlock(hasher: Hasher, data: Uint8Array): Buffer {
-  hasher.reset();
-  hasher.update(data);
-  return hasher.digest();
-}
-
-/** H(zeros(n)), computed once per length: the full block and at most one short last block. */
+/** H(zeros(n)), computed once per checksum and length, on a hash thread. */
 class ZeroDigests {
-  private readonly cache = new Map<number, Buffer>();
+  private readonly cache = new Map<number, Promise<Buffer>>();
 
-  constructor(
-    private readonly hasher: Hasher,
-    readonly blockSize: number,
-  ) {}
+  constructor(private readonly algorithm: string) {}
 
-  digest(length: number): Buffer {
+  digest(length: number): Promise<Buffer> {
     let digest = this.cache.get(length);
     if (digest === undefined) {
-      const zeros = zeroBuffer();
-      this.hasher.reset();
-      for (let done = 0; done < length; done += zeros.length) {
-        this.hasher.update(zeros.subarray(0, Math.min(zeros.length, length - done)));
-      }
-      digest = this.hasher.digest();
+      digest = hashThreads
+        .run({ op: "zeros", algorithm: this.algorithm, length })
+        .then((result) => Buffer.from(result.digest.buffer, result.digest.byteOffset, result.digest.length));
       this.cache.set(length, digest);
     }
     return digest;
@@ -262,15 +235,9 @@ class DigestBatch {
     this.used += digest.length;
   }
 
-  /** Adds the digests of a run of zero blocks: whole blocks, then a short last one. */
-  addZeroRun(zeroDigests: ZeroDigests, length: number): void {
-    const whole = Math.floor(length / zeroDigests.blockSize);
-    if (whole > 0) {
-      const digest = zeroDigests.digest(zeroDigests.blockSize);
-      for (let i = 0; i < whole; i++) this.add(digest);
-    }
-    const rest = length - whole * zeroDigests.blockSize;
-    if (rest > 0) this.add(zeroDigests.digest(rest));
+  /** Adds `digest` `count` times: a run of equal blocks. */
+  addRepeated(digest: Buffer, count: number): void {
+    for (let i = 0; i < count; i++) this.add(digest);
   }
 
   finish(): Buffer {

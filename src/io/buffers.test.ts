@@ -51,4 +51,30 @@ describe("BufferPool", () => {
     expect(isAligned(next.buffer, 4096)).toBe(true);
     next.release();
   });
+
+  it("9.10: gives the pages of buffers idle for a while back to the kernel, never those of leased ones", async () => {
+    const pool = new BufferPool(4, 4, 20);
+    const idle = await pool.lease(64 * 1024);
+    idle.buffer.fill(0x5a);
+    const idleBuffer = idle.buffer;
+    idle.release();
+    const busy = await pool.lease(128 * 1024);
+    busy.buffer.fill(0x6b);
+    busy.release();
+    // Leased again at once: in use, so its memory must stay.
+    const again = await pool.lease(128 * 1024);
+    expect(again.buffer).toBe(busy.buffer);
+    const deadline = Date.now() + 5_000;
+    while (pool.residentIdle > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(pool.residentIdle).toBe(0);
+    // MADV_DONTNEED: the idle buffer's pages are gone and read as zeros; it is still usable.
+    expect(isZero(idleBuffer)).toBe(true);
+    expect(again.buffer.every((byte) => byte === 0x6b)).toBe(true);
+    const reused = await pool.lease(64 * 1024);
+    expect(reused.buffer).toBe(idleBuffer);
+    reused.buffer.fill(1);
+    expect(reused.buffer.every((byte) => byte === 1)).toBe(true);
+    reused.release();
+    again.release();
+  });
 });

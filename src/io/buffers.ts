@@ -4,24 +4,15 @@
  * connections and workers, never by image size.
  */
 import { MiB } from "../units.js";
-import { allocAligned } from "./native.js";
+import { allocAligned, releasePages } from "./native.js";
+
+export { isZero } from "./zeros.js";
 
 /** Default I/O buffer size (spec: backend buffer_size, 8 MiB). */
 export const DEFAULT_BUFFER_SIZE = 8 * MiB;
 
 /** Alignment of every buffer we allocate: enough for 4096-byte sector devices. */
 export const BUFFER_ALIGNMENT = 4096;
-
-const ZERO_CHUNK = Buffer.alloc(64 * 1024);
-
-/** True when every byte of `buf` is zero (memcmp against a zero page, 64 KiB at a time). */
-export function isZero(buf: Buffer): boolean {
-  for (let offset = 0; offset < buf.length; offset += ZERO_CHUNK.length) {
-    const chunk = buf.subarray(offset, offset + ZERO_CHUNK.length);
-    if (!chunk.equals(ZERO_CHUNK.subarray(0, chunk.length))) return false;
-  }
-  return true;
-}
 
 let sharedZeroes: Buffer | undefined;
 
@@ -40,21 +31,32 @@ export interface BufferLease {
   release(): void;
 }
 
+interface IdleBuffer {
+  buffer: Buffer;
+  /** Seen idle by a sweep: the next sweep gives its pages back. */
+  seen: boolean;
+  /** Its pages were given back; they return as zeros on first use. */
+  released: boolean;
+}
+
 /**
  * The I/O buffers of a whole daemon: at most `maxBuffers` are lent at once, so memory stays
  * bounded however many connections are mid-request; a request beyond that waits for one.
- * Released buffers are kept for reuse (up to `keepIdle` per size, all by default) rather than
- * dropped: V8 frees a dropped buffer only at its next full collection, which an idle daemon
- * may not run for a long time, so reuse is what keeps the resident memory at the bound.
+ * Released buffers are kept for reuse (up to `keepIdle` per size, all by default): V8 frees a
+ * dropped buffer only at its next full collection, which an idle daemon may not run for a long
+ * time. A buffer left idle for between `idleMs` and twice that has its pages given back to the
+ * kernel (releasePages), so the daemon's resident memory falls back once a burst is over.
  */
 export class BufferPool {
   private leased = 0;
-  private readonly idle = new Map<number, Buffer[]>();
+  private readonly idle = new Map<number, IdleBuffer[]>();
   private readonly waiting: (() => void)[] = [];
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(
     readonly maxBuffers: number,
     private readonly keepIdle = maxBuffers,
+    private readonly idleMs = 2_000,
   ) {
     if (!Number.isSafeInteger(maxBuffers) || maxBuffers < 1)
       throw new RangeError(`Invalid buffer limit: ${maxBuffers}`);
@@ -63,6 +65,13 @@ export class BufferPool {
   /** Buffers lent out now. */
   get inUse(): number {
     return this.leased;
+  }
+
+  /** Idle buffers whose memory is still resident. */
+  get residentIdle(): number {
+    let count = 0;
+    for (const kept of this.idle.values()) count += kept.filter((entry) => !entry.released).length;
+    return count;
   }
 
   /**
@@ -87,7 +96,7 @@ export class BufferPool {
       });
     }
     this.leased++;
-    const buffer = this.idle.get(size)?.pop() ?? allocAligned(size, BUFFER_ALIGNMENT);
+    const buffer = this.idle.get(size)?.pop()?.buffer ?? allocAligned(size, BUFFER_ALIGNMENT);
     let released = false;
     return {
       buffer,
@@ -97,11 +106,49 @@ export class BufferPool {
         this.leased--;
         const kept = this.idle.get(size) ?? [];
         if (kept.length < this.keepIdle) {
-          kept.push(buffer);
+          kept.push({ buffer, seen: false, released: false });
           this.idle.set(size, kept);
+          this.scheduleSweep();
         }
         this.waiting.shift()?.();
       },
     };
+  }
+
+  private scheduleSweep(): void {
+    if (this.sweeper !== undefined) return;
+    this.sweeper = setTimeout(() => {
+      this.sweeper = undefined;
+      this.sweep();
+    }, this.idleMs);
+    this.sweeper.unref();
+  }
+
+  /** Gives back the pages of buffers idle since the last sweep, one per turn of the event loop. */
+  private sweep(): void {
+    const due: IdleBuffer[] = [];
+    let pending = false;
+    for (const kept of this.idle.values()) {
+      for (const entry of kept) {
+        if (entry.released) continue;
+        if (entry.seen) due.push(entry);
+        else {
+          entry.seen = true;
+          pending = true;
+        }
+      }
+    }
+    const releaseNext = (): void => {
+      const entry = due.shift();
+      if (entry === undefined) return;
+      // Leased again meanwhile: it is in use, its pages stay.
+      if ([...this.idle.values()].some((kept) => kept.includes(entry))) {
+        releasePages(entry.buffer);
+        entry.released = true;
+      }
+      setImmediate(releaseNext).unref();
+    };
+    releaseNext();
+    if (pending) this.scheduleSweep();
   }
 }

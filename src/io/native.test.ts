@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process";
+import { closeSync } from "node:fs";
 import { open, truncate, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
@@ -6,12 +8,12 @@ import {
   allocAligned,
   blockDeviceSize,
   bufferAddress,
+  connectUnixStream,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   fallocate,
   isAligned,
-  seekData,
-  seekHole,
+  sparseMap,
 } from "./native.js";
 
 let tmp: TempDir;
@@ -46,10 +48,10 @@ describe("native", () => {
     expect(() => allocAligned(0)).toThrow(RangeError);
   });
 
-  it("turns a failed call into a Node-style error with code, errno and syscall", () => {
+  it("turns a failed call into a Node-style error with code, errno and syscall", async () => {
     let error: unknown;
     try {
-      fallocate(-1, 0, 0, 4096);
+      await fallocate(-1, 0, 0, 4096);
     } catch (caught) {
       error = caught;
     }
@@ -57,7 +59,7 @@ describe("native", () => {
     expect(String(error)).toContain("EBADF: bad file descriptor, fallocate");
   });
 
-  it("finds data and holes with SEEK_DATA and SEEK_HOLE", async () => {
+  it("9.8: finds data and holes with SEEK_DATA and SEEK_HOLE on a worker thread, in bounded runs", async () => {
     const path = tmp.file("sparse.raw");
     await writeFile(path, "");
     await truncate(path, 4 * MiB);
@@ -65,14 +67,65 @@ describe("native", () => {
     try {
       await handle.write(Buffer.alloc(MiB, 1), 0, MiB, 2 * MiB);
       await handle.sync();
-      expect(seekData(handle.fd, 0)).toBe(2 * MiB);
-      expect(seekHole(handle.fd, 2 * MiB)).toBe(3 * MiB);
-      expect(seekData(handle.fd, 3 * MiB)).toBeNull();
-      fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MiB, MiB);
-      expect(seekData(handle.fd, 0)).toBeNull();
+      expect(await sparseMap(handle.fd, 0, 4 * MiB, 100)).toEqual({
+        extents: [
+          { start: 0, length: 2 * MiB, data: false },
+          { start: 2 * MiB, length: MiB, data: true },
+          { start: 3 * MiB, length: MiB, data: false },
+        ],
+        next: 4 * MiB,
+      });
+      // One run of two calls stops after the first data extent, where the next run starts.
+      expect(await sparseMap(handle.fd, 0, 4 * MiB, 2)).toMatchObject({ next: 3 * MiB });
+      await fallocate(handle.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MiB, MiB);
+      expect(await sparseMap(handle.fd, 0, 4 * MiB, 100)).toEqual({
+        extents: [{ start: 0, length: 4 * MiB, data: false }],
+        next: 4 * MiB,
+      });
+      await expect(sparseMap(-1, 0, MiB, 100)).rejects.toMatchObject({ code: "EBADF", syscall: "lseek(SEEK_DATA)" });
       expect((await handle.stat()).size).toBe(4 * MiB);
     } finally {
       await handle.close();
+    }
+  });
+
+  it("9.8: connectUnixStream never blocks: a listener whose backlog is full answers EAGAIN at once", async (test) => {
+    const name = `imageio-test-${process.pid}-${Date.now()}`;
+    // A listener that never accepts, with the smallest backlog: Node's servers always accept.
+    const listener = spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0'+sys.argv[1])\ns.listen(0)\nprint('ready',flush=True)\nsys.stdin.read()",
+        name,
+      ],
+      { stdio: ["pipe", "pipe", "inherit"] },
+    );
+    const started = await new Promise<boolean>((resolve) => {
+      listener.once("error", () => resolve(false));
+      listener.stdout.once("data", () => resolve(true));
+      listener.once("exit", () => resolve(false));
+    });
+    if (!started) {
+      console.log("skipping: python3 is needed for a listener that never accepts");
+      return test.skip();
+    }
+    const connected: number[] = [];
+    try {
+      let refusal: unknown;
+      for (let attempt = 0; attempt < 16 && refusal === undefined; attempt++) {
+        try {
+          connected.push(connectUnixStream(`@${name}`));
+        } catch (error) {
+          refusal = error;
+        }
+      }
+      expect(refusal).toMatchObject({ code: "EAGAIN", syscall: "connect" });
+      expect(String(refusal)).toContain(`@${name}`);
+      expect(connected.length).toBeGreaterThanOrEqual(1);
+    } finally {
+      for (const fd of connected) closeSync(fd);
+      listener.stdin.end();
     }
   });
 

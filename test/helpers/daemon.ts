@@ -295,7 +295,12 @@ export interface RawResult {
 export function rawRequest(
   daemon: Endpoints,
   data: string | Buffer,
-  options: { service?: "remote" | "local" | "control"; waitMs?: number } = {},
+  options: {
+    service?: "remote" | "local" | "control";
+    waitMs?: number;
+    /** Stops waiting as soon as what arrived satisfies this (e.g. completeResponse). */
+    until?: (text: string) => boolean;
+  } = {},
 ): Promise<RawResult> {
   const service = options.service ?? "remote";
   return new Promise((resolve, reject) => {
@@ -317,6 +322,11 @@ export function rawRequest(
     socket.on(service === "remote" ? "secureConnect" : "connect", () => socket.write(data));
     socket.on("data", (chunk: Buffer) => {
       text += chunk.toString("latin1");
+      if (options.until?.(text)) {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve({ text, closed });
+      }
     });
     socket.on("end", () => {
       closed = true;
@@ -331,6 +341,14 @@ export function rawRequest(
       reject(error);
     });
   });
+}
+
+/** True when `text` holds one whole HTTP response: its head and content-length bytes of body. */
+export function completeResponse(text: string): boolean {
+  const end = text.indexOf("\r\n\r\n");
+  if (end === -1) return false;
+  const length = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, end))?.[1];
+  return length !== undefined && text.length - (end + 4) >= Number(length);
 }
 
 /** Runs curl; resolves with its exit code, stdout and stderr. */

@@ -1,0 +1,212 @@
+/**
+ * Worker threads for work that must not take the event loop: the blocking system calls of
+ * native.ts (native-worker.ts) and block hashing (hash-worker.ts).
+ *
+ * A worker script has to start in three settings, each with its own way to find the code:
+ *  - dist/ (bin/imageio, benchmarks): the compiled module beside this one;
+ *  - the single executable: there are no files, so scripts/package/build-sea.mjs bundles each
+ *    worker with esbuild into the SEA asset "NAME.js", run with `eval: true`;
+ *  - the sources (vitest runs src/*.ts, which a worker cannot load): bundled the same way on
+ *    first use by esbuild, a development dependency that is installed wherever sources run.
+ */
+import { getAsset, isSea } from "node:sea";
+import { fileURLToPath } from "node:url";
+import { parentPort, type TransferListItem, Worker } from "node:worker_threads";
+
+/** The worker scripts in this directory; build-sea.mjs embeds each as the asset "NAME.js". */
+export const WORKER_SCRIPTS = ["native-worker", "hash-worker"] as const;
+export type WorkerScript = (typeof WORKER_SCRIPTS)[number];
+
+/** A failure inside a worker, carried back as its message (the stack stays in the worker). */
+export class WorkerTaskError extends Error {
+  override name = "WorkerTaskError";
+}
+
+interface Reply {
+  id: number;
+  value?: unknown;
+  error?: string;
+}
+
+interface Pending {
+  id: number;
+  message: unknown;
+  transfer: readonly TransferListItem[];
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+}
+
+interface Slot {
+  worker: Worker;
+  task: Pending | undefined;
+  idleTimer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * At most `maxWorkers` threads running one script, started on demand and ended after
+ * `idleMs` without work; tasks beyond that wait in order. Each thread runs one task at a time.
+ * Idle threads do not keep the process alive.
+ */
+export class WorkerPool<Task, Result> {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Pending[] = [];
+  private starting = 0;
+  private nextId = 1;
+
+  constructor(
+    private readonly script: WorkerScript,
+    readonly maxWorkers: number,
+    private readonly idleMs = 5_000,
+  ) {}
+
+  /** Threads alive now (for tests and diagnostics). */
+  get threads(): number {
+    return this.slots.length;
+  }
+
+  /**
+   * Runs `task` on a thread; `transfer` lists buffers moved there without a copy (they are
+   * unusable here until the result hands them back).
+   * @throws WorkerTaskError when the worker reported a failure or died.
+   */
+  run(task: Task, transfer: readonly TransferListItem[] = []): Promise<Result> {
+    return new Promise<Result>((resolve, reject) => {
+      this.queue.push({
+        id: this.nextId++,
+        message: task,
+        transfer,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
+      this.dispatch();
+    });
+  }
+
+  private dispatch(): void {
+    for (const slot of this.slots) {
+      if (this.queue.length === 0) return;
+      if (slot.task === undefined) this.assign(slot, this.queue.shift() as Pending);
+    }
+    if (this.queue.length > this.starting && this.slots.length + this.starting < this.maxWorkers) {
+      this.starting++;
+      startWorker(this.script).then(
+        (worker) => {
+          this.starting--;
+          this.adopt(worker);
+        },
+        (error: unknown) => {
+          this.starting--;
+          // Nothing can run: fail what waits rather than leave it hanging.
+          if (this.slots.length === 0 && this.starting === 0) {
+            for (const pending of this.queue.splice(0)) pending.reject(error);
+          }
+        },
+      );
+    }
+  }
+
+  private adopt(worker: Worker): void {
+    const slot: Slot = { worker, task: undefined, idleTimer: undefined };
+    this.slots.push(slot);
+    worker.on("message", (reply: Reply) => {
+      const task = slot.task;
+      if (task === undefined || reply.id !== task.id) return;
+      slot.task = undefined;
+      if (reply.error === undefined) task.resolve(reply.value);
+      else task.reject(new WorkerTaskError(reply.error));
+      this.idle(slot);
+    });
+    const lost = (why: string) => {
+      this.drop(slot);
+      slot.task?.reject(new WorkerTaskError(`${this.script} thread ${why}`));
+      slot.task = undefined;
+      this.dispatch();
+    };
+    worker.on("error", (error) => lost(`failed: ${error.message}`));
+    worker.on("exit", (code) => lost(`exited with code ${code}`));
+    this.idle(slot);
+  }
+
+  private assign(slot: Slot, task: Pending): void {
+    clearTimeout(slot.idleTimer);
+    slot.task = task;
+    slot.worker.ref();
+    slot.worker.postMessage({ id: task.id, task: task.message }, task.transfer);
+  }
+
+  private idle(slot: Slot): void {
+    const next = this.queue.shift();
+    if (next !== undefined) {
+      this.assign(slot, next);
+      return;
+    }
+    slot.worker.unref();
+    slot.idleTimer = setTimeout(() => {
+      this.drop(slot);
+      void slot.worker.terminate();
+    }, this.idleMs);
+    slot.idleTimer.unref();
+  }
+
+  private drop(slot: Slot): void {
+    clearTimeout(slot.idleTimer);
+    const at = this.slots.indexOf(slot);
+    if (at !== -1) this.slots.splice(at, 1);
+  }
+}
+
+/** What a worker's handler returns: a value, and buffers to move back with it. */
+export interface WorkerAnswer {
+  value: unknown;
+  transfer?: readonly TransferListItem[];
+}
+
+/**
+ * The worker side: answers each task posted by a WorkerPool with `handle`'s value, or with
+ * the message of what it threw.
+ */
+export function serveTasks(handle: (task: never) => WorkerAnswer | Promise<WorkerAnswer>): void {
+  const port = parentPort;
+  if (port === null) throw new Error("serveTasks() runs only in a worker thread");
+  port.on("message", async ({ id, task }: { id: number; task: never }) => {
+    try {
+      const answer = await handle(task);
+      port.postMessage({ id, value: answer.value } satisfies Reply, answer.transfer ?? []);
+    } catch (error) {
+      port.postMessage({ id, error: error instanceof Error ? error.message : String(error) } satisfies Reply);
+    }
+  });
+}
+
+const bundles = new Map<WorkerScript, Promise<string>>();
+
+async function startWorker(script: WorkerScript): Promise<Worker> {
+  if (isSea()) return new Worker(getAsset(`${script}.js`, "utf8"), { eval: true });
+  const compiled = new URL(`./${script}.js`, import.meta.url);
+  if (import.meta.url.endsWith(".js")) return new Worker(compiled);
+  let bundle = bundles.get(script);
+  if (bundle === undefined) {
+    bundle = bundleFromSource(new URL(`./${script}.ts`, import.meta.url));
+    bundles.set(script, bundle);
+  }
+  return new Worker(await bundle, { eval: true });
+}
+
+/** Bundles a worker's TypeScript source into one CommonJS script (sources only, see above). */
+async function bundleFromSource(source: URL): Promise<string> {
+  // A computed name: bundlers of the executable must not pull esbuild in.
+  const bundler = "esbuild";
+  const { build } = (await import(bundler)) as typeof import("esbuild");
+  const result = await build({
+    entryPoints: [fileURLToPath(source)],
+    bundle: true,
+    write: false,
+    platform: "node",
+    format: "cjs",
+    target: "node20",
+    logLevel: "warning",
+    // koffi-loader requires koffi relative to its own URL, which must name the source tree.
+    define: { "import.meta.url": JSON.stringify(source.href) },
+  });
+  return (result.outputFiles[0] as { text: string }).text;
+}

@@ -302,14 +302,17 @@ export async function runCopy(
     if (dst.kind === "local" && dstFormat.create) {
       // A new qcow2 of the source's size; a stream of unknown size cannot be given one.
       if (srcBackend === undefined) {
-        throw new UsageError(`Creating ${dst.label} as qcow2 needs the source's size: standard input has none`);
+        throw new UsageError(
+          `Creating ${dst.label} as qcow2 needs the source's size, and standard input has none: create it first ` +
+            `(qemu-img create -f qcow2 ${dst.label} SIZE), or pass --dst-format raw`,
+        );
       }
       await createQcow2(dst.path, await srcBackend.size());
       created = dst.label;
     } else if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
     const dstOpened = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false, dstFormat.format);
     // A daemon or NBD export allowing fewer writers than workers (a file ticket allows one,
-    // a writable qemu-nbd without multi-conn too) still gets one writing connection, while
+    // an NBD export without CAN_MULTI_CONN too) still gets one writing connection, while
     // the other workers read ahead.
     const dstBackend =
       dstOpened !== undefined &&

@@ -1,8 +1,9 @@
 /**
  * `imageio copy SRC DST`: copies between files, block devices, images on daemons and proxies
- * (`https://HOST:PORT/images/TICKET`: uploads and downloads) and standard input/output (`-`),
- * moving only data (src/io/copy.ts and src/io/stream-copy.ts do the work). This module turns
- * arguments into opened backends after the safety checks (formats, devices in use), shows
+ * (`https://HOST:PORT/images/TICKET`: uploads and downloads), NBD exports (`nbd:` URLs) and
+ * standard input/output (`-`), moving only data (src/io/copy.ts and src/io/stream-copy.ts do
+ * the work); qcow2 and other formats go through a private qemu-nbd (src/io/qemu-nbd.ts). This
+ * module turns arguments into opened backends after the safety checks (formats, devices in use), shows
  * progress, handles Ctrl-C, and maps outcomes to exit statuses: 0 done, 1 failed (the message
  * names the path or URL, and the errno or the remote's status), 2 usage error or refusal,
  * 128 + signal number when interrupted (130 for Ctrl-C).
@@ -311,13 +312,13 @@ export async function runCopy(
       created = dst.label;
     } else if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
     const dstOpened = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false, dstFormat.format);
-    // A daemon or NBD export allowing fewer writers than workers (a file ticket allows one,
-    // an NBD export without CAN_MULTI_CONN too) still gets one writing connection, while
-    // the other workers read ahead.
+    // A daemon allowing fewer writers than workers (a file ticket allows one), or an NBD
+    // export allowing one (no CAN_MULTI_CONN), still gets one writing connection, while the
+    // other workers read ahead.
+    const writers = dstOpened?.caps.maxWriters ?? 0;
+    const throughNbd = dst.kind === "nbd" || (dst.kind === "local" && dstFormat.format !== "raw");
     const dstBackend =
-      dstOpened !== undefined &&
-      (dst.kind !== "local" || dstFormat.format !== "raw") &&
-      dstOpened.caps.maxWriters < options.workers
+      dstOpened !== undefined && ((dst.kind === "remote" && writers < options.workers) || (throughNbd && writers === 1))
         ? shareWriter(dstOpened, options.workers)
         : dstOpened;
     const dstSizeBefore = dstBackend === undefined ? 0 : await dstBackend.size();

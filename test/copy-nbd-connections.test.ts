@@ -75,6 +75,17 @@ describe.skipIf(skip !== undefined)("imageio copy within an NBD server's connect
     expect(sha(await readFile(streamed))).toBe(sha(await readFile(raw)));
   });
 
+  it("11.9: a malformed nbd: URL is a usage error; checksum of an export is its data's", async () => {
+    const relative = await imageio("copy", "nbd:unix:run/x.sock", tmp.file("never.raw"));
+    expect(relative.code).toBe(2);
+    expect(relative.stderr).toContain("the socket must be an absolute path");
+    const server = await startQemuNbd(tmp.path, qcow2, { readOnly: true, allocationDepth: true, shared: 1 });
+    servers.push(server);
+    const ofExport = await imageio("checksum", server.url);
+    expect(ofExport.code, ofExport.stderr).toBe(0);
+    expect(ofExport.stdout).toBe((await imageio("checksum", raw)).stdout);
+  });
+
   it("12: --workers 8 from a qcow2 through copy's own qemu-nbd uses 8 workers, byte for byte", async () => {
     const out = tmp.file("from-own-server.raw");
     const result = await imageio("copy", qcow2, out, "--workers", "8", "--progress", "json", "--verify");

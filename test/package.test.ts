@@ -276,6 +276,7 @@ describe.skipIf(missingTools.length > 0)("the RPM", () => {
       "/usr/share/licenses/imageio/THIRD-PARTY-LICENSES": "-644",
       "/etc/logrotate.d/imageio": "-644",
       "/usr/share/man/man1/imageio.1": "-644",
+      "/usr/share/man/man1/imageio-checksum.1": "-644",
       "/usr/share/man/man1/imageio-copy.1": "-644",
       "/usr/share/man/man1/imageio-daemon.1": "-644",
       "/usr/share/man/man1/imageio-proxy.1": "-644",

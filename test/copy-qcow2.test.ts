@@ -262,6 +262,29 @@ describe.skipIf(skip !== undefined)("imageio copy's own qemu-nbd", () => {
     await run("qemu-img", ["check", "-q", out]);
   });
 
+  it("12: a copy from qcow2 that fails stops its qemu-nbd too, and says why", async () => {
+    // The ticket's image is smaller than the guest disk: the copy fails before any data moves.
+    const path = daemon.tmp.file("too-small.raw");
+    await writeFile(path, Buffer.alloc(4 * MiB));
+    const id = randomUUID();
+    await addTicket(daemon, { uuid: id, size: 4 * MiB, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+    const url = `https://localhost:${daemon.remotePort}/images/${id}`;
+    // A qemu-nbd in front of the real one records its PID (exec keeps it) before serving.
+    const wrapper = tmp.file("recording-path");
+    await mkdir(wrapper, { recursive: true });
+    const pids = tmp.file("qemu-nbd.pids");
+    const real = (await run("sh", ["-c", "command -v qemu-nbd"])).trim();
+    await writeFile(`${wrapper}/qemu-nbd`, `#!/bin/sh\necho $$ >> '${pids}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+    const env = { ...process.env, PATH: `${wrapper}:${process.env.PATH ?? ""}` };
+    const result = await imageio(["copy", qcow2Disk, url, "--ca-file", caFile], { env });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/is too small: .*needs 25165824 bytes \(24\.00 MiB\)/);
+    const started = (await readFile(pids, "utf8")).trim().split("\n").map(Number);
+    expect(started).toHaveLength(1);
+    expect(alive(started[0] as number)).toBe(false);
+    expect(await qemuNbdServing(qcow2Disk)).toEqual([]);
+  });
+
   it("12: without qemu-nbd (or qemu-img) on PATH, a qcow2 copy fails clearly and creates nothing", async () => {
     const empty = tmp.file("empty-path");
     await mkdir(empty, { recursive: true });

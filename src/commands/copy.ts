@@ -86,7 +86,9 @@ export interface CopyCommandOptions {
 export function addCopyCommand(program: Command): void {
   program
     .command("copy")
-    .description("copy a disk image between files, block devices and daemons (upload, download), moving only data")
+    .description(
+      "copy a disk image between files (raw, qcow2), block devices, daemons (upload, download) and NBD exports, moving only data",
+    )
     .argument(
       "<src>",
       "source: file, block device, file: URL, https://HOST:PORT/images/TICKET, nbd: URL (nbd:unix:/path[:exportname=NAME], nbd:HOST:PORT, nbd://HOST:PORT/NAME), or - (stdin)",

@@ -79,6 +79,9 @@ describe.skipIf(skip !== undefined)("imageio copy within an NBD server's connect
     const relative = await imageio("copy", "nbd:unix:run/x.sock", tmp.file("never.raw"));
     expect(relative.code).toBe(2);
     expect(relative.stderr).toContain("the socket must be an absolute path");
+    const same = await imageio("copy", "nbd:unix:/run//a.sock:exportname=x", "nbd:unix:/run/a.sock:exportname=x");
+    expect(same.code).toBe(2);
+    expect(same.stderr).toContain("are the same image");
     const server = await startQemuNbd(tmp.path, qcow2, { readOnly: true, allocationDepth: true, shared: 1 });
     servers.push(server);
     const ofExport = await imageio("checksum", server.url);

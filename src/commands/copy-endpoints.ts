@@ -97,10 +97,10 @@ export function parseEndpoint(arg: string, role: "source" | "destination"): Endp
 /** True when both endpoints are the same NBD export (same server address, same export name). */
 export function sameNbdExport(a: Endpoint, b: Endpoint): boolean {
   if (a.kind !== "nbd" || b.kind !== "nbd") return false;
-  return (
-    describeAddress(a.target.address) === describeAddress(b.target.address) &&
-    a.target.exportName === b.target.exportName
-  );
+  // /run//x.sock and /run/x.sock are one socket.
+  const where = ({ address }: NbdTarget) =>
+    "path" in address ? resolve(address.path) : describeAddress(address).toLowerCase();
+  return where(a.target) === where(b.target) && a.target.exportName === b.target.exportName;
 }
 
 /** stat() of a local endpoint; undefined when it does not exist. */

@@ -1,6 +1,7 @@
 /**
- * Issue 12: `imageio copy` never surprises: container formats are refused rather than copied
- * as bytes or overwritten, relative file: URLs are refused, a truncated destination is named,
+ * Issue 12: `imageio copy` never surprises: container formats are read and written as the
+ * guest sees them (through qemu-nbd), never copied as bytes or overwritten with raw bytes
+ * unless --src-format/--dst-format raw says so, relative file: URLs are refused, a truncated destination is named,
  * and a block device in use (mounted, held by device-mapper, opened exclusively) is never
  * written. Device tests need root and skip, with the reason printed, where the kernel refuses.
  */
@@ -44,12 +45,11 @@ afterAll(async () => {
 });
 
 describe("imageio copy and image formats", () => {
-  it("12: refuses a qcow2 source with exit 2, saying what it is, and creates nothing", async () => {
+  it("12: reads a qcow2 source's guest data, not its container bytes, unless --src-format raw", async () => {
     const out = tmp.file("from-qcow2.raw");
     const result = await imageio("copy", qcow2, out);
-    expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(/'.*disk\.qcow2' is a qcow2 image: .*qemu-img convert -O raw.*--src-format raw/s);
-    await expect(stat(out)).rejects.toThrow(/ENOENT/);
+    expect(result.code, result.stderr).toBe(0);
+    expect(await sha(out)).toBe(await sha(raw));
     // Asked for explicitly, the container's bytes are copied as they are.
     const bytes = tmp.file("container-bytes.qcow2.bin");
     expect((await imageio("copy", qcow2, bytes, "--src-format", "raw")).code).toBe(0);
@@ -58,19 +58,30 @@ describe("imageio copy and image formats", () => {
 
   it("12: never writes raw bytes over an existing qcow2 (or VMDK) destination without --dst-format raw", async () => {
     for (const format of ["qcow2", "vmdk"]) {
+      // auto: the image is written in its own format; its container survives.
       const dst = tmp.file(`existing.${format}`);
       await run("qemu-img", ["create", "-q", "-f", format, dst, "4M"]);
-      const before = await sha(dst);
       const result = await imageio("copy", raw, dst);
-      expect(result.code).toBe(2);
-      expect(result.stderr).toMatch(
-        new RegExp(
-          `is a(n)? ${format === "qcow2" ? "qcow2" : "VMDK"} image: .*would destroy the image.*--dst-format raw`,
-          "s",
-        ),
-      );
-      expect(await sha(dst)).toBe(before);
+      expect(result.code, result.stderr).toBe(0);
+      const info = JSON.parse((await run("qemu-img", ["info", "--output=json", dst])).stdout) as { format: string };
+      expect(info.format).toBe(format);
+      await run("qemu-img", ["compare", "-f", "raw", "-F", format, raw, dst]);
     }
+    // --dst-format qcow2 over something that is not qcow2 is refused, and the file is left alone.
+    const plain = tmp.file("plain.raw");
+    await writeFile(plain, randomBytes(4 * MiB));
+    const before = await sha(plain);
+    const refused = await imageio("copy", raw, plain, "--dst-format", "qcow2");
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/is a raw image, not qcow2: pass --dst-format raw/);
+    expect(await sha(plain)).toBe(before);
+    const vmdk = tmp.file("existing.vmdk");
+    const vmdkBefore = await sha(vmdk);
+    const notQcow2 = await imageio("copy", raw, vmdk, "--dst-format", "qcow2");
+    expect(notQcow2.code).toBe(2);
+    expect(notQcow2.stderr).toMatch(/is a VMDK image, not qcow2: .*--dst-format raw to overwrite it with raw bytes/);
+    expect(await sha(vmdk)).toBe(vmdkBefore);
+    // Only --dst-format raw overwrites the container with raw bytes.
     const dst = tmp.file("overwritten.qcow2");
     await run("qemu-img", ["create", "-q", "-f", "qcow2", dst, "4M"]);
     const result = await imageio("copy", raw, dst, "--dst-format", "raw");
@@ -78,14 +89,21 @@ describe("imageio copy and image formats", () => {
     expect(await sha(dst)).toBe(await sha(raw));
   });
 
-  it("12: refuses --dst-format qcow2 and a new .qcow2 name until qcow2 can be written, creating nothing", async () => {
+  it("12: --dst-format qcow2 and a new .qcow2 name create a qcow2 of the source's size", async () => {
     for (const args of [[tmp.file("new.qcow2")], [tmp.file("new-image"), "--dst-format", "qcow2"]]) {
+      const dst = args[0] as string;
       const result = await imageio("copy", raw, ...args);
-      expect(result.code).toBe(2);
-      expect(result.stderr).toMatch(/as a qcow2 image needs imageio's nbd backend/);
-      await expect(stat(args[0] as string)).rejects.toThrow(/ENOENT/);
+      expect(result.code, result.stderr).toBe(0);
+      const info = JSON.parse((await run("qemu-img", ["info", "--output=json", dst])).stdout) as {
+        format: string;
+        "virtual-size": number;
+      };
+      expect(info).toMatchObject({ format: "qcow2", "virtual-size": 4 * MiB });
+      await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", raw, dst]);
     }
-    expect((await imageio("copy", raw, tmp.file("raw-named.qcow2"), "--dst-format", "raw")).code).toBe(0);
+    const rawNamed = tmp.file("raw-named.qcow2");
+    expect((await imageio("copy", raw, rawNamed, "--dst-format", "raw")).code).toBe(0);
+    expect(await sha(rawNamed)).toBe(await sha(raw));
   });
 
   it("12: refuses a relative file: URL instead of reading /src.raw", async () => {

@@ -2,7 +2,8 @@
  * `imageio checksum IMAGE|URL`: the block-hash checksum (spec §5.8) of a local image, or of a
  * ticket's image computed by its daemon (GET …/checksum: no data crosses the network), printed
  * as the daemon's JSON answer, so an image and its uploaded copy compare with `diff`.
- * Exit status: 0, 1 failed, 2 usage error or refused format.
+ * A qcow2 (or other non-raw) image is read through a private qemu-nbd: its guest data is hashed.
+ * Exit status: 0, 1 failed, 2 usage error.
  */
 import { type Command, Option } from "commander";
 import { CancelledError, InvalidArgumentError, UnsupportedUrlError } from "../errors.js";
@@ -15,6 +16,7 @@ import {
   validateChecksumParams,
 } from "../io/blkhash.js";
 import { openBackend } from "../io/open.js";
+import { type QemuNbdServer, startQemuNbd } from "../io/qemu-nbd.js";
 import { pythonJson } from "../pyformat.js";
 import { parseSize } from "../units.js";
 import {
@@ -42,7 +44,7 @@ export function addChecksumCommand(program: Command): void {
   program
     .command("checksum")
     .description("print the block checksum of a local image or of a ticket's image, as the daemon reports it")
-    .argument("<image>", "file, block device, file: URL or https://HOST:PORT/images/TICKET")
+    .argument("<image>", "file, block device, file: URL, nbd: URL or https://HOST:PORT/images/TICKET")
     .addOption(
       new Option("-a, --algorithm <name>", `hash algorithm: ${checksumAlgorithms.join(", ")}`).default(
         DEFAULT_CHECKSUM_ALGORITHM,
@@ -55,7 +57,10 @@ export function addChecksumCommand(program: Command): void {
       ),
     )
     .addOption(
-      new Option("--format <format>", "auto: a local file's header decides; a device or URL is raw")
+      new Option(
+        "--format <format>",
+        "auto: a local file's header decides (qcow2: the guest data, read through qemu-nbd); a device or URL is raw",
+      )
         .choices(FORMAT_CHOICES)
         .default("auto"),
     )
@@ -67,9 +72,10 @@ export function addChecksumCommand(program: Command): void {
         "",
         "Examples:",
         "  imageio checksum disk.raw",
+        "  imageio checksum disk.qcow2      # the guest data: equal to the checksum of the disk uploaded raw",
         "  imageio checksum https://host:54322/images/TICKET --ca-file ca.pem",
         "",
-        "Exit status: 0, 1 failed, 2 usage error or an image format that cannot be read.",
+        "Exit status: 0, 1 failed (qemu-nbd missing or failing included), 2 usage error.",
       ].join("\n"),
     )
     .action(runChecksum);
@@ -78,6 +84,7 @@ export function addChecksumCommand(program: Command): void {
 async function runChecksum(imageArg: string, options: ChecksumCommandOptions): Promise<void> {
   let endpoint: Endpoint | undefined;
   let backend: Backend | undefined;
+  let server: QemuNbdServer | undefined;
   const controller = new AbortController();
   const onSignal = () => controller.abort();
   process.once("SIGINT", onSignal);
@@ -96,17 +103,20 @@ async function runChecksum(imageArg: string, options: ChecksumCommandOptions): P
     }
     endpoint = parseEndpoint(imageArg, "source");
     if (endpoint.kind === "stdio") throw new UsageError("checksum needs an image it can read twice: not -");
-    await checkSourceFormat(endpoint, await statEndpoint(endpoint), options.format, {
-      flag: "--format",
-      rawAction: "checksum the file's bytes as they are",
-    });
-    const caFile =
-      options.caFile ?? (endpoint.kind === "remote" && !options.insecure ? await systemCaFile() : undefined);
-    backend = await openBackend(endpoint.url, {
-      readonly: true,
-      ...(caFile === undefined ? {} : { caFile }),
-      ...(options.insecure ? { insecure: true } : {}),
-    });
+    const format = await checkSourceFormat(endpoint, await statEndpoint(endpoint), options.format, "--format");
+    if (endpoint.kind === "local" && format !== "raw") {
+      // The guest's data, as the daemon would hash it once uploaded raw.
+      server = await startQemuNbd({ path: endpoint.path, format, readonly: true, connections: 1 });
+      backend = await openBackend(server.url, { readonly: true });
+    } else {
+      const caFile =
+        options.caFile ?? (endpoint.kind === "remote" && !options.insecure ? await systemCaFile() : undefined);
+      backend = await openBackend(endpoint.url, {
+        readonly: true,
+        ...(caFile === undefined ? {} : { caFile }),
+        ...(options.insecure ? { insecure: true } : {}),
+      });
+    }
     const result = backend.checksum
       ? await backend.checksum(options.algorithm, blockSize)
       : await blkhash(backend, { algorithm: options.algorithm, blockSize, signal: controller.signal });
@@ -122,5 +132,6 @@ async function runChecksum(imageArg: string, options: ChecksumCommandOptions): P
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     await backend?.close();
+    await server?.stop();
   }
 }

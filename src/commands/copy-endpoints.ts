@@ -1,8 +1,9 @@
 /**
  * What `imageio copy` and `imageio checksum` are pointed at: a local file or block device (a
- * path or a file: URL), an image on a daemon or proxy (`https://HOST:PORT/images/TICKET`), or
- * standard input/output (`-`); and what format each holds, with the refusals that keep a
- * container from being read as a disk or overwritten with raw bytes.
+ * path or a file: URL), an image on a daemon or proxy (`https://HOST:PORT/images/TICKET`), an
+ * NBD export (`nbd:unix:/path`, `nbd:HOST:PORT`, `nbd://HOST:PORT/NAME`), or standard
+ * input/output (`-`); and what format each holds, with the refusals that keep a container from
+ * being read as a disk or overwritten with raw bytes.
  */
 import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
@@ -18,6 +19,7 @@ import {
   systemErrorCode,
 } from "../errors.js";
 import { describeFormat, detectImageFormat, type ImageFormat } from "../io/image-format.js";
+import { describeAddress, type NbdTarget, parseNbdUrl } from "../io/nbd-url.js";
 
 /** A usage error found after commander parsed the line (bad URL, refused format): exit 2. */
 export class UsageError extends Error {}
@@ -25,6 +27,8 @@ export class UsageError extends Error {}
 export type Endpoint =
   | { kind: "local"; label: string; path: string; url: URL }
   | { kind: "remote"; label: string; url: URL }
+  /** An NBD export: raw guest data already (qemu-nbd serves the guest's view), never stat()ed. */
+  | { kind: "nbd"; label: string; url: string; target: NbdTarget }
   | { kind: "stdio"; label: string };
 
 /** What `--src-format` and `--dst-format` take. */
@@ -46,6 +50,15 @@ export function redactUrl(url: URL): string {
 export function parseEndpoint(arg: string, role: "source" | "destination"): Endpoint {
   if (arg === "-") return { kind: "stdio", label: role === "source" ? "standard input" : "standard output" };
   const label = `'${arg}'`;
+  if (/^nbds/i.test(arg)) throw new UsageError(`Unsupported URL ${label}: NBD over TLS (nbds) is not supported`);
+  // NBD URLs are not hierarchical (nbd:unix:/path:exportname=x): the nbd backend's parser reads them.
+  if (/^nbd:/i.test(arg)) {
+    try {
+      return { kind: "nbd", label, url: arg, target: parseNbdUrl(arg) };
+    } catch (error) {
+      throw new UsageError(error instanceof Error ? error.message : String(error));
+    }
+  }
   // Only "file:" and "scheme://" are URLs, so a relative path such as "disk:1.raw" stays a path.
   if (!/^file:/i.test(arg) && !/^[a-z][a-z0-9+.-]*:\/\//i.test(arg)) {
     const url = pathToFileURL(resolve(arg));
@@ -71,7 +84,7 @@ export function parseEndpoint(arg: string, role: "source" | "destination"): Endp
   }
   if (url.protocol !== "file:") {
     throw new UsageError(
-      `Unsupported URL ${label}: copy takes paths, file: URLs, https://HOST:PORT/images/TICKET and - (standard input or output)`,
+      `Unsupported URL ${label}: copy takes paths, file: URLs, https://HOST:PORT/images/TICKET, nbd: URLs and - (standard input or output)`,
     );
   }
   try {
@@ -79,6 +92,15 @@ export function parseEndpoint(arg: string, role: "source" | "destination"): Endp
   } catch (error) {
     throw new UsageError(`Invalid file URL ${label}: ${error instanceof Error ? error.message : String(error)}`);
   }
+}
+
+/** True when both endpoints are the same NBD export (same server address, same export name). */
+export function sameNbdExport(a: Endpoint, b: Endpoint): boolean {
+  if (a.kind !== "nbd" || b.kind !== "nbd") return false;
+  // /run//x.sock and /run/x.sock are one socket.
+  const where = ({ address }: NbdTarget) =>
+    "path" in address ? resolve(address.path) : describeAddress(address).toLowerCase();
+  return where(a.target) === where(b.target) && a.target.exportName === b.target.exportName;
 }
 
 /** stat() of a local endpoint; undefined when it does not exist. */
@@ -94,87 +116,71 @@ export async function statEndpoint(endpoint: Endpoint): Promise<Stats | undefine
 }
 
 /**
- * Formats other than raw are read and written through a private qemu-nbd (src/io/qemu-nbd.ts)
- * and the nbd backend; until that backend is part of imageio they are refused, never copied
- * as container bytes.
- */
-const NOT_YET = "needs imageio's nbd backend, which this version does not have yet";
-
-/** How the refusal of a non-raw source reads for each command. */
-export interface SourceFormatWording {
-  /** The option that forces raw. */
-  flag: string;
-  /** What forcing raw does. */
-  rawAction: string;
-}
-
-/**
- * Resolves `--src-format` for the source and refuses what cannot be read as asked.
- * auto: a local regular file is what its header says; a device, URL or stream is raw.
- * @throws UsageError (exit 2) saying what the image is and what to do instead.
+ * Resolves `--src-format` (`--format` for checksum) for the source. auto: a local regular file
+ * is what its header says; a device, URL, NBD export or stream is raw. A format other than raw
+ * is read through a private qemu-nbd (src/io/qemu-nbd.ts), which gives the guest's data.
+ * @throws UsageError (exit 2) for a format asked of what only holds raw data.
  */
 export async function checkSourceFormat(
   src: Endpoint,
   srcStat: Stats | undefined,
   choice: FormatChoice,
-  wording: SourceFormatWording = { flag: "--src-format", rawAction: "copy the file's bytes as they are" },
-) {
-  if (choice === "raw") return;
+  flag = "--src-format",
+): Promise<ImageFormat> {
+  if (choice === "raw") return "raw";
   if (src.kind !== "local") {
     if (choice === "qcow2") {
       throw new UsageError(
-        `--src-format qcow2 needs a local file; ${src.label} is read as raw (download it raw, then convert it)`,
+        src.kind === "nbd"
+          ? `${flag} qcow2 needs a local file; the NBD export ${src.label} serves its guest data, read as raw`
+          : `${flag} qcow2 needs a local file; ${src.label} is read as raw (download it raw, then convert it)`,
       );
     }
-    return;
+    return "raw";
   }
-  let format: ImageFormat | undefined = choice === "qcow2" ? "qcow2" : undefined;
-  if (format === undefined && srcStat?.isFile()) format = await detectImageFormat(src.path);
-  if (format === undefined || format === "raw") return;
-  throw new UsageError(
-    `${src.label} is ${describeFormat(format)}: reading its guest data ${NOT_YET}. ` +
-      `Convert it first (qemu-img convert -O raw ${src.label} disk.raw), or pass ${wording.flag} raw ` +
-      `to ${wording.rawAction}`,
-  );
+  if (choice === "qcow2") return "qcow2";
+  return (srcStat?.isFile() ? await detectImageFormat(src.path) : undefined) ?? "raw";
+}
+
+/** How the destination is written. */
+export interface DestinationFormat {
+  /** raw: bytes as they are; anything else: through a private qemu-nbd, in that format. */
+  format: ImageFormat;
+  /** A missing qcow2 destination, to be created with the source's size before the copy. */
+  create: boolean;
 }
 
 /**
  * Resolves `--dst-format` for the destination and refuses to destroy a container: raw bytes
- * never go over an existing non-raw image (file or device) unless `--dst-format raw` says so.
+ * never go over an existing non-raw image (file or device) unless `--dst-format raw` says so;
+ * with auto, an existing image is written in its own format (its guest data is replaced).
  * auto for a missing file: qcow2 when its name ends in .qcow2, raw otherwise.
  * @throws UsageError (exit 2) saying what the destination is and how to override.
  */
-export async function checkDestinationFormat(dst: Endpoint, dstStat: Stats | undefined, choice: FormatChoice) {
-  if (choice === "raw") return;
+export async function checkDestinationFormat(
+  dst: Endpoint,
+  dstStat: Stats | undefined,
+  choice: FormatChoice,
+): Promise<DestinationFormat> {
+  const raw: DestinationFormat = { format: "raw", create: false };
+  if (choice === "raw") return raw;
   if (dst.kind !== "local") {
     if (choice === "qcow2") {
       throw new UsageError(`--dst-format qcow2 needs a local file; ${dst.label} is written as raw`);
     }
-    return;
+    return raw;
   }
   if (dstStat === undefined) {
-    if (choice === "qcow2" || /\.qcow2?$/i.test(dst.path)) {
-      throw new UsageError(
-        `Creating ${dst.label} as a qcow2 image ${NOT_YET}. Copy to a raw file and convert it ` +
-          "(qemu-img convert -O qcow2), or pass --dst-format raw to write raw bytes to this name",
-      );
-    }
-    return;
+    return choice === "qcow2" || /\.qcow2$/i.test(dst.path) ? { format: "qcow2", create: true } : raw;
   }
   // Unreadable: then it cannot be opened for writing either, and that error says why.
-  const detected = await detectImageFormat(dst.path).catch(() => undefined);
-  const format = choice === "qcow2" ? "qcow2" : (detected ?? "raw");
-  if (detected !== undefined && detected !== "raw") {
+  const detected = (await detectImageFormat(dst.path).catch(() => undefined)) ?? "raw";
+  if (choice === "qcow2" && detected !== "qcow2") {
     throw new UsageError(
-      `${dst.label} is ${describeFormat(detected)}: writing into it as ${detected} ${NOT_YET}, and writing raw ` +
-        `bytes over it would destroy the image. Pass --dst-format raw to overwrite it with raw bytes`,
+      `${dst.label} is ${describeFormat(detected)}, not qcow2: pass --dst-format ${detected === "raw" ? "raw (or auto) to write raw bytes into it" : "auto to write into it as it is, or --dst-format raw to overwrite it with raw bytes"}`,
     );
   }
-  if (format === "qcow2") {
-    throw new UsageError(
-      `${dst.label} is ${describeFormat("raw")}, not qcow2; pass --dst-format raw (or auto) to write raw bytes into it`,
-    );
-  }
+  return { format: detected, create: false };
 }
 
 /**

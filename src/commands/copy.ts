@@ -1,8 +1,9 @@
 /**
  * `imageio copy SRC DST`: copies between files, block devices, images on daemons and proxies
- * (`https://HOST:PORT/images/TICKET`: uploads and downloads) and standard input/output (`-`),
- * moving only data (src/io/copy.ts and src/io/stream-copy.ts do the work). This module turns
- * arguments into opened backends after the safety checks (formats, devices in use), shows
+ * (`https://HOST:PORT/images/TICKET`: uploads and downloads), NBD exports (`nbd:` URLs) and
+ * standard input/output (`-`), moving only data (src/io/copy.ts and src/io/stream-copy.ts do
+ * the work); qcow2 and other formats go through a private qemu-nbd (src/io/qemu-nbd.ts). This
+ * module turns arguments into opened backends after the safety checks (formats, devices in use), shows
  * progress, handles Ctrl-C, and maps outcomes to exit statuses: 0 done, 1 failed (the message
  * names the path or URL, and the errno or the remote's status), 2 usage error or refusal,
  * 128 + signal number when interrupted (130 for Ctrl-C).
@@ -33,7 +34,10 @@ import {
   verifyCopy,
 } from "../io/copy.js";
 import { claimBlockDevice, type DeviceClaim } from "../io/device-use.js";
+import type { ImageFormat } from "../io/image-format.js";
+import { lendFirstClone } from "../io/lend-first-clone.js";
 import { openBackend } from "../io/open.js";
+import { createQcow2, type QemuNbdServer, startQemuNbd } from "../io/qemu-nbd.js";
 import { shareWriter } from "../io/shared-writer.js";
 import { type ByteSink, type ByteSource, openStdin, openStdout } from "../io/stdio.js";
 import { copyFromSource, copyToSink, type StreamCopyOptions } from "../io/stream-copy.js";
@@ -46,6 +50,7 @@ import {
   FORMAT_CHOICES,
   type FormatChoice,
   parseEndpoint,
+  sameNbdExport,
   statEndpoint,
   systemCaFile,
   UsageError,
@@ -81,8 +86,13 @@ export interface CopyCommandOptions {
 export function addCopyCommand(program: Command): void {
   program
     .command("copy")
-    .description("copy a disk image between files, block devices and daemons (upload, download), moving only data")
-    .argument("<src>", "source: file, block device, file: URL, https://HOST:PORT/images/TICKET, or - (stdin)")
+    .description(
+      "copy a disk image between files (raw, qcow2), block devices, daemons (upload, download) and NBD exports, moving only data",
+    )
+    .argument(
+      "<src>",
+      "source: file, block device, file: URL, https://HOST:PORT/images/TICKET, nbd: URL (nbd:unix:/path[:exportname=NAME], nbd:HOST:PORT, nbd://HOST:PORT/NAME), or - (stdin)",
+    )
     .argument(
       "<dst>",
       "destination: the same kinds, or - (stdout); a missing file is created, an existing one ends at the source's size",
@@ -101,14 +111,17 @@ export function addCopyCommand(program: Command): void {
         .default(DEFAULT_BUFFER_SIZE, formatSize(DEFAULT_BUFFER_SIZE).replace(".00 ", " ")),
     )
     .addOption(
-      new Option("--src-format <format>", "auto: a local file's header decides; a device, URL or - is raw")
+      new Option(
+        "--src-format <format>",
+        "auto: a local file's header decides (qcow2 is read through qemu-nbd); a device, URL or - is raw",
+      )
         .choices(FORMAT_CHOICES)
         .default("auto"),
     )
     .addOption(
       new Option(
         "--dst-format <format>",
-        "auto: an existing file's header decides; raw also overwrites an image of another format",
+        "auto: an existing file's header decides, a new *.qcow2 is qcow2; raw also overwrites an image of another format",
       )
         .choices(FORMAT_CHOICES)
         .default("auto"),
@@ -140,6 +153,9 @@ export function addCopyCommand(program: Command): void {
         "  imageio copy /var/tmp/disk.raw /dev/vg0/lv-disk",
         "  imageio copy disk.raw https://host:54322/images/TICKET --ca-file ca.pem     # upload",
         "  imageio copy https://host:54322/images/TICKET disk.raw --ca-file ca.pem     # download",
+        "  imageio copy disk.qcow2 https://host:54322/images/TICKET --ca-file ca.pem   # upload the guest data",
+        "  imageio copy https://host:54322/images/TICKET out.qcow2 --ca-file ca.pem    # download as qcow2",
+        "  imageio copy nbd:unix:/run/vdsm/nbd/ID.sock disk.raw",
         "  imageio copy https://host:54322/images/TICKET - | gzip > disk.raw.gz",
         "  zcat disk.raw.gz | imageio copy - https://host:54322/images/TICKET",
         "",
@@ -148,9 +164,11 @@ export function addCopyCommand(program: Command): void {
         "must fit, and bytes past its end are left as they are. A block device that is mounted or",
         "held (device-mapper, swap, an exclusive opener) is never written.",
         "",
-        "Images in qcow2 or another container format are refused, never copied as container bytes:",
-        "convert them with qemu-img, or pass --src-format raw / --dst-format raw to copy bytes as",
-        "they are (--dst-format raw overwrites an existing image).",
+        "A qcow2 (or other non-raw) file is read and written as the guest sees it, through a",
+        "qemu-nbd that copy starts on a private socket and stops; a new DST named *.qcow2 (or with",
+        "--dst-format qcow2) is created as qcow2 of the source's size. Raw bytes never go over an",
+        "existing image of another format: only --dst-format raw overwrites it with raw bytes.",
+        "An nbd: URL is an export's guest data; the copy opens at most --workers connections to it.",
         "",
         "Exit status: 0 copied, 1 failed, 2 usage error or refused, 130 interrupted (Ctrl-C).",
       ].join("\n"),
@@ -221,6 +239,7 @@ export async function runCopy(
     if (!options.quiet) process.stderr.write(`${text}\n`);
   };
   const opened: Backend[] = [];
+  const servers: QemuNbdServer[] = [];
   const interrupt = new Interrupt();
   let reporter: ProgressReporter | undefined;
   let created: string | undefined;
@@ -242,11 +261,11 @@ export async function runCopy(
     }
     const srcStat = await statEndpoint(src);
     const dstStat = await statEndpoint(dst);
-    if (srcStat !== undefined && dstStat !== undefined && sameImage(srcStat, dstStat)) {
+    if ((srcStat !== undefined && dstStat !== undefined && sameImage(srcStat, dstStat)) || sameNbdExport(src, dst)) {
       throw new UsageError(`${src.label} and ${dst.label} are the same image`);
     }
-    await checkSourceFormat(src, srcStat, options.srcFormat);
-    await checkDestinationFormat(dst, dstStat, options.dstFormat);
+    const srcFormat = await checkSourceFormat(src, srcStat, options.srcFormat);
+    const dstFormat = await checkDestinationFormat(dst, dstStat, options.dstFormat);
     if (dst.kind === "local" && dstStat?.isBlockDevice()) claim = await claimBlockDevice(dst.path, dst.label);
 
     const onDirectFallback = (reason: string) => say(`imageio copy: warning: ${reason}`);
@@ -254,12 +273,23 @@ export async function runCopy(
       ...(options.insecure ? { insecure: true } : {}),
       ...(await caFileOption(options, [src, dst])),
     };
-    const openEndpoint = async (endpoint: Exclude<Endpoint, { kind: "stdio" }>, readonly: boolean) => {
-      const backend = await openBackend(endpoint.url, {
-        readonly,
-        onDirectFallback,
-        ...remoteOptions,
-      });
+    const openEndpoint = async (
+      endpoint: Exclude<Endpoint, { kind: "stdio" }>,
+      readonly: boolean,
+      format: ImageFormat,
+    ) => {
+      let backend: Backend;
+      if (endpoint.kind === "local" && format !== "raw") {
+        // The guest's data, through a qemu-nbd of our own that admits one client per worker.
+        const server = await startQemuNbd({ path: endpoint.path, format, readonly, connections: options.workers });
+        servers.push(server);
+        backend = lendFirstClone(await openBackend(server.url, { readonly, maxConnections: options.workers }));
+      } else if (endpoint.kind === "nbd") {
+        // A server admits a fixed number of clients: the copy must not need one more than its workers.
+        backend = lendFirstClone(await openBackend(endpoint.url, { readonly }));
+      } else {
+        backend = await openBackend(endpoint.url, { readonly, onDirectFallback, ...remoteOptions });
+      }
       opened.push(backend);
       return backend;
     };
@@ -271,13 +301,26 @@ export async function runCopy(
       });
     if (src.kind === "stdio") input = await stdio(openStdin);
     if (dst.kind === "stdio") output = await stdio(openStdout);
-    const srcBackend = src.kind === "stdio" ? undefined : await openEndpoint(src, true);
-    if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
-    const dstOpened = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false);
-    // A daemon allowing fewer writers than workers (a file ticket allows one) still gets one
-    // writing connection, while the other workers read ahead.
+    const srcBackend = src.kind === "stdio" ? undefined : await openEndpoint(src, true, srcFormat);
+    if (dst.kind === "local" && dstFormat.create) {
+      // A new qcow2 of the source's size; a stream of unknown size cannot be given one.
+      if (srcBackend === undefined) {
+        throw new UsageError(
+          `Creating ${dst.label} as qcow2 needs the source's size, and standard input has none: create it first ` +
+            `(qemu-img create -f qcow2 ${dst.label} SIZE), or pass --dst-format raw`,
+        );
+      }
+      await createQcow2(dst.path, await srcBackend.size());
+      created = dst.label;
+    } else if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
+    const dstOpened = dst.kind === "stdio" ? undefined : await openEndpoint(dst, false, dstFormat.format);
+    // A daemon allowing fewer writers than workers (a file ticket allows one), or an NBD
+    // export allowing one (no CAN_MULTI_CONN), still gets one writing connection, while the
+    // other workers read ahead.
+    const writers = dstOpened?.caps.maxWriters ?? 0;
+    const throughNbd = dst.kind === "nbd" || (dst.kind === "local" && dstFormat.format !== "raw");
     const dstBackend =
-      dst.kind === "remote" && dstOpened !== undefined && dstOpened.caps.maxWriters < options.workers
+      dstOpened !== undefined && ((dst.kind === "remote" && writers < options.workers) || (throughNbd && writers === 1))
         ? shareWriter(dstOpened, options.workers)
         : dstOpened;
     const dstSizeBefore = dstBackend === undefined ? 0 : await dstBackend.size();
@@ -349,6 +392,8 @@ export async function runCopy(
   } finally {
     interrupt.uninstall();
     await Promise.allSettled([...opened.map((backend) => backend.close()), input?.close(), output?.close()]);
+    // After the backends: qemu-nbd writes its qcow2 metadata back once its clients are gone.
+    await Promise.allSettled(servers.map((server) => server.stop()));
     await claim?.release();
   }
 }

@@ -9,6 +9,7 @@
  * image size, and reads of one chunk overlap writes of another. Data that reads as zeros is
  * zeroed instead of written, 4 KiB at a time, like `qemu-img convert -S 4k`.
  */
+
 import { CancelledError, InvalidArgumentError, NotSupportedError, OutOfRangeError, VerifyError } from "../errors.js";
 import { formatSize, GiB } from "../units.js";
 import {
@@ -22,6 +23,7 @@ import {
 } from "./backend.js";
 import type { BlkhashResult } from "./blkhash.js";
 import { BUFFER_ALIGNMENT, DEFAULT_BUFFER_SIZE } from "./buffers.js";
+import { BackendFilter } from "./filter.js";
 import { allocAligned } from "./native.js";
 
 export const DEFAULT_COPY_WORKERS = 4;
@@ -499,56 +501,45 @@ function percent(done: number, total: number): string {
  * A read-only view of the first `size` bytes of a larger image: verification hashes only what
  * was copied when the destination is a bigger block device.
  */
-class SizeLimitedView implements Backend {
-  readonly readonly = true;
-  readonly growable = false;
-
+class SizeLimitedView extends BackendFilter {
   constructor(
-    private readonly inner: Backend,
+    inner: Backend,
     private readonly limit: number,
-  ) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
-  get caps() {
-    return this.inner.caps;
-  }
-  get directIo(): boolean {
-    return this.inner.directIo;
+  ) {
+    super(inner);
   }
 
-  async size(): Promise<number> {
+  override get readonly(): boolean {
+    return true;
+  }
+  override get growable(): boolean {
+    return false;
+  }
+
+  override async size(): Promise<number> {
     return Math.min(this.limit, await this.inner.size());
   }
 
-  read(buf: Buffer, offset: number): Promise<number> {
+  override read(buf: Buffer, offset: number): Promise<number> {
     const length = Math.max(0, Math.min(buf.length, this.limit - offset));
     return this.inner.read(buf.subarray(0, length), offset);
   }
 
-  async write(): Promise<void> {
+  override async write(): Promise<void> {
     throw new NotSupportedError("A size-limited view is read-only");
   }
 
-  async zero(): Promise<void> {
+  override async zero(): Promise<void> {
     throw new NotSupportedError("A size-limited view is read-only");
   }
 
-  async resize(): Promise<void> {
+  override async resize(): Promise<void> {
     throw new NotSupportedError("A size-limited view is read-only");
   }
 
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-
-  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
-  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
-  extents(
+  override extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
+  override extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
+  override extents(
     context: "zero" | "dirty" = "zero",
     range?: ByteRange,
   ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
@@ -558,11 +549,7 @@ class SizeLimitedView implements Backend {
     return context === "dirty" ? this.inner.extents("dirty", clipped) : this.inner.extents("zero", clipped);
   }
 
-  async clone(): Promise<SizeLimitedView> {
+  override async clone(): Promise<SizeLimitedView> {
     return new SizeLimitedView(await this.inner.clone(), this.limit);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

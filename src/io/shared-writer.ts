@@ -6,15 +6,8 @@
  * parallel and take turns only to write, so the remote still sees one writer on one
  * connection while the next chunks are already read.
  */
-import type {
-  Backend,
-  ByteRange,
-  Capabilities,
-  ChecksumResult,
-  DirtyExtent,
-  ZeroExtent,
-  ZeroOptions,
-} from "./backend.js";
+import type { Backend, Capabilities, ChecksumResult, ZeroOptions } from "./backend.js";
+import { BackendFilter } from "./filter.js";
 
 /** Runs tasks one after another, in the order they were queued. */
 class TurnTaker {
@@ -36,75 +29,51 @@ export function shareWriter(inner: Backend, handles: number): Backend {
   return new SharedWriter(inner, new TurnTaker(), handles, true);
 }
 
-class SharedWriter implements Backend {
-  readonly caps: Capabilities;
+class SharedWriter extends BackendFilter {
+  private readonly sharedCaps: Capabilities;
   /** The remote's own checksum, when the wrapped backend has one (verification uses it). */
   readonly checksum?: (algorithm: string, blockSize: number) => Promise<ChecksumResult>;
 
   constructor(
-    private readonly inner: Backend,
+    inner: Backend,
     private readonly turns: TurnTaker,
     private readonly handles: number,
     private readonly owner: boolean,
   ) {
-    this.caps = { ...inner.caps, maxWriters: Math.max(inner.caps.maxWriters, handles) };
+    super(inner);
+    this.sharedCaps = { ...inner.caps, maxWriters: Math.max(inner.caps.maxWriters, handles) };
     if (inner.checksum !== undefined) this.checksum = inner.checksum.bind(inner);
   }
 
-  get name(): string {
-    return this.inner.name;
-  }
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
-  get directIo(): boolean {
-    return this.inner.directIo;
-  }
-  get readonly(): boolean {
-    return this.inner.readonly;
-  }
-  get growable(): boolean {
-    return this.inner.growable;
+  override get caps(): Capabilities {
+    return this.sharedCaps;
   }
 
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-
-  read(buf: Buffer, offset: number): Promise<number> {
+  override read(buf: Buffer, offset: number): Promise<number> {
     return this.turns.run(() => this.inner.read(buf, offset));
   }
 
-  write(buf: Buffer, offset: number): Promise<void> {
+  override write(buf: Buffer, offset: number): Promise<void> {
     return this.turns.run(() => this.inner.write(buf, offset));
   }
 
-  zero(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+  override zero(offset: number, length: number, options?: ZeroOptions): Promise<void> {
     return this.turns.run(() => this.inner.zero(offset, length, options));
   }
 
-  flush(): Promise<void> {
+  override flush(): Promise<void> {
     return this.turns.run(() => this.inner.flush());
   }
 
-  resize(size: number): Promise<void> {
+  override resize(size: number): Promise<void> {
     return this.turns.run(() => this.inner.resize(size));
   }
 
-  extents(context?: "zero", range?: ByteRange): AsyncIterable<ZeroExtent>;
-  extents(context: "dirty", range?: ByteRange): AsyncIterable<DirtyExtent>;
-  extents(
-    context: "zero" | "dirty" = "zero",
-    range?: ByteRange,
-  ): AsyncIterable<ZeroExtent> | AsyncIterable<DirtyExtent> {
-    return context === "dirty" ? this.inner.extents("dirty", range) : this.inner.extents("zero", range);
-  }
-
-  async clone(): Promise<Backend> {
+  override async clone(): Promise<Backend> {
     return new SharedWriter(this.inner, this.turns, this.handles, false);
   }
 
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.owner) await this.inner.close();
   }
 }

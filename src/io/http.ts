@@ -22,6 +22,7 @@ import {
   RemoteUnavailableError,
   UnsupportedUrlError,
 } from "../errors.js";
+import { shortId } from "../log.js";
 import { MiB } from "../units.js";
 import {
   type Backend,
@@ -634,11 +635,6 @@ async function remoteError(response: IncomingMessage, where: string, remoteId?: 
   // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
   const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));
   return new RemoteError(text, status, contentRange, { logMessage: logText });
-}
-
-/** The first 8 characters of a ticket id, as logs show ticket ids ([D11]). */
-function shortId(id: string): string {
-  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
 }
 
 const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);

@@ -1,0 +1,114 @@
+/**
+ * The review of issues 10 and 13, daemon items (numbered as the review numbers them): the log
+ * file and run dir under the hardened unit's privileges, as the real daemon process.
+ */
+import { execFile, spawnSync } from "node:child_process";
+import { chmodSync, chownSync, mkdirSync, statSync } from "node:fs";
+import { promisify } from "node:util";
+import { afterEach, describe, expect, it } from "vitest";
+import { writeTestConfig } from "./helpers/daemon.js";
+import { startLoggingToFile, waitForFile } from "./helpers/logfile.js";
+import { makeTempDir, type TempDir } from "./helpers/tmp.js";
+
+const execFileAsync = promisify(execFile);
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0)) await cleanup();
+});
+
+/** A temp dir others may traverse (the service user must reach its log directory in it). */
+async function openTempDir(): Promise<TempDir> {
+  const tmp = await makeTempDir("imageio-review-");
+  chmodSync(tmp.path, 0o755);
+  cleanups.push(() => tmp.remove());
+  return tmp;
+}
+
+/** The uid, gid and group of `nobody`, or undefined (with the reason printed) when the test cannot run as it. */
+async function serviceUser(): Promise<{ uid: number; gid: number; group: string } | undefined> {
+  if (process.getuid?.() !== 0) {
+    console.log("skipped: dropping privileges needs root");
+    return undefined;
+  }
+  const id = (...args: string[]) => execFileAsync("id", args).then(({ stdout }) => stdout.trim());
+  try {
+    const [uid, gid, group] = await Promise.all([id("-u", "nobody"), id("-g", "nobody"), id("-gn", "nobody")]);
+    return { uid: Number(uid), gid: Number(gid), group };
+  } catch {
+    console.log("skipped: no user 'nobody' to run as");
+    return undefined;
+  }
+}
+
+/** A log file path in a 0755 directory of the service user's, as the RPM makes /var/log/ovirt-imageio. */
+function serviceLogFile(tmp: TempDir, user: { uid: number; gid: number }): string {
+  const logDir = tmp.file("log");
+  mkdirSync(logDir, { mode: 0o755 });
+  chownSync(logDir, user.uid, user.gid);
+  return `${logDir}/daemon.log`;
+}
+
+async function runUntilReady(confDir: string, logFile: string, launcher: string[] = []): Promise<string> {
+  const daemon = await startLoggingToFile(confDir, logFile, launcher);
+  cleanups.push(async () => {
+    daemon.child.kill("SIGTERM");
+    await daemon.exited;
+  });
+  return daemon.ready;
+}
+
+describe("review 14: log file mode", () => {
+  it("review 14: a new log file is created 0640", async () => {
+    const tmp = await openTempDir();
+    const logFile = tmp.file("daemon.log");
+    const confDir = await writeTestConfig(tmp, { logging: { file: logFile } });
+    await runUntilReady(confDir, logFile);
+    expect(statSync(logFile).mode & 0o777).toBe(0o640);
+  });
+});
+
+describe("review 1 and 6: the hardened unit's privileges", () => {
+  it("review 1: without CAP_DAC_OVERRIDE (the unit's bounding set), a log file in the service user's 0755 directory starts, owned by that user", async () => {
+    const user = await serviceUser();
+    if (user === undefined) return;
+    if (spawnSync("setpriv", ["--version"]).error !== undefined) {
+      console.log("skipped: setpriv not installed (Debian: apt-get install util-linux)");
+      return;
+    }
+    const tmp = await openTempDir();
+    const logFile = serviceLogFile(tmp, user);
+    const confDir = await writeTestConfig(tmp, {
+      daemon: { drop_privileges: true, user_name: "nobody", group_name: user.group },
+      logging: { file: logFile },
+    });
+    await runUntilReady(confDir, logFile, ["setpriv", "--bounding-set", "-dac_override", "--"]);
+    await waitForFile(logFile, /PRIVILEGES dropped/);
+    const stat = statSync(logFile);
+    expect([stat.uid, stat.mode & 0o777]).toEqual([user.uid, 0o640]);
+  });
+
+  it("review 6: a run_dir that was there before keeps its owner; one the daemon creates goes to the service user", async () => {
+    const user = await serviceUser();
+    if (user === undefined) return;
+    const tmp = await openTempDir();
+    const existing = tmp.file("run");
+    mkdirSync(existing, { mode: 0o755 });
+    const logFile = serviceLogFile(tmp, user);
+    const drop = { drop_privileges: true, user_name: "nobody", group_name: user.group };
+    const confDir = await writeTestConfig(tmp, { daemon: { ...drop, run_dir: existing }, logging: { file: logFile } });
+    await runUntilReady(confDir, logFile);
+    await waitForFile(logFile, /PRIVILEGES dropped/);
+    expect(statSync(existing).uid).toBe(0);
+
+    const other = await openTempDir();
+    const created = other.file("run/imageio");
+    const otherLog = serviceLogFile(other, user);
+    const otherConf = await writeTestConfig(other, {
+      daemon: { ...drop, run_dir: created },
+      logging: { file: otherLog },
+    });
+    await runUntilReady(otherConf, otherLog);
+    await waitForFile(otherLog, /PRIVILEGES dropped/);
+    expect(statSync(created).uid).toBe(user.uid);
+  });
+});

@@ -60,6 +60,7 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     return startupFailure(error);
   }
   const log = createLogger(config.logging.level as LogLevel, sink, profile.name);
+  ignoreStraySignals(log);
   for (const warning of loaded.warnings) log.warning("CONFIG", { reason: warning });
   // A failure goes to stderr (the journal, or the terminal) and, when there is one, the log file.
   const fail = async (error: unknown) => {
@@ -136,6 +137,28 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     process.on("SIGINT", onInt);
     process.on("SIGHUP", onHup);
   });
+}
+
+/**
+ * Signals whose default action ends the process although nothing asked the daemon to stop:
+ * a stray `kill -USR2` (or a tool that sends one to every process) must not take every
+ * transfer down. TERM, INT and HUP have their own handlers; USR1 is the inspector's
+ * (no-inspector.ts); QUIT, ABRT and SEGV-like signals keep their core dumps; SIGPROF belongs
+ * to V8's profiler.
+ */
+const STRAY_SIGNALS: readonly NodeJS.Signals[] = [
+  "SIGUSR2",
+  "SIGALRM",
+  "SIGVTALRM",
+  "SIGIO",
+  "SIGPWR",
+  "SIGSTKFLT",
+  "SIGXCPU",
+  "SIGXFSZ",
+];
+
+function ignoreStraySignals(log: Logger): void {
+  for (const signal of STRAY_SIGNALS) process.on(signal, () => log.info("SIGNAL ignored", { signal }));
 }
 
 /** `--show-config[=json|sources]`: prints the configuration; the exit code. */

@@ -162,7 +162,7 @@ export async function listen(
   if (tls) {
     enforceHandshakeDeadline(server, deadlineMs, log);
     server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
-      log.warning("TLS handshake failed", { client: peerAddress(socket), reason: error.code ?? error.message }),
+      logHandshakeFailure(log, error, socket),
     );
   }
 
@@ -243,6 +243,21 @@ function admitConnection(socket: Socket, kind: ServiceKind, log: Logger, slots: 
     log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message }),
   );
   slots?.admit(socket, kind);
+}
+
+/** A peer that closes or resets before finishing its handshake: health checks and port scanners. */
+const DEPARTED_CODES = new Set(["ECONNRESET", "EPIPE"]);
+
+/**
+ * A failed TLS handshake: at DEBUG when the peer just went away (a TCP health check connects
+ * and closes, a scanner resets), at WARNING when the handshake itself failed (protocol
+ * version, no shared cipher, a bad certificate): that is a client that wanted to talk.
+ */
+function logHandshakeFailure(log: Logger, error: Error & { code?: string }, socket: Socket): void {
+  const fields = { client: peerAddress(socket), reason: error.code ?? error.message };
+  if (error.code !== undefined && DEPARTED_CODES.has(error.code))
+    log.debug("TLS peer left before the handshake", fields);
+  else log.warning("TLS handshake failed", fields);
 }
 
 /**

@@ -6,11 +6,12 @@ import { execFile, spawnSync } from "node:child_process";
 import { chmodSync, chownSync, mkdirSync, statSync } from "node:fs";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
-import { writeTestConfig } from "./helpers/daemon.js";
+import { request, startDaemon, writeTestConfig } from "./helpers/daemon.js";
 import { startLoggingToFile, waitForFile } from "./helpers/logfile.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const execFileAsync = promisify(execFile);
+const root = new URL("..", import.meta.url).pathname;
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0)) await cleanup();
@@ -110,5 +111,64 @@ describe("review 1 and 6: the hardened unit's privileges", () => {
     await runUntilReady(otherConf, otherLog);
     await waitForFile(otherLog, /PRIVILEGES dropped/);
     expect(statSync(created).uid).toBe(user.uid);
+  });
+});
+
+describe("review 7, 8, 11: tickets, TLS files, signals", () => {
+  it("review 7: file URLs no open accepts (remote host, query or fragment, NUL) are 400 at PUT /tickets", async () => {
+    const daemon = await startDaemon();
+    cleanups.push(async () => {
+      await daemon.stop();
+    });
+    const urls = {
+      "file://otherhost/x": "names a remote host",
+      "file:///etc/passwd?x#y": "must not have a query or fragment",
+      "file:///img%00x": "has a NUL byte in its path",
+    };
+    for (const [url, reason] of Object.entries(urls)) {
+      const ticket = { uuid: "review-7", size: 1024, ops: ["read"], timeout: 60, url };
+      const response = await request(daemon, {
+        service: "control",
+        method: "PUT",
+        path: "/tickets/review-7",
+        body: JSON.stringify(ticket),
+      });
+      expect(response.status, url).toBe(400);
+      expect(response.text).toContain(`Invalid ticket: Invalid value for 'url': '${url}': File URL`);
+      expect(response.text).toContain(reason);
+    }
+    expect((await request(daemon, { service: "control", path: "/tickets/review-7" })).status).toBe(404);
+  });
+
+  it("review 8: a TLS file that is a directory names its [tls] key before READY", async () => {
+    for (const key of ["key_file", "cert_file", "ca_file"]) {
+      const tmp = await openTempDir();
+      const confDir = await writeTestConfig(tmp, { tls: { [key]: tmp.path } });
+      const result = await execFileAsync(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], {
+        timeout: 20_000,
+      })
+        .then(({ stdout, stderr }) => ({ code: 0, output: stdout + stderr }))
+        .catch((error: { code: number; stdout: string; stderr: string }) => ({
+          code: error.code,
+          output: error.stdout + error.stderr,
+        }));
+      expect(result.code, key).toBe(1);
+      expect(result.output).toContain(`imageio: [tls] ${key}: cannot read ${tmp.path}: EISDIR`);
+      expect(result.output).not.toContain("READY");
+    }
+  });
+
+  it("review 11: SIGUSR2 and other stray signals are logged at INFO and ignored; the daemon keeps serving", async () => {
+    const daemon = await startDaemon();
+    cleanups.push(async () => {
+      await daemon.stop();
+    });
+    for (const signal of ["SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGIO", "SIGPWR", "SIGXFSZ"] as const) {
+      daemon.child.kill(signal);
+      await daemon.waitForLog(new RegExp(` INFO .*SIGNAL ignored signal=${signal}\\b`));
+    }
+    expect(daemon.child.exitCode).toBeNull();
+    expect((await request(daemon, { service: "control", path: "/tickets/none" })).status).toBe(404);
+    expect(await daemon.stop()).toBe(0);
   });
 });

@@ -526,18 +526,7 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
     }
     case "HPE_INVALID_TRANSFER_ENCODING":
     case "HPE_UNEXPECTED_CONTENT_LENGTH":
-      response =
-        headerLines.filter((line) => line.toLowerCase().startsWith("content-length:")).length > 1 &&
-        header("transfer-encoding") === undefined
-          ? // RFC 9112 §6.3: several Content-Length fields leave the framing in doubt.
-            rawErrorResponse(400, "Bad Request", "Multiple Content-Length headers")
-          : header("content-length") !== undefined
-            ? rawErrorResponse(400, "Bad Request", "Content-Length and Transfer-Encoding must not be used together")
-            : rawErrorResponse(
-                501,
-                "Not Implemented",
-                `Unsupported Transfer-Encoding: '${header("transfer-encoding") ?? ""}'`,
-              );
+      response = framingErrorResponse(headerLines);
       break;
     case "HPE_HEADER_OVERFLOW":
       response = overflowsRequestLine(raw)
@@ -555,6 +544,26 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
   }
   if (response !== undefined && socket.writable) socket.end(response);
   else socket.destroy();
+}
+
+/**
+ * The answer to a head whose framing headers contradict each other, or name a coding we
+ * cannot decode (RFC 9112 §6.1, §6.3).
+ */
+function framingErrorResponse(headerLines: string[]): string {
+  const count = (name: string) => headerLines.filter((line) => line.toLowerCase().startsWith(`${name}:`)).length;
+  const lengths = count("content-length");
+  const codings = count("transfer-encoding");
+  // Several Content-Length fields leave the body's length in doubt.
+  if (lengths > 1 && codings === 0) return rawErrorResponse(400, "Bad Request", "Multiple Content-Length headers");
+  if (lengths > 0) {
+    return rawErrorResponse(400, "Bad Request", "Content-Length and Transfer-Encoding must not be used together");
+  }
+  const coding = headerLines
+    .find((line) => line.toLowerCase().startsWith("transfer-encoding:"))
+    ?.slice(18)
+    .trim();
+  return rawErrorResponse(501, "Not Implemented", `Unsupported Transfer-Encoding: '${coding ?? ""}'`);
 }
 
 /**

@@ -138,6 +138,20 @@ describe("review 7, 8, 11: tickets, TLS files, signals", () => {
       expect(response.text).toContain(reason);
     }
     expect((await request(daemon, { service: "control", path: "/tickets/review-7" })).status).toBe(404);
+    // A proxy ticket: the remote URL's checks run too, and its ticket id stays out of the log.
+    const remoteId = "0b0c4a52-remote-ticket-id-secret";
+    const url = `https://daemon.example:54322/images/${remoteId}?x=1`;
+    const proxied = await request(daemon, {
+      service: "control",
+      method: "PUT",
+      path: "/tickets/review-7",
+      body: JSON.stringify({ uuid: "review-7", size: 1024, ops: ["read"], timeout: 60, url }),
+    });
+    expect(proxied.status).toBe(400);
+    expect(proxied.text).toContain(`'${url}': Remote image URL https://daemon.example:54322/… must look like`);
+    const logs = await daemon.waitForLog("must look like https://host:port/images/ID");
+    expect(logs).toContain("https://daemon.example:54322/images/0b0c4a52…?x=1");
+    expect(logs).not.toContain(remoteId);
   });
 
   it("review 8: a TLS file that is a directory names its [tls] key before READY", async () => {

@@ -131,11 +131,7 @@ export class HttpBackend implements Backend {
    *   RemoteError with the remote's status (e.g. 403 for a missing remote ticket).
    */
   static async open(url: URL, options: HttpBackendOptions = {}): Promise<HttpBackend> {
-    if (!/^\/images\/[^/]+$/.test(url.pathname) || url.search !== "" || url.hash !== "") {
-      throw new UnsupportedUrlError(
-        `Remote image URL ${url.protocol}//${url.host}/… must look like https://host:port/images/ID`,
-      );
-    }
+    checkRemoteImageUrl(url);
     const transport = tcpTransport(url, options);
     const probe = new HttpBackend(url, options, transport, emptyInfo());
     const info = await probe.options_();
@@ -619,6 +615,18 @@ async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<st
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString("utf8");
+}
+
+/**
+ * @throws UnsupportedUrlError unless `url` is `http(s)://host:port/images/ID` with nothing
+ *   after the id (the message never shows the id, a credential).
+ */
+export function checkRemoteImageUrl(url: URL): void {
+  if (!/^\/images\/[^/]+$/.test(url.pathname) || url.search !== "" || url.hash !== "") {
+    throw new UnsupportedUrlError(
+      `Remote image URL ${url.protocol}//${url.host}/… must look like https://host:port/images/ID`,
+    );
+  }
 }
 
 /** The remote's error with its status, content-range and the start of its message. */

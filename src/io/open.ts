@@ -9,7 +9,7 @@ import { UnsupportedUrlError } from "../errors.js";
 import { AlignedBackend } from "./aligned.js";
 import type { Backend } from "./backend.js";
 import { FileBackend, type FileBackendOptions } from "./file.js";
-import { HttpBackend, type HttpBackendOptions } from "./http.js";
+import { checkRemoteImageUrl, HttpBackend, type HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
 import { NbdBackend, type NbdBackendOptions } from "./nbd.js";
 import { parseNbdUrl } from "./nbd-url.js";
@@ -67,6 +67,7 @@ export function parseImageUrl(url: string | URL): URL {
   // could ever accept is refused when it is added, not at every request.
   if (parsed.protocol === "file:") filePathOf(parsed);
   else if (parsed.protocol === "nbd:") parseNbdUrl(parsed.href);
+  else if (parsed.protocol === "http:" || parsed.protocol === "https:") checkRemoteImageUrl(parsed);
   return parsed;
 }
 

@@ -104,6 +104,22 @@ describe("configuration", () => {
     expect(() => loadConfig(tmp.path)).toThrow(/a\.conf: \[handler_f\] args: cannot find the log file in '\(x,\)'/);
   });
 
+  it("review 18: continuation lines extend the value before them, as configparser reads them", async () => {
+    await conf(
+      "a.conf",
+      `${tlsKeys}[logger_root]\nhandlers =\n  logfile\n\nlevel = DEBUG\n[handler_logfile]\n` +
+        'class = logging.handlers.RotatingFileHandler\nargs = (\n    "/var/log/continued.log",)\n' +
+        'kwargs = {"maxBytes": 20971520,\n\n  # a comment inside\n  "backupCount": 10}\n[remote]\nport =\n  54330\n',
+    );
+    const { config } = loadConfigWithSources(tmp.path);
+    expect(config.logging.file).toBe("/var/log/continued.log");
+    expect(config.logging.level).toBe("DEBUG");
+    expect(config.remote.port).toBe(54330);
+    // A continued value keeps its line breaks: not an integer any more.
+    await conf("a.conf", `${tlsKeys}[remote]\nport = 1\n  2\n`);
+    expect(() => loadConfig(tmp.path)).toThrow(/a\.conf: \[remote\] port: invalid value '1\n2'/);
+  });
+
   it("13: --show-config=sources tells default from file for every value", async () => {
     await conf("50-vdsm.conf", `${tlsKeys}[remote]\nport = 1000\n`);
     await conf("99-local.conf", "[remote]\nport = 2000\n");

@@ -5,8 +5,9 @@
  *
  * Files are decoded with the `ini` package. Upstream reads them with Python's configparser,
  * so before decoding each file is checked for what configparser rejects and `ini` would
- * silently accept (a section or option repeated in one file, an option without a value,
- * continuation lines), and `key: value` lines are read as `key = value`.
+ * silently accept (a section or option repeated in one file, an option without a value),
+ * `key: value` lines are read as `key = value`, and an indented line continues the value
+ * before it on a new line, as configparser reads it.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -314,14 +315,30 @@ export function readIniFile(file: string): Record<string, Record<string, string>
   } catch (error) {
     throw new ConfigError(`Cannot read configuration file ${file}: ${(error as Error).message}`, { cause: error });
   }
-  const normalized: string[] = [];
+  // Option lines keep their value lines until the file is read: continuation lines extend them.
+  const normalized: (string | { key: string; lines: string[] })[] = [];
   const seen = new Map<string, Set<string>>();
   let current: Set<string> | undefined;
+  // The option an indented line continues (as configparser reads it), with its indentation,
+  // and the blank lines seen since, which belong to the value only if it goes on.
+  let continued: { key: string; lines: string[]; indent: number } | undefined;
+  let blanks = 0;
   text.split(/\r?\n/).forEach((line, index) => {
     const where = `${file}:${index + 1}`;
     const trimmed = line.trim();
-    if (trimmed === "" || trimmed.startsWith("#") || trimmed.startsWith(";")) return;
-    if (/^\s/.test(line)) throw new ConfigError(`${where}: continuation lines are not supported: '${trimmed}'`);
+    if (trimmed === "") {
+      blanks++;
+      return;
+    }
+    if (trimmed.startsWith("#") || trimmed.startsWith(";")) return;
+    const indent = line.length - line.trimStart().length;
+    if (continued !== undefined && indent > continued.indent) {
+      for (; blanks > 0; blanks--) continued.lines.push("");
+      continued.lines.push(trimmed);
+      return;
+    }
+    continued = undefined;
+    blanks = 0;
     const header = /^\[([^\]]+)\]$/.exec(trimmed);
     if (header) {
       const name = header[1] as string;
@@ -339,10 +356,19 @@ export function readIniFile(file: string): Record<string, Record<string, string>
     if (key === "") throw new ConfigError(`${where}: option without a name: '${trimmed}'`);
     if (current.has(key)) throw new ConfigError(`${where}: option '${key}' already exists in this section`);
     current.add(key);
-    // Quote the value so `ini` keeps it as written (no inline comment stripping, no unquoting).
-    normalized.push(`${key} = ${JSON.stringify(value)}`);
+    continued = { key, lines: [value], indent };
+    normalized.push(continued);
   });
-  const decoded = decode(normalized.join("\n")) as Record<string, Record<string, string>>;
+  // Quote each value so `ini` keeps it as written (no inline comment stripping, no unquoting);
+  // a continued value is its lines joined by newlines, as configparser gives it (without the
+  // empty first line of a value that starts on the next line, which Python's int() and
+  // literal_eval() skip anyway).
+  const iniText = normalized
+    .map((entry) =>
+      typeof entry === "string" ? entry : `${entry.key} = ${JSON.stringify(entry.lines.join("\n").trim())}`,
+    )
+    .join("\n");
+  const decoded = decode(iniText) as Record<string, Record<string, string>>;
   // Top-level keys cannot occur (checked above); sections with dots would nest: flatten them back.
   const result: Record<string, Record<string, string>> = {};
   for (const name of seen.keys()) result[name] = pickSection(decoded, name);

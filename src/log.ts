@@ -23,6 +23,14 @@ export interface LogSink {
   write(line: string): void;
 }
 
+/**
+ * The first 8 characters of a ticket id: enough to correlate log lines, useless as a
+ * credential. Every ticket id a log line shows goes through here ([D11]).
+ */
+export function shortId(id: string): string {
+  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
+}
+
 export const stderrSink: LogSink = { write: (line) => process.stderr.write(line) };
 
 /**
@@ -31,13 +39,19 @@ export const stderrSink: LogSink = { write: (line) => process.stderr.write(line)
  * file at the same path; the old stream finishes what it holds and closes. A write error is
  * reported once on stderr and the lines that follow go there too.
  */
+/** A new log file is readable by its owner's group (adm, logrotate), not by everyone. */
+export const LOG_FILE_MODE = 0o640;
+
 export class FileSink implements LogSink {
   private stream: WriteStream;
   private failed = false;
 
-  /** Opens (creating, mode 0644) `path` for appending. @throws the open error, at startup. */
+  /**
+   * Opens (creating, mode 0640: logs name images and clients) `path` for appending.
+   * @throws the open error, at startup.
+   */
   constructor(readonly path: string) {
-    this.stream = this.streamOf(openSync(path, "a", 0o644));
+    this.stream = this.streamOf(openSync(path, "a", LOG_FILE_MODE));
   }
 
   write(line: string): void {
@@ -48,7 +62,7 @@ export class FileSink implements LogSink {
   /** Switches to a new file at the path; resolves once it is open (rejects, keeping the old one). */
   async reopen(): Promise<void> {
     // The stream owns the handle from here (a bare fd would be closed when the handle is collected).
-    const handle = await open(this.path, "a", 0o644);
+    const handle = await open(this.path, "a", LOG_FILE_MODE);
     const old = this.stream;
     this.stream = this.streamOf(handle);
     this.failed = false;

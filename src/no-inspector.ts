@@ -5,6 +5,7 @@
  * NODE_OPTIONS, which the single executable honours too.
  */
 import inspector from "node:inspector";
+import { isSea } from "node:sea";
 
 /** Ignores SIGUSR1: a JavaScript listener replaces the handler that would start the inspector. */
 function ignoreInspectorSignal(): void {
@@ -23,4 +24,19 @@ export function disableInspector(): boolean {
   if (inspector.url() === undefined) return false;
   inspector.close();
   return true;
+}
+
+/**
+ * True when this process was started to open the inspector: `--inspect*` (also `-brk`,
+ * `-wait`, `-port`) in its own command line options or in NODE_OPTIONS (which the single
+ * executable never reads: there only its own options count). The daemon and the proxy refuse
+ * to run so; `--inspect-brk` has paused the process before this can run, which only clearing
+ * NODE_OPTIONS (the units do) prevents.
+ */
+export function inspectorRequested(
+  execArgv: readonly string[] = process.execArgv,
+  nodeOptions = isSea() ? "" : (process.env.NODE_OPTIONS ?? ""),
+): boolean {
+  const isInspect = (option: string) => /^--inspect(-brk|-wait|-port)?(=|$)/.test(option);
+  return execArgv.some(isInspect) || nodeOptions.split(/\s+/).some(isInspect);
 }

@@ -205,13 +205,44 @@ describe("issue 10: logs", () => {
       socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
       socket.resetAndDestroy();
       const deadline = Date.now() + 5000;
-      while (!daemon.logs().includes("TLS handshake failed") && Date.now() < deadline) {
+      while (!daemon.logs().includes("TLS peer left before the handshake") && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     });
-    const line = lines.find((text) => text.includes("TLS handshake failed"));
-    expect(line).toMatch(/WARNING .*TLS handshake failed client=(::ffff:)?127\.0\.0\.1 reason=ECONNRESET/);
+    // At DEBUG (review 15): a reset before the handshake is a scanner or a health check.
+    const line = lines.find((text) => text.includes("TLS peer left before the handshake"));
+    expect(line).toMatch(/DEBUG .*TLS peer left before the handshake client=(::ffff:)?127\.0\.0\.1 reason=ECONNRESET/);
     expect(lines.join("\n")).not.toContain("client=undefined");
+  });
+
+  it("review 15: a plain TCP connect-and-reset is a DEBUG line with the address; a failed handshake a WARNING", async () => {
+    const before = daemon.logs().length;
+    const handshakeLines = () =>
+      daemon
+        .logs()
+        .slice(before)
+        .split("\n")
+        .filter((text) => /TLS (peer left|handshake failed)/.test(text));
+    // A health check or a scanner: connects, sends nothing, resets.
+    const probe = net.connect({ host: "127.0.0.1", port: daemon.remotePort });
+    probe.on("error", () => undefined);
+    await new Promise((resolve) => probe.once("connect", resolve));
+    probe.resetAndDestroy();
+    // Plain HTTP to the TLS port: the handshake itself fails.
+    const http = net.connect({ host: "127.0.0.1", port: daemon.remotePort });
+    http.on("error", () => undefined);
+    await new Promise((resolve) => http.once("connect", resolve));
+    http.end("GET /info/ HTTP/1.1\r\n\r\n");
+    const deadline = Date.now() + 5000;
+    while (handshakeLines().length < 2 && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    const lines = handshakeLines();
+    const left = lines.filter((text) => text.includes("TLS peer left before the handshake"));
+    const failed = lines.filter((text) => text.includes("TLS handshake failed"));
+    expect(left).toHaveLength(1);
+    expect(left[0]).toMatch(/ DEBUG .*client=(::ffff:)?127\.0\.0\.1 reason=ECONNRESET/);
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatch(/ WARNING .*client=(::ffff:)?127\.0\.0\.1 reason=ERR_SSL_/);
   });
 
   it("10.13: a ticket id or transfer id with a newline or NUL stays on one escaped log line", async () => {

@@ -74,6 +74,12 @@ describe("imageio ticket", () => {
     expect(help.stdout).toContain("0 is refused");
   });
 
+  it("review 16: `imageio ticket add --help` says inactivity_timeout 0 is refused", async () => {
+    const help = await ticketCli("add", "--help");
+    expect(help.stdout).toMatch(/inactivity_timeout +integer +seconds an idle connection stays open, at least 1\n/);
+    expect(help.stdout).toContain("(0 is refused: it would mean never;");
+  });
+
   it("reports invalid tickets and bad arguments", async () => {
     const file = daemon.tmp.file("bad.json");
     await writeFile(file, JSON.stringify({ uuid: "x", size: "1" }));

@@ -5,6 +5,7 @@
  * The proxy is this command with other defaults (commands/profiles.ts).
  */
 import { chownSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { resolve as resolvePath } from "node:path";
 import { type Config, configSourcesToText, configToJson, type LoadedConfig, loadConfigWithSources } from "../config.js";
 import { ConfigError, ImageioError } from "../errors.js";
 import { acceptTicket } from "../http/handlers/tickets.js";
@@ -51,12 +52,15 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
   const { config } = loaded;
   if (options.showConfig !== undefined && options.showConfig !== false) return showConfig(loaded, options.showConfig);
   let sink: LogSink;
+  let identity: ServiceIdentity | undefined;
   try {
-    sink = openLogSink(config);
+    identity = serviceIdentity(config);
+    sink = openLogSink(config, identity);
   } catch (error) {
     return startupFailure(error);
   }
   const log = createLogger(config.logging.level as LogLevel, sink, profile.name);
+  ignoreStraySignals(log);
   for (const warning of loaded.warnings) log.warning("CONFIG", { reason: warning });
   // A failure goes to stderr (the journal, or the terminal) and, when there is one, the log file.
   const fail = async (error: unknown) => {
@@ -68,13 +72,12 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
   };
 
   let tickets: TicketFields[] = [];
-  let identity: ServiceIdentity | undefined;
+  let ownRunDir: boolean;
   try {
     const ticketFile = options.ticket ?? dev?.ticketFile;
     if (ticketFile !== undefined) tickets = [readTicketFile(ticketFile, config)];
     checkTlsFiles(config);
-    identity = serviceIdentity(config);
-    makeRunDir(config.daemon.run_dir);
+    ownRunDir = makeRunDir(config.daemon.run_dir) || isUnitRuntimeDirectory(config.daemon.run_dir);
   } catch (error) {
     return fail(error);
   }
@@ -88,7 +91,7 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
     return fail(error);
   }
   try {
-    if (identity !== undefined) dropPrivileges(config, identity, log);
+    if (identity !== undefined) dropPrivileges(config, identity, ownRunDir, log);
   } catch (error) {
     await services.close(0);
     return fail(error);
@@ -136,6 +139,28 @@ export async function runDaemon(options: DaemonOptions, profile: DaemonProfile =
   });
 }
 
+/**
+ * Signals whose default action ends the process although nothing asked the daemon to stop:
+ * a stray `kill -USR2` (or a tool that sends one to every process) must not take every
+ * transfer down. TERM, INT and HUP have their own handlers; USR1 is the inspector's
+ * (no-inspector.ts); QUIT, ABRT and SEGV-like signals keep their core dumps; SIGPROF belongs
+ * to V8's profiler.
+ */
+const STRAY_SIGNALS: readonly NodeJS.Signals[] = [
+  "SIGUSR2",
+  "SIGALRM",
+  "SIGVTALRM",
+  "SIGIO",
+  "SIGPWR",
+  "SIGSTKFLT",
+  "SIGXCPU",
+  "SIGXFSZ",
+];
+
+function ignoreStraySignals(log: Logger): void {
+  for (const signal of STRAY_SIGNALS) process.on(signal, () => log.info("SIGNAL ignored", { signal }));
+}
+
 /** `--show-config[=json|sources]`: prints the configuration; the exit code. */
 function showConfig({ config, sources, warnings }: LoadedConfig, format: true | string): number {
   for (const warning of warnings) process.stderr.write(`imageio: warning: ${warning}\n`);
@@ -145,11 +170,19 @@ function showConfig({ config, sources, warnings }: LoadedConfig, format: true | 
   return 0;
 }
 
-/** stderr, or `[logging] file` held open. @throws ConfigError naming the setting. */
-function openLogSink(config: Readonly<Config>): LogSink {
+/**
+ * stderr, or `[logging] file` held open. A daemon that will drop privileges opens (and
+ * creates) it as the service user, who reopens it on SIGHUP: root in the hardened unit may
+ * not write into the service user's log directory (no CAP_DAC_OVERRIDE), and a file only
+ * root could write would fail at the first logrotate instead of now.
+ * @throws ConfigError naming the setting.
+ */
+function openLogSink(config: Readonly<Config>, identity: ServiceIdentity | undefined): LogSink {
   if (config.logging.file === "") return stderrSink;
   try {
-    return new FileSink(config.logging.file);
+    return identity === undefined
+      ? new FileSink(config.logging.file)
+      : asServiceUser(identity, () => new FileSink(config.logging.file));
   } catch (error) {
     throw new ConfigError(`[logging] file: cannot open ${config.logging.file}: ${(error as Error).message}`, {
       cause: error,
@@ -163,11 +196,41 @@ function startupFailure(error: unknown): number {
   return 1;
 }
 
-/** @throws ConfigError naming `[daemon] run_dir` when it cannot be created. */
-function makeRunDir(path: string): void {
-  if (existsSync(path)) return;
+/**
+ * True when systemd made `path` for this service (`RuntimeDirectory=`, announced in
+ * $RUNTIME_DIRECTORY): it is the daemon's as much as one it created.
+ */
+function isUnitRuntimeDirectory(path: string): boolean {
+  const dirs = process.env.RUNTIME_DIRECTORY?.split(":") ?? [];
+  return dirs.some((dir) => dir !== "" && resolvePath(dir) === resolvePath(path));
+}
+
+/**
+ * Runs `work` with the service user's effective ids (root keeps its real and saved ids, so it
+ * gets them back), for files that user must own and reopen later.
+ */
+function asServiceUser<T>(identity: ServiceIdentity, work: () => T): T {
+  const posix = process as NodeJS.Process & Required<Pick<NodeJS.Process, "setegid" | "seteuid">>;
+  posix.setegid(identity.gid);
+  posix.seteuid(identity.uid);
+  try {
+    return work();
+  } finally {
+    posix.seteuid(0);
+    posix.setegid(0);
+  }
+}
+
+/**
+ * Creates `[daemon] run_dir` when missing; true when it did (only then is it the daemon's
+ * to give to the service user).
+ * @throws ConfigError naming `[daemon] run_dir` when it cannot be created.
+ */
+function makeRunDir(path: string): boolean {
+  if (existsSync(path)) return false;
   try {
     mkdirSync(path, { recursive: true, mode: 0o755 });
+    return true;
   } catch (error) {
     throw new ConfigError(`[daemon] run_dir: cannot create ${path}: ${(error as Error).message}`, { cause: error });
   }
@@ -188,17 +251,18 @@ function readTicketFile(path: string, config: Readonly<Config>): TicketFields {
 }
 
 /**
- * Started as root with drop_privileges, hand the run dir, control socket and log file to the
- * service user and become that user (spec §2). Sockets are already bound.
+ * Started as root with drop_privileges, hand what the daemon made (the socket files, and the
+ * run dir when it created it or systemd made it for the unit) to the service user and become that user (spec §2). Sockets are
+ * already bound. A run dir that was there before (`/run`, a directory the unit made) keeps
+ * its owner; the log file was created by the service user already.
  */
-function dropPrivileges(config: Readonly<Config>, identity: ServiceIdentity, log: Logger): void {
+function dropPrivileges(config: Readonly<Config>, identity: ServiceIdentity, ownRunDir: boolean, log: Logger): void {
   const { user, group, uid, gid } = identity;
-  const owned = [config.daemon.run_dir];
+  const owned = ownRunDir ? [config.daemon.run_dir] : [];
   if (config.control.enable && config.control.transport === "unix") owned.push(config.control.socket);
   // A path local socket (not an abstract name, which has no owner) is for the service user's clients.
   if (config.local.enable && config.local.socket !== "" && !config.local.socket.startsWith("\0"))
     owned.push(config.local.socket);
-  if (config.logging.file !== "") owned.push(config.logging.file);
   for (const path of owned) if (existsSync(path)) chownSync(path, uid, gid);
   // The user's own supplementary groups (on an oVirt host kvm and qemu, which own the images),
   // as login does. (process.initgroups is POSIX-only and missing from @types/node 20.)

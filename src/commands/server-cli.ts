@@ -3,6 +3,7 @@
  * when one of them runs, so `imageio copy` and `imageio ticket` start without them.
  */
 import type { Command } from "commander";
+import { inspectorRequested } from "../no-inspector.js";
 import type { DaemonOptions } from "./daemon.js";
 import { DAEMON_PROFILE, type DaemonProfile, PROXY_PROFILE } from "./profiles.js";
 
@@ -18,6 +19,14 @@ function addServerCommand(program: Command, profile: DaemonProfile, description:
     .option("--ticket <file>", "load a ticket (JSON) before accepting connections")
     .addHelpText("after", `\nExample:\n  imageio ${profile.name} --config ${profile.confDir}`)
     .action(async (options: DaemonOptions) => {
+      if (inspectorRequested()) {
+        process.stderr.write(
+          `imageio ${profile.name}: refusing to run with the Node.js inspector requested (--inspect in the ` +
+            "command line or NODE_OPTIONS): a debugger reads every image and ticket. Unset NODE_OPTIONS.\n",
+        );
+        process.exitCode = 1;
+        return;
+      }
       const { runDaemon } = await import("./daemon.js");
       process.exitCode = await runDaemon(options, profile);
     });

@@ -4,7 +4,7 @@
  * that is about to die: the TLS files, the service user and group, the port and sockets.
  */
 import { execFileSync } from "node:child_process";
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, readFileSync } from "node:fs";
 import type { Config } from "../config.js";
 import { ConfigError } from "../errors.js";
 
@@ -23,7 +23,8 @@ export function checkTlsFiles(config: Readonly<Config>): void {
     const path = config.tls[key];
     if (path === "" && key === "ca_file") continue;
     try {
-      accessSync(path, constants.R_OK);
+      // Read, not just access(): a directory passes access() and fails only at listen.
+      readFileSync(path);
     } catch (error) {
       throw new ConfigError(`[tls] ${key}: cannot read ${path}: ${reason(error)}`, { cause: error });
     }

@@ -67,8 +67,9 @@ The file is one JSON object:
   timeout             integer, required  seconds the ticket lives, renewed after each request
   url                 string, required   file:///path, nbd:unix:/socket[:exportname=NAME],
                                          nbd://HOST:PORT/EXPORT, https://HOST:54322/images/ID
-  inactivity_timeout  integer            seconds an idle connection stays open
-                                         (default: [daemon] inactivity_timeout, 60)
+  inactivity_timeout  integer            seconds an idle connection stays open, at least 1
+                                         (0 is refused: it would mean never; default:
+                                         [daemon] inactivity_timeout, 60)
   transfer_id         string             names the transfer in messages and logs
   filename            string             the download's file name (content-disposition)
   sparse              boolean, false     zeroing may deallocate

@@ -68,6 +68,13 @@ export class ClientConnection {
       this.log.info("TIMEOUT", { connection: this.id, client: this.client, seconds: this.timeoutMs / 1000 });
       socket.destroy();
     });
+    // The client half-closed: every request it sent was already queued, so once they are
+    // answered our side ends too. (A FIN before a body is complete is a parser error instead.)
+    socket.once("end", () => {
+      this.turn = this.turn.then(() => {
+        if (!socket.destroyed) socket.end();
+      });
+    });
     socket.once("close", () => {
       this.gone.abort(new Error("client disconnected"));
       // The request running now may still write what its client sent before it went away

@@ -2,6 +2,8 @@
  * Exact route tables [D1]: `{id}` is one path segment (anything but `/`, possibly empty);
  * everything else is 404. Method checks follow upstream's order (spec §3.2).
  */
+
+import { shortId } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { HttpError } from "./errors.js";
 import type { RequestContext } from "./request.js";
@@ -36,11 +38,29 @@ export function matchRoute(routes: readonly Route[], method: string, path: strin
     const id = matchPattern(route.pattern, segments);
     if (id === undefined) continue;
     const handler = route.methods[method];
-    if (handler === undefined) throw new HttpError(405, `Method '${method}' not defined for '${path}'`);
+    if (handler === undefined) {
+      const message = (shown: string) => `Method '${method}' not defined for '${shown}'`;
+      throw new HttpError(405, message(path), { logMessage: message(redactPath(path)) });
+    }
     return { route, handler, id };
   }
-  throw new HttpError(404, `No handler for '${path}'`);
+  const message = (shown: string) => `No handler for '${shown}'`;
+  throw new HttpError(404, message(path), { logMessage: message(redactPath(path)) });
 }
+
+/**
+ * A request path as logs may show it: every segment after an `images` or `tickets` segment is
+ * a ticket id and is shortened ([D11]), whether or not a route matched. The client, who sent
+ * the id, still gets the full path in its message.
+ */
+export function redactPath(path: string): string {
+  const segments = path.split("/");
+  return segments
+    .map((segment, i) => (i > 0 && ID_PARENTS.has(segments[i - 1] as string) ? shortId(segment) : segment))
+    .join("/");
+}
+
+const ID_PARENTS = new Set(["images", "tickets"]);
 
 function matchPattern(pattern: string, segments: string[]): string | undefined {
   const parts = pattern.split("/");

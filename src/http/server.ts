@@ -12,7 +12,6 @@ import type { Config } from "../config.js";
 import { ImageioError, RemoteError } from "../errors.js";
 import { bindUnixStream } from "../io/native.js";
 import type { Logger } from "../log.js";
-import { shortId } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { ClientConnection } from "./connection.js";
 import { HttpError, toHttpError } from "./errors.js";
@@ -28,7 +27,7 @@ import { put } from "./handlers/upload.js";
 import { type ConnectionSlots, REQUEST_DEADLINE_MS } from "./limits.js";
 import { RequestContext, splitTarget } from "./request.js";
 import { rawErrorResponse, sendError } from "./response.js";
-import { matchRoute, type Route } from "./router.js";
+import { matchRoute, type Route, redactPath } from "./router.js";
 import { operationName } from "./stats.js";
 import { serverCiphers } from "./tls-ciphers.js";
 
@@ -121,9 +120,16 @@ export async function listen(
   const onRequest = (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, kind, req, res, false);
   // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
   const server = tls
-    ? https.createServer({ ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs }, onRequest)
+    ? https.createServer(
+        { ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs, allowHalfOpen: true },
+        onRequest,
+      )
     : http.createServer(serverOptions, onRequest);
   server.keepAliveTimeout = 0;
+  // A client that sends its last request and then half-closes (FIN) still gets its answers
+  // (RFC 9112 §9.6): Node would drop the requests instead; ClientConnection ends our side
+  // once they are answered.
+  (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.maxHeadersCount = MAX_HEADER_LINES + 1;
 
   const unix = "path" in address;
@@ -156,7 +162,7 @@ export async function listen(
   if (tls) {
     enforceHandshakeDeadline(server, deadlineMs, log);
     server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
-      log.warning("TLS handshake failed", { client: peerAddress(socket), reason: error.code ?? error.message }),
+      logHandshakeFailure(log, error, socket),
     );
   }
 
@@ -237,6 +243,21 @@ function admitConnection(socket: Socket, kind: ServiceKind, log: Logger, slots: 
     log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message }),
   );
   slots?.admit(socket, kind);
+}
+
+/** A peer that closes or resets before finishing its handshake: health checks and port scanners. */
+const DEPARTED_CODES = new Set(["ECONNRESET", "EPIPE"]);
+
+/**
+ * A failed TLS handshake: at DEBUG when the peer just went away (a TCP health check connects
+ * and closes, a scanner resets), at WARNING when the handshake itself failed (protocol
+ * version, no shared cipher, a bad certificate): that is a client that wanted to talk.
+ */
+function logHandshakeFailure(log: Logger, error: Error & { code?: string }, socket: Socket): void {
+  const fields = { client: peerAddress(socket), reason: error.code ?? error.message };
+  if (error.code !== undefined && DEPARTED_CODES.has(error.code))
+    log.debug("TLS peer left before the handshake", fields);
+  else log.warning("TLS handshake failed", fields);
 }
 
 /**
@@ -350,6 +371,7 @@ async function dispatch(
   const started = performance.now();
   let pattern: string | undefined;
   try {
+    checkHttpVersion(req);
     if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {
       throw new HttpError(414, "Request line too long", { close: true });
     }
@@ -380,15 +402,9 @@ async function dispatch(
   connection.stats.record(ctx.operation ?? operationName(method, pattern), seconds, ctx.bytesMoved, failed);
   if (kind === "control") {
     // The control API has no per-request lines of its own; ticket ids are credentials.
-    app.log.info("REQUEST", { method, path: redactTicketPath(path), status, seconds: seconds.toFixed(3) });
+    app.log.info("REQUEST", { method, path: redactPath(path), status, seconds: seconds.toFixed(3) });
   }
   return ctx.closeAfter;
-}
-
-/** `/tickets/<id>` with the id shortened: enough to correlate with ADD lines, useless to replay. */
-function redactTicketPath(path: string): string {
-  const match = /^\/tickets\/(.+)$/.exec(path);
-  return match?.[1] === undefined ? path : `/tickets/${shortId(match[1])}`;
 }
 
 /**
@@ -398,6 +414,18 @@ function redactTicketPath(path: string): string {
  */
 function isUpgradeRequest(req: IncomingMessage): boolean {
   return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? "");
+}
+
+/**
+ * Node's parser takes a request line without a version as HTTP/0.9, and accepts HTTP/2.0 in
+ * one: neither is an HTTP/1.x request we can answer (an HTTP/0.9 client would read our
+ * answer's head as image bytes).
+ * @throws HttpError 505 (closing) for any version but 1.0 and 1.1.
+ */
+function checkHttpVersion(req: IncomingMessage): void {
+  if (req.httpVersionMajor === 1 && (req.httpVersionMinor === 0 || req.httpVersionMinor === 1)) return;
+  const version = req.httpVersionMajor === 0 ? "none (HTTP/0.9 request line)" : `HTTP/${req.httpVersion}`;
+  throw new HttpError(505, `HTTP version not supported: ${version}`, { close: true });
 }
 
 /** @throws HttpError 431 (closing) when the request has more header lines than Node records. */
@@ -482,6 +510,11 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
       // Bytes after a request with `Connection: close`: that request is answered and the
       // connection closes after it; what follows is never run (spec §6.6).
       return;
+    case "HPE_INVALID_EOF_STATE":
+      // The client half-closed in the middle of a request (a body shorter than announced):
+      // a disconnect, which the request's handler reports; nothing to answer.
+      socket.destroy();
+      return;
     case "HPE_INVALID_METHOD":
       response = rawErrorResponse(405, "Method Not Allowed", `Invalid method '${requestLine.split(" ")[0] ?? ""}'`);
       break;
@@ -493,20 +526,12 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
     }
     case "HPE_INVALID_TRANSFER_ENCODING":
     case "HPE_UNEXPECTED_CONTENT_LENGTH":
-      response =
-        header("content-length") !== undefined
-          ? rawErrorResponse(400, "Bad Request", "Content-Length and Transfer-Encoding must not be used together")
-          : rawErrorResponse(
-              501,
-              "Not Implemented",
-              `Unsupported Transfer-Encoding: '${header("transfer-encoding") ?? ""}'`,
-            );
+      response = framingErrorResponse(headerLines);
       break;
     case "HPE_HEADER_OVERFLOW":
-      response =
-        requestLine.length > MAX_REQUEST_LINE || !raw.includes("\r\n")
-          ? rawErrorResponse(414, "URI Too Long", "Request line too long")
-          : rawErrorResponse(431, "Request Header Fields Too Large", "Request header fields too large");
+      response = overflowsRequestLine(raw)
+        ? rawErrorResponse(414, "URI Too Long", "Request line too long")
+        : rawErrorResponse(431, "Request Header Fields Too Large", "Request header fields too large");
       break;
     case "ECONNRESET":
       break;
@@ -519,6 +544,39 @@ function answerParserError(error: Error & { code?: string; rawPacket?: Buffer },
   }
   if (response !== undefined && socket.writable) socket.end(response);
   else socket.destroy();
+}
+
+/**
+ * The answer to a head whose framing headers contradict each other, or name a coding we
+ * cannot decode (RFC 9112 §6.1, §6.3).
+ */
+function framingErrorResponse(headerLines: string[]): string {
+  const count = (name: string) => headerLines.filter((line) => line.toLowerCase().startsWith(`${name}:`)).length;
+  const lengths = count("content-length");
+  const codings = count("transfer-encoding");
+  // Several Content-Length fields leave the body's length in doubt.
+  if (lengths > 1 && codings === 0) return rawErrorResponse(400, "Bad Request", "Multiple Content-Length headers");
+  if (lengths > 0) {
+    return rawErrorResponse(400, "Bad Request", "Content-Length and Transfer-Encoding must not be used together");
+  }
+  const coding = headerLines
+    .find((line) => line.toLowerCase().startsWith("transfer-encoding:"))
+    ?.slice(18)
+    .trim();
+  return rawErrorResponse(501, "Not Implemented", `Unsupported Transfer-Encoding: '${coding ?? ""}'`);
+}
+
+/**
+ * True when a head that overflowed Node's limit did so in its request line. `raw` is the
+ * packet the parser was reading: a head's first packet starts with the method, a later one
+ * is in the middle of the head and holds the end of the request line only if its first line
+ * ends with the HTTP version.
+ */
+function overflowsRequestLine(raw: string): boolean {
+  const end = raw.indexOf("\r\n");
+  const firstLine = end === -1 ? raw : raw.slice(0, end);
+  if (/^[A-Z]+ /.test(raw)) return end === -1 || firstLine.length > MAX_REQUEST_LINE;
+  return end !== -1 && / HTTP\/\d\.\d$/.test(firstLine);
 }
 
 /** Builds the TLS file set from the configuration, or undefined when TLS is off. */

@@ -20,6 +20,12 @@ describe("connection statistics", () => {
     });
   });
 
+  it("review 17: a rate below 1 KiB/s is whole bytes per second", () => {
+    const stats = new ConnectionStats(() => 0);
+    stats.record("read", 0.039_899, 4, false);
+    expect(stats.fields().read).toBe("1 ops, 0.040 s, 4 bytes, 100 bytes/s");
+  });
+
   it("13: operations are named by method and route", () => {
     expect(operationName("PUT", "/images/{id}")).toBe("write");
     expect(operationName("DELETE", "/tickets/{id}")).toBe("remove");

@@ -66,7 +66,8 @@ export class ConnectionStats {
       const parts = [`${count} ops`, `${seconds.toFixed(3)} s`];
       if (bytes > 0) {
         parts.push(formatSize(bytes));
-        if (seconds > 0) parts.push(`${formatSize(bytes / seconds)}/s`);
+        // Whole bytes per second: below 1 KiB/s formatSize prints the number as it is.
+        if (seconds > 0) parts.push(`${formatSize(Math.round(bytes / seconds))}/s`);
       }
       fields[name] = parts.join(", ");
     }

@@ -20,8 +20,8 @@ import {
   RemoteError,
   RemoteTimeoutError,
   RemoteUnavailableError,
-  UnsupportedUrlError,
 } from "../errors.js";
+import { shortId } from "../log.js";
 import { MiB } from "../units.js";
 import {
   type Backend,
@@ -35,6 +35,7 @@ import {
 } from "./backend.js";
 import { connectUnixStream } from "./native.js";
 import { type PumpOptions, pump } from "./pump.js";
+import { checkRemoteImageUrl } from "./remote-url.js";
 import {
   type ByteSink,
   type StreamOptions,
@@ -137,11 +138,7 @@ export class HttpBackend implements Backend {
    *   RemoteError with the remote's status (e.g. 403 for a missing remote ticket).
    */
   static async open(url: URL, options: HttpBackendOptions = {}): Promise<HttpBackend> {
-    if (!/^\/images\/[^/]+$/.test(url.pathname) || url.search !== "" || url.hash !== "") {
-      throw new UnsupportedUrlError(
-        `Remote image URL ${url.protocol}//${url.host}/… must look like https://host:port/images/ID`,
-      );
-    }
+    checkRemoteImageUrl(url);
     const transport = tcpTransport(url, options);
     const probe = new HttpBackend(url, options, transport, emptyInfo());
     const info = await probe.options_();
@@ -641,11 +638,6 @@ async function remoteError(response: IncomingMessage, where: string, remoteId?: 
   // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
   const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));
   return new RemoteError(text, status, contentRange, { logMessage: logText });
-}
-
-/** The first 8 characters of a ticket id, as logs show ticket ids ([D11]). */
-function shortId(id: string): string {
-  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
 }
 
 const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);

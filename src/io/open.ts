@@ -12,6 +12,8 @@ import { FileBackend, type FileBackendOptions } from "./file.js";
 import type { HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
 import { NbdBackend, type NbdBackendOptions } from "./nbd.js";
+import { parseNbdUrl } from "./nbd-url.js";
+import { checkRemoteImageUrl } from "./remote-url.js";
 
 export interface OpenOptions extends FileBackendOptions, HttpBackendOptions, NbdBackendOptions {}
 
@@ -68,10 +70,25 @@ export function parseImageUrl(url: string | URL): URL {
       `Unsupported URL scheme '${parsed.protocol.slice(0, -1)}' in '${parsed.href}', expecting one of ${supportedSchemes().join(", ")}`,
     );
   }
+  // The checks the backend's open makes on the URL itself, so a ticket naming a URL no open
+  // could ever accept is refused when it is added, not at every request.
+  if (parsed.protocol === "file:") filePathOf(parsed);
+  else if (parsed.protocol === "nbd:") parseNbdUrl(parsed.href);
+  else if (parsed.protocol === "http:" || parsed.protocol === "https:") checkRemoteImageUrl(parsed);
   return parsed;
 }
 
 async function openFile(url: URL, options: OpenOptions): Promise<Backend> {
+  const file = await FileBackend.open(filePathOf(url), options);
+  return file.blockSize > 1 ? new AlignedBackend(file) : file;
+}
+
+/**
+ * The local path a file URL names.
+ * @throws UnsupportedUrlError for a remote host, a query or fragment, a NUL byte, or a path
+ *   that is not an absolute file name.
+ */
+function filePathOf(url: URL): string {
   if (url.host !== "" && url.host !== "localhost") {
     throw new UnsupportedUrlError(`File URL '${url.href}' names a remote host; only local paths are supported`);
   }
@@ -84,10 +101,10 @@ async function openFile(url: URL, options: OpenOptions): Promise<Backend> {
   } catch (error) {
     throw new UnsupportedUrlError(`File URL '${url.href}' is not a valid path`, { cause: error });
   }
+  if (path.includes("\0")) throw new UnsupportedUrlError(`File URL '${url.href}' has a NUL byte in its path`);
   if (!isAbsolute(path) || path.endsWith("/"))
     throw new UnsupportedUrlError(`File URL '${url.href}' does not name a file`);
-  const file = await FileBackend.open(path, options);
-  return file.blockSize > 1 ? new AlignedBackend(file) : file;
+  return path;
 }
 
 async function openNbd(url: URL, options: OpenOptions): Promise<Backend> {

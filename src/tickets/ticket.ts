@@ -3,6 +3,7 @@
  * transfer — expiry, ongoing operations, transferred ranges, connections, cancellation.
  */
 import { CancelledError, ForbiddenError, InvalidArgumentError } from "../errors.js";
+import { shortId } from "../log.js";
 import { pythonRepr } from "../pyformat.js";
 import type { Clock } from "./clock.js";
 import { RangeList } from "./ranges.js";
@@ -289,7 +290,4 @@ export class Ticket {
 /** The longest delay a Node timer holds (2^31-1 ms, 24.8 days); longer ones fire at once. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** The first 8 characters of a ticket id: enough to correlate, useless as a credential. */
-export function shortId(id: string): string {
-  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
-}
+export { shortId };

@@ -32,9 +32,15 @@ export interface DaemonWithLogFile {
  * Starts `imageio daemon --config confDir` whose configuration logs to `logFile`, and waits
  * for READY there. The caller kills the child.
  */
-export async function startLoggingToFile(confDir: string, logFile: string): Promise<DaemonWithLogFile> {
+export async function startLoggingToFile(
+  confDir: string,
+  logFile: string,
+  /** Runs the daemon under this command (e.g. `setpriv --bounding-set -dac_override --`). */
+  launcher: string[] = [],
+): Promise<DaemonWithLogFile> {
   const root = new URL("../..", import.meta.url).pathname;
-  const child = spawn(process.execPath, [`${root}/bin/imageio`, "daemon", "--config", confDir], {
+  const [file, ...args] = [...launcher, process.execPath, `${root}/bin/imageio`, "daemon", "--config", confDir];
+  const child = spawn(file as string, args, {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";

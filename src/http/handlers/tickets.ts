@@ -1,6 +1,6 @@
 /** The control API, `/tickets/{id}` (spec §5.11): add, show, extend and remove tickets. */
 import type { Config } from "../../config.js";
-import { InvalidArgumentError, UnsupportedUrlError } from "../../errors.js";
+import { UnsupportedUrlError } from "../../errors.js";
 import { parseImageUrl, supportedSchemes } from "../../io/open.js";
 import { pythonRepr } from "../../pyformat.js";
 import { parseTicket, shortId, TICKET_URL_SCHEMES, type TicketFields } from "../../tickets/ticket.js";
@@ -8,7 +8,7 @@ import type { App } from "../app.js";
 import { HttpError } from "../errors.js";
 import type { RequestContext } from "../request.js";
 import { send, sendJson } from "../response.js";
-import { requireId } from "../router.js";
+import { redactPath, requireId } from "../router.js";
 
 export async function addTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
   requireId(id);
@@ -29,12 +29,17 @@ export async function addTicket(ctx: RequestContext, app: App, id: string): Prom
  * Validates a ticket from a manager (control API or `--ticket FILE`): its fields, and a URL
  * that a backend of this build serves. A scheme joins the accepted ones when its backend
  * registers in io/open.ts.
- * @throws InvalidArgumentError `Invalid ticket: …`.
+ * @throws InvalidArgumentError `Invalid ticket: …` for its fields, HttpError 400 `Invalid ticket:
+ *   …` for its URL (the log shows a remote ticket id in it shortened).
  */
 export function acceptTicket(body: unknown, config: Readonly<Config>): TicketFields {
   const fields = parseTicket(body, config.daemon.inactivity_timeout);
-  const invalidUrl = (reason: string) =>
-    new InvalidArgumentError(`Invalid ticket: Invalid value for 'url': ${pythonRepr(fields.url)}: ${reason}`);
+  // The client sent the URL and sees it whole; a remote daemon's ticket id in it is a
+  // credential, shortened in the log line.
+  const invalidUrl = (reason: string) => {
+    const message = (url: string) => `Invalid ticket: Invalid value for 'url': ${pythonRepr(url)}: ${reason}`;
+    return new HttpError(400, message(fields.url), { logMessage: message(redactUrlPath(fields.url)) });
+  };
   // parseTicket accepted the scheme as one tickets may name; is there a backend for it?
   const scheme = fields.url.slice(0, fields.url.indexOf(":")).toLowerCase();
   const served: string[] = TICKET_URL_SCHEMES.filter((name) => supportedSchemes().includes(name));
@@ -50,6 +55,14 @@ export function acceptTicket(body: unknown, config: Readonly<Config>): TicketFie
     throw invalidUrl(error.message);
   }
   return fields;
+}
+
+/** `scheme://authority/path…` with the ticket ids in its path shortened for logs. */
+function redactUrlPath(url: string): string {
+  return url.replace(
+    /^([a-z][a-z0-9+.-]*:\/\/[^/]*)(\/[^?#]*)/i,
+    (_, origin: string, path: string) => origin + redactPath(path),
+  );
 }
 
 export async function getTicket(ctx: RequestContext, app: App, id: string): Promise<void> {

@@ -28,18 +28,25 @@ afterAll(async () => {
 });
 
 describe("extents and ticket removal", () => {
-  it("9.6: GET extents racing DELETE of its ticket answers 200 or 403, never 500", async () => {
-    const statuses = new Map<number, number>();
+  it("9.6: GET extents racing DELETE of its ticket answers 200 or 403 or is cut short, never 500", async () => {
+    const statuses = new Map<number | string, number>();
     for (let round = 0; round < 40; round++) {
       const id = randomUUID();
       await addTicket(daemon, { uuid: id, size: SIZE, url: `file://${path}`, timeout: 300, ops: ["read"] });
-      const extents = request(daemon, { path: `/images/${id}/extents` });
+      // A removal that lands while the answer streams cuts it short, as it cuts a download:
+      // the client sees the connection close, never a 500.
+      const extents = request(daemon, { path: `/images/${id}/extents` }).catch((error: unknown) => {
+        expect(String(error)).toMatch(/aborted|ECONNRESET|socket hang up/);
+        return { status: "cut" as const, text: "" };
+      });
       // Removal lands at a different point of the request each round.
       await new Promise((resolve) => setTimeout(resolve, round % 8));
       const removed = request(daemon, { service: "control", method: "DELETE", path: `/tickets/${id}` });
       const [answer, removal] = await Promise.all([extents, removed]);
       expect(removal.status).toBe(204);
-      expect([200, 403], `round ${round}: ${answer.status} ${answer.text.slice(0, 200)}`).toContain(answer.status);
+      expect([200, 403, "cut"], `round ${round}: ${answer.status} ${answer.text.slice(0, 200)}`).toContain(
+        answer.status,
+      );
       if (answer.status === 200) expect((JSON.parse(answer.text) as unknown[]).length).toBe(2 * EXTENTS);
       statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
     }

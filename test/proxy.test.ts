@@ -477,3 +477,28 @@ describe("proxy configuration", () => {
     });
   });
 });
+
+describe("a proxy whose own CA file cannot be read", () => {
+  it("answers 500 (its own fault, not the client's) and keeps the file's path in its log", async () => {
+    const broken = await startDaemon({
+      command: "proxy",
+      config: { backend_http: { ca_file: "/nonexistent/imageio-test-ca.pem" } },
+    });
+    try {
+      const id = randomUUID();
+      await addTicket(broken, {
+        uuid: id,
+        size: MiB,
+        url: `https://localhost:${daemon.remotePort}/images/${randomUUID()}`,
+        timeout: 300,
+        ops: ["read"],
+      });
+      const answer = await request(broken, { path: `/images/${id}`, headers: { range: "bytes=0-3" } });
+      expect(answer.status).toBe(500);
+      expect(answer.text).not.toContain("/nonexistent/");
+      await broken.waitForLog("Cannot read CA file /nonexistent/imageio-test-ca.pem");
+    } finally {
+      await broken.stop();
+    }
+  });
+});

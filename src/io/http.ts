@@ -14,8 +14,8 @@ import { isIP, Socket } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { Readable, Writable } from "node:stream";
 import {
+  BackendOpenError,
   ClosedError,
-  InvalidArgumentError,
   NotSupportedError,
   RemoteError,
   RemoteTimeoutError,
@@ -562,7 +562,7 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
       try {
         tls.ca = readFileSync(options.caFile);
       } catch (error) {
-        throw new InvalidArgumentError(`Cannot read CA file ${options.caFile}: ${(error as Error).message}`, {
+        throw new BackendOpenError(`Cannot read CA file ${options.caFile}: ${(error as Error).message}`, {
           cause: error,
         });
       }

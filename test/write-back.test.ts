@@ -9,7 +9,7 @@ import { mkdir, truncate } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addTicket, type DaemonProcess, request, startDaemon } from "./helpers/daemon.js";
-import { attach, type LoopDevice, loopDeviceSupport } from "./helpers/loop.js";
+import { attach, ext2LoopSupport, type LoopDevice } from "./helpers/loop.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -24,14 +24,7 @@ let fsMount: string | undefined;
 
 beforeAll(async () => {
   tmp = await makeTempDir("imageio-writeback-");
-  skipReason = await loopDeviceSupport(tmp.file("probe.raw"));
-  if (skipReason === null) {
-    try {
-      await run("mkfs.ext2", ["-V"]);
-    } catch {
-      skipReason = "mkfs.ext2 (e2fsprogs) is not installed";
-    }
-  }
+  skipReason = await ext2LoopSupport(tmp.file("probe.raw"));
   if (skipReason !== null) {
     console.log(`skipping write-back tests: ${skipReason}`);
     return;

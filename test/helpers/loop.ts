@@ -32,6 +32,18 @@ export function loopDeviceSupport(tempFile: string): Promise<string | null> {
   return support;
 }
 
+/** null when an ext2 filesystem can be made on a loop device here (root, mkfs.ext2), else why not. */
+export async function ext2LoopSupport(tempFile: string): Promise<string | null> {
+  const reason = await loopDeviceSupport(tempFile);
+  if (reason !== null) return reason;
+  try {
+    await run("mkfs.ext2", ["-V"]);
+    return null;
+  } catch {
+    return "mkfs.ext2 (e2fsprogs) is not installed";
+  }
+}
+
 /** Attaches `backingFile` (size a multiple of sectorSize) as a loop device with that sector size. */
 export async function attach(backingFile: string, sectorSize: 512 | 4096): Promise<LoopDevice> {
   const { stdout } = await run("losetup", ["--find", "--show", "--sector-size", String(sectorSize), backingFile]);

@@ -6,7 +6,7 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { open, readFile, stat, truncate, writeFile } from "node:fs/promises";
+import { readFile, stat, truncate, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +19,7 @@ import {
   startDaemon,
   startInProcess,
 } from "./helpers/daemon.js";
+import { writeSparseImage } from "./helpers/images.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -60,24 +61,6 @@ async function copyOk(...args: string[]): Promise<Outcome> {
 const sha = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 const fileSha = async (path: string) => sha(await readFile(path));
 const allocated = async (path: string) => (await stat(path)).blocks * 512;
-
-/** `size` bytes of holes with random data in `runs`. */
-async function makeImage(path: string, size: number, runs: [number, number][]): Promise<Buffer> {
-  const image = Buffer.alloc(size);
-  await writeFile(path, "");
-  await truncate(path, size);
-  const handle = await open(path, "r+");
-  try {
-    for (const [start, end] of runs) {
-      const data = randomBytes(end - start);
-      data.copy(image, start);
-      await handle.write(data, 0, data.length, start);
-    }
-  } finally {
-    await handle.close();
-  }
-  return image;
-}
 
 /** Scattered 256 KiB runs holding about 10 % of `size`. */
 const scattered = (size: number): [number, number][] => {
@@ -132,7 +115,7 @@ describe("imageio copy with a daemon", () => {
   it("12: uploads a sparse raw image over HTTPS: same bytes, zero ranges sent as PATCH zero, one flush", async () => {
     const src = tmp.file("upload-src.raw");
     const size = 24 * MiB;
-    const image = await makeImage(src, size, scattered(size));
+    const image = await writeSparseImage(src, size, scattered(size));
     const ticket = await ticketFor(tcpOnly, { contents: randomBytes(size) });
     const before = tcpOnly.logs().length;
     const result = await copyOk(src, ticket.url, "--ca-file", caFile, "--progress", "json");
@@ -152,7 +135,7 @@ describe("imageio copy with a daemon", () => {
   it("12: downloads only the data extents over several connections, leaving holes in a new file", async () => {
     const size = 32 * MiB;
     const remoteImage = tcpOnly.tmp.file("download-src.raw");
-    const image = await makeImage(remoteImage, size, scattered(size));
+    const image = await writeSparseImage(remoteImage, size, scattered(size));
     const id = randomUUID();
     await addTicket(tcpOnly, { uuid: id, size, url: `file://${remoteImage}`, timeout: 300, ops: ["read"] });
     const out = tmp.file("download-out.raw");
@@ -198,7 +181,7 @@ describe("imageio copy with a daemon", () => {
 
   it("12: uses the daemon's unix socket when the daemon is on this host", async () => {
     const src = tmp.file("unix-src.raw");
-    const image = await makeImage(src, 8 * MiB, [[0, MiB]]);
+    const image = await writeSparseImage(src, 8 * MiB, [[0, MiB]]);
     const ticket = await ticketFor(daemon, { size: 8 * MiB });
     const before = daemon.logs().length;
     await copyOk(src, ticket.url, "--ca-file", caFile);
@@ -214,7 +197,7 @@ describe("imageio copy with a daemon", () => {
 
   it("12: --verify compares with the daemon's own checksum; the rate excludes verification", async () => {
     const src = tmp.file("verify-src.raw");
-    await makeImage(src, 8 * MiB, [[MiB, 3 * MiB]]);
+    await writeSparseImage(src, 8 * MiB, [[MiB, 3 * MiB]]);
     const ticket = await ticketFor(daemon, { size: 8 * MiB });
     const result = await copyOk(src, ticket.url, "--ca-file", caFile, "--verify", "--progress", "json");
     const done = JSON.parse(result.stdout.toString().trim().split("\n").pop() ?? "{}") as {
@@ -234,14 +217,14 @@ describe("imageio copy with a daemon", () => {
 
   it("12: an image smaller than the ticket's leaves the rest alone and says so; a larger one is refused", async () => {
     const src = tmp.file("small-src.raw");
-    const image = await makeImage(src, 4 * MiB, [[0, 4 * MiB]]);
+    const image = await writeSparseImage(src, 4 * MiB, [[0, 4 * MiB]]);
     const tail = randomBytes(4 * MiB);
     const ticket = await ticketFor(daemon, { contents: Buffer.concat([randomBytes(4 * MiB), tail]) });
     const result = await copyOk(src, ticket.url, "--ca-file", caFile);
     expect(result.stderr).toMatch(/The last 4\.00 MiB of '.*', past the source's end, were left as they were/);
     expect(await fileSha(ticket.path)).toBe(sha(Buffer.concat([image, tail])));
     const big = tmp.file("big-src.raw");
-    await makeImage(big, 16 * MiB, [[0, MiB]]);
+    await writeSparseImage(big, 16 * MiB, [[0, MiB]]);
     const refused = await imageio(["copy", big, ticket.url, "--ca-file", caFile]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/too small/);
@@ -449,7 +432,7 @@ describe("imageio copy with a proxy and an old server", () => {
     await addTicket(proxy, { uuid: id, size, url: remote.url, timeout: 300, ops: ["read", "write"] });
     const url = `https://localhost:${proxy.remotePort}/images/${id}`;
     const src = tmp.file("proxy-src.raw");
-    const image = await makeImage(src, size, scattered(size));
+    const image = await writeSparseImage(src, size, scattered(size));
     await copyOk(src, url, "--ca-file", caFile);
     expect(await fileSha(remote.path)).toBe(sha(image));
     const out = tmp.file("proxy-out.raw");
@@ -460,7 +443,7 @@ describe("imageio copy with a proxy and an old server", () => {
   it("12: an old server without extents, zero or flush still gets the same bytes, slower", async () => {
     const url = `http://127.0.0.1:${(old.address() as AddressInfo).port}/images/old`;
     const src = tmp.file("old-src.raw");
-    const image = await makeImage(src, 3 * MiB, [[MiB, MiB + 4096]]);
+    const image = await writeSparseImage(src, 3 * MiB, [[MiB, MiB + 4096]]);
     await copyOk(src, url);
     expect(sha(oldImage)).toBe(sha(image));
     expect(oldRequests).not.toContain("PATCH");

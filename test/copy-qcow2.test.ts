@@ -7,10 +7,11 @@
  */
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { mkdir, open, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, stat, truncate, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type DaemonProcess, type InProcessDaemon, startDaemon, startInProcess } from "./helpers/daemon.js";
+import { writeSparseImage } from "./helpers/images.js";
 import { qemuImgMap, run, skipUnless } from "./helpers/nbd.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
@@ -59,22 +60,27 @@ async function copyOk(...args: string[]): Promise<Outcome> {
 
 const sha = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 
-/** A sparse raw file of `size` bytes with random data in `runs`; returns its contents. */
-async function makeRaw(path: string, size: number, runs: [number, number][]): Promise<Buffer> {
-  const image = Buffer.alloc(size);
-  await writeFile(path, "");
-  await truncate(path, size);
-  const handle = await open(path, "r+");
-  try {
-    for (const [start, end] of runs) {
-      const data = randomBytes(end - start);
-      data.copy(image, start);
-      await handle.write(data, 0, data.length, start);
-    }
-  } finally {
-    await handle.close();
-  }
-  return image;
+/**
+ * Copies `src` to `dst` slowly (one worker, 4 KiB requests) and sends Ctrl-C once the copy has
+ * moved its first bytes, noting the PID of the qemu-nbd serving `served` at that moment.
+ */
+async function copyInterrupted(src: string, dst: string, served: string) {
+  let server: number | undefined;
+  const args = ["copy", src, dst, "--workers", "1", "--buffer-size", "4K", "--progress", "json"];
+  const result = await imageio(args, {
+    onSpawn: (child) => {
+      let seen = "";
+      let interrupted = false;
+      child.stdout.on("data", async (data: Buffer) => {
+        seen += data.toString();
+        if (interrupted || !/"phase":"copy","done":[1-9]/.test(seen)) return;
+        interrupted = true;
+        [server] = await qemuNbdServing(served);
+        child.kill("SIGINT");
+      });
+    },
+  });
+  return { result, server };
 }
 
 /** The byte ranges of a qcow2 that hold data, merged: what "sparse where the source was" compares. */
@@ -134,7 +140,7 @@ beforeAll(async () => {
     startDaemon({ command: "proxy", config: { backend_http: { ca_file: certs.caFile } } }),
   ]);
   rawDisk = tmp.file("disk.raw");
-  guest = await makeRaw(rawDisk, SIZE, RUNS);
+  guest = await writeSparseImage(rawDisk, SIZE, RUNS);
   qcow2Disk = tmp.file("disk.qcow2");
   await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", rawDisk, qcow2Disk]);
 });
@@ -187,7 +193,7 @@ describe.skipIf(skip !== undefined)("imageio copy of qcow2 images to and from da
   it("12: a qcow2 with a backing file is copied as the guest sees it, backing data included", async () => {
     const base = tmp.file("base.qcow2");
     const baseRaw = tmp.file("base.raw");
-    await makeRaw(baseRaw, 8 * MiB, [
+    await writeSparseImage(baseRaw, 8 * MiB, [
       [0, MiB],
       [4 * MiB, 5 * MiB],
     ]);
@@ -215,21 +221,7 @@ describe.skipIf(skip !== undefined)("imageio copy's own qemu-nbd", () => {
     await writeFile(denseRaw, randomBytes(64 * MiB));
     await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", denseRaw, dense]);
     const out = tmp.file("interrupted.raw");
-    let server: number | undefined;
-    const args = ["copy", dense, out, "--workers", "1", "--buffer-size", "4K", "--progress", "json"];
-    const result = await imageio(args, {
-      onSpawn: (child) => {
-        let seen = "";
-        let interrupted = false;
-        child.stdout.on("data", async (data: Buffer) => {
-          seen += data.toString();
-          if (interrupted || !/"phase":"copy","done":[1-9]/.test(seen)) return;
-          interrupted = true;
-          [server] = await qemuNbdServing(dense);
-          child.kill("SIGINT");
-        });
-      },
-    });
+    const { result, server } = await copyInterrupted(dense, out, dense);
     expect(result.code, result.stderr).toBe(130);
     expect(result.stderr).toMatch(/interrupted/i);
     expect(server).toBeGreaterThan(0);
@@ -242,20 +234,7 @@ describe.skipIf(skip !== undefined)("imageio copy's own qemu-nbd", () => {
     const src = tmp.file("dense-src.raw");
     await writeFile(src, randomBytes(64 * MiB));
     const out = tmp.file("interrupted.qcow2");
-    let server: number | undefined;
-    const result = await imageio(["copy", src, out, "--workers", "1", "--buffer-size", "4K", "--progress", "json"], {
-      onSpawn: (child) => {
-        let seen = "";
-        let interrupted = false;
-        child.stdout.on("data", async (data: Buffer) => {
-          seen += data.toString();
-          if (interrupted || !/"phase":"copy","done":[1-9]/.test(seen)) return;
-          interrupted = true;
-          [server] = await qemuNbdServing(out);
-          child.kill("SIGINT");
-        });
-      },
-    });
+    const { result, server } = await copyInterrupted(src, out, out);
     expect(result.code, result.stderr).toBe(130);
     expect(alive(server as number)).toBe(false);
     expect(await qemuNbdServing(out)).toEqual([]);

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyCopy } from "../src/io/copy.js";
 import { openBackend } from "../src/io/open.js";
 import { MiB } from "../src/units.js";
+import { writeSparseImage } from "./helpers/images.js";
 import { attach, type LoopDevice, loopDeviceSupport } from "./helpers/loop.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
@@ -55,18 +56,6 @@ async function cmp(a: string, b: string, bytes?: number): Promise<boolean> {
 /** Bytes allocated on disk. */
 async function allocated(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
-}
-
-/** Writes a file of `size` bytes with random data in `runs` ([start, end)) and holes elsewhere. */
-async function makeImage(path: string, size: number, runs: [number, number][]): Promise<void> {
-  await writeFile(path, "");
-  await truncate(path, size);
-  const handle = await open(path, "r+");
-  try {
-    for (const [start, end] of runs) await handle.write(randomBytes(end - start), 0, end - start, start);
-  } finally {
-    await handle.close();
-  }
 }
 
 let tmp: TempDir;
@@ -113,7 +102,7 @@ describe("imageio copy between files", () => {
     it(`copies ${label} image to a new file: identical bytes, no more blocks allocated`, async () => {
       const src = name("src");
       const dst = name("dst");
-      await makeImage(src, size, runs);
+      await writeSparseImage(src, size, runs);
       const result = await imageio("copy", src, dst);
       expect(result.code, result.stderr).toBe(0);
       expect(result.stderr).toContain(`Copied '${src}' to '${dst}'`);
@@ -140,7 +129,7 @@ describe("imageio copy between files", () => {
 
   it("resizes an existing file to the source's size and clears what the source has not", async () => {
     const src = name("src");
-    await makeImage(src, 2 * MiB + 4096, [[MiB, MiB + 8192]]);
+    await writeSparseImage(src, 2 * MiB + 4096, [[MiB, MiB + 8192]]);
     const dst = name("dst");
     await writeFile(dst, randomBytes(5 * MiB));
     const result = await imageio("copy", src, dst);
@@ -153,10 +142,10 @@ describe("imageio copy between files", () => {
 
   it("with --preallocate, gives new and existing files every block", async () => {
     const src = name("src");
-    await makeImage(src, 4 * MiB, [[MiB, MiB + 4096]]);
+    await writeSparseImage(src, 4 * MiB, [[MiB, MiB + 4096]]);
     const created = name("dst");
     const existing = name("dst");
-    await makeImage(existing, 4 * MiB, [[0, 4096]]);
+    await writeSparseImage(existing, 4 * MiB, [[0, 4096]]);
     for (const dst of [created, existing]) {
       await copyOk("--preallocate", src, dst);
       expect(await cmp(src, dst)).toBe(true);
@@ -166,7 +155,7 @@ describe("imageio copy between files", () => {
 
   it("takes file: URLs", async () => {
     const src = name("src");
-    await makeImage(src, MiB, [[0, 4096]]);
+    await writeSparseImage(src, MiB, [[0, 4096]]);
     const dst = name("dst");
     const result = await imageio("copy", `file://${src}`, `file://${dst}`);
     expect(result.code, result.stderr).toBe(0);
@@ -175,7 +164,7 @@ describe("imageio copy between files", () => {
 
   it("with --verify, says both images have the same checksum", async () => {
     const src = name("src");
-    await makeImage(src, 3 * MiB, [[0, 2 * MiB]]);
+    await writeSparseImage(src, 3 * MiB, [[0, 2 * MiB]]);
     const result = await imageio("copy", "--verify", src, name("dst"));
     expect(result.code, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/Verified: both have blake2b block checksum [0-9a-f]{64}/);
@@ -184,7 +173,7 @@ describe("imageio copy between files", () => {
   it("verification catches a byte corrupted after the copy", async () => {
     const src = name("src");
     const dst = name("dst");
-    await makeImage(src, 3 * MiB, [[0, 3 * MiB]]);
+    await writeSparseImage(src, 3 * MiB, [[0, 3 * MiB]]);
     await copyOk(src, dst);
     const handle = await open(dst, "r+");
     const byte = Buffer.alloc(1);
@@ -204,7 +193,7 @@ describe("imageio copy between files", () => {
 
   it("--progress=json prints one JSON object per line, ending at the total", async () => {
     const src = name("src");
-    await makeImage(src, 4 * MiB, [[0, 4 * MiB]]);
+    await writeSparseImage(src, 4 * MiB, [[0, 4 * MiB]]);
     const result = await imageio("copy", "--progress=json", "--verify", src, name("dst"));
     expect(result.code, result.stderr).toBe(0);
     const lines = result.stdout.trim().split("\n");
@@ -221,7 +210,7 @@ describe("imageio copy between files", () => {
 
   it("on a terminal, shows a progress bar with bytes, rate and ETA", async () => {
     const src = name("src");
-    await makeImage(src, 8 * MiB, [[0, 4 * MiB]]);
+    await writeSparseImage(src, 8 * MiB, [[0, 4 * MiB]]);
     const dst = name("dst");
     // script(1) runs the command on a pseudo-terminal, as an admin's shell would.
     const command = ["node", `${root}/bin/imageio`, "copy", src, dst].map((arg) => `'${arg}'`).join(" ");
@@ -233,7 +222,7 @@ describe("imageio copy between files", () => {
 
   it("--quiet prints nothing", async () => {
     const src = name("src");
-    await makeImage(src, MiB, [[0, MiB]]);
+    await writeSparseImage(src, MiB, [[0, MiB]]);
     const dst = name("dst");
     expect(await imageio("copy", "--quiet", "--verify", src, dst)).toEqual({ code: 0, stdout: "", stderr: "" });
     expect(await cmp(src, dst)).toBe(true);
@@ -250,7 +239,7 @@ describe("imageio copy between files", () => {
 
   it("a destination in a missing directory fails with status 1", async () => {
     const src = name("src");
-    await makeImage(src, MiB, [[0, MiB]]);
+    await writeSparseImage(src, MiB, [[0, MiB]]);
     const dst = tmp.file("no-such-dir/dst.raw");
     const result = await imageio("copy", src, dst);
     expect(result.code).toBe(1);
@@ -260,7 +249,7 @@ describe("imageio copy between files", () => {
 
   it("refuses to copy an image onto itself, also through a link", async () => {
     const src = name("src");
-    await makeImage(src, MiB, [[0, MiB]]);
+    await writeSparseImage(src, MiB, [[0, MiB]]);
     const hard = name("hard");
     const soft = name("soft");
     await link(src, hard);
@@ -276,7 +265,7 @@ describe("imageio copy between files", () => {
 
   it("bad arguments are usage errors with status 2 that touch nothing", async () => {
     const src = name("src");
-    await makeImage(src, MiB, [[0, MiB]]);
+    await writeSparseImage(src, MiB, [[0, MiB]]);
     const dst = name("dst");
     const attempts: [string[], string][] = [
       [["--workers", "0", src, dst], "argument '0' is invalid"],
@@ -303,7 +292,7 @@ describe("imageio copy between files", () => {
     const size = 64 * MiB;
     const src = name("src");
     const dst = name("dst");
-    await makeImage(src, size, [[0, size]]);
+    await writeSparseImage(src, size, [[0, size]]);
     // Small chunks and one worker make the copy take seconds: long enough to interrupt.
     const child = spawn(
       "node",
@@ -371,7 +360,7 @@ describe("imageio copy error paths that need root", () => {
       }
       try {
         const src = name("src");
-        await makeImage(src, 16 * MiB, [[0, 16 * MiB]]);
+        await writeSparseImage(src, 16 * MiB, [[0, 16 * MiB]]);
         const dst = `${mountPoint}/dst.raw`;
         const result = await imageio("copy", src, dst);
         expect(result.code).toBe(1);
@@ -406,7 +395,7 @@ for (const sectorSize of [512, 4096] as const) {
     it("copies an unaligned sparse file onto a larger device, leaving the rest of the device alone", async () => {
       const size = MiB + 513;
       const src = name("src");
-      await makeImage(src, size, [
+      await writeSparseImage(src, size, [
         [0, 3000],
         [MiB - 4096, size],
       ]);
@@ -434,7 +423,7 @@ for (const sectorSize of [512, 4096] as const) {
 
     it("refuses a device smaller than the source, naming both sizes, and writes nothing", async () => {
       const src = name("src");
-      await makeImage(src, 2 * MiB, [[0, 2 * MiB]]);
+      await writeSparseImage(src, 2 * MiB, [[0, 2 * MiB]]);
       const device = await makeDevice(Buffer.alloc(MiB, 0xee));
       const result = await imageio("copy", src, device.path);
       expect(result.code).toBe(1);

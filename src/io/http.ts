@@ -250,7 +250,7 @@ export class HttpBackend implements Backend {
     options.onReady?.();
     let bytes: number;
     try {
-      ({ bytes } = await pump(source, upload.body, relayOptions(options)));
+      ({ bytes } = await pump(source, upload.body, { ...relayOptions(options), coalesce: true }));
     } catch (error) {
       // The remote may have refused the upload early (416, 403) and closed, which is what
       // broke the relay: its answer, when it came, explains the failure better.

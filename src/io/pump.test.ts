@@ -64,4 +64,38 @@ describe("pump", () => {
     expect(run.most).toBeGreaterThan(512 * 1024);
     expect(run.most).toBeLessThanOrEqual(1024 * 1024 + 65_536);
   });
+
+  it("14: with coalesce, the 16 KiB chunks of one event-loop turn reach the sink in one write, every byte in order", async () => {
+    const body = randomBytes(2 * 1024 * 1024);
+    const relayed = async (coalesce: boolean) => {
+      // 16 KiB chunks, as a TLS source emits one per record, many in one turn.
+      const source = new PassThrough({ highWaterMark: body.length });
+      for (let at = 0; at < body.length; at += 16_384) source.write(body.subarray(at, at + 16_384));
+      source.end();
+      const received: Buffer[] = [];
+      let writes = 0;
+      const sink = new Writable({
+        highWaterMark: 16 * 1024,
+        writev(chunks, callback) {
+          writes++;
+          for (const { chunk } of chunks) received.push(Buffer.from(chunk as Buffer));
+          // Done at once, as a socket whose kernel buffer has room: each write is a system call.
+          callback();
+        },
+      });
+      const result = await pump(source, sink, { highWaterMark: 1024 * 1024, coalesce });
+      sink.end();
+      await once(sink, "finish");
+      return { result, writes, bytes: Buffer.concat(received) };
+    };
+    const plain = await relayed(false);
+    const coalesced = await relayed(true);
+    for (const run of [plain, coalesced]) {
+      expect(run.result).toEqual({ bytes: body.length, overflow: false });
+      expect(run.bytes.equals(body)).toBe(true);
+    }
+    // 128 chunks: written one by one, against one batch per turn.
+    expect(plain.writes).toBe(128);
+    expect(coalesced.writes).toBeLessThanOrEqual(4);
+  });
 });

@@ -16,6 +16,15 @@ export interface PumpOptions {
    * pause and resume its source on every chunk, and write every chunk on its own.
    */
   highWaterMark?: number;
+  /**
+   * Hand the sink the chunks of one event-loop turn in one write (cork, uncork in
+   * setImmediate): a TLS source emits one 16 KiB record per event, several per socket read,
+   * and a socket sink would otherwise make a system call for each (proxied PUT: 64k writes
+   * per GiB, 6k with this; proxy and daemon CPU per GiB down about a quarter). Not for 64 KiB
+   * sources into a TLS sink: TLS copies a batch into one buffer before encrypting, no gain.
+   * (process.nextTick would uncork between the records of one read: measured, no batching.)
+   */
+  coalesce?: boolean;
 }
 
 export interface PumpResult {
@@ -32,6 +41,11 @@ export function pump(source: Readable, sink: Writable, options: PumpOptions = {}
   return new Promise((resolve, reject) => {
     let bytes = 0;
     let settled = false;
+    let corked = false;
+    const uncork = () => {
+      corked = false;
+      sink.uncork();
+    };
     const finish = (error: unknown, overflow = false) => {
       if (settled) return;
       settled = true;
@@ -60,8 +74,11 @@ export function pump(source: Readable, sink: Writable, options: PumpOptions = {}
         finish(error);
         return;
       }
-      // Batching chunks per event-loop turn (cork/uncork) measured no cheaper: TLS copies a
-      // batch into one buffer before encrypting it. Plain writes keep backpressure simple.
+      if (options.coalesce && !corked) {
+        corked = true;
+        sink.cork();
+        setImmediate(uncork);
+      }
       const more = sink.write(data) || (options.highWaterMark ?? 0) > sink.writableLength;
       if (overflow) {
         source.pause();

@@ -71,6 +71,11 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(await versionText(true));
     return;
   }
+  // An image copy walks extents or zeroes on a native thread: start one before the command
+  // tree and the copy modules load, so that its start-up overlaps with theirs (an empty image's
+  // copy is mostly start-up). A copy that needs none leaves it idle; it never holds the exit.
+  // Awaited, so that it starts before the copy modules' own loading (koffi's included) runs.
+  if (argv[2] === "copy") (await import("./io/native-threads.js")).warmNativeThreads();
   // The first word names the subcommand when it is one; anything else (an option, `help`, a
   // typo) gets the whole tree.
   const program = await buildProgram(argv[2]);

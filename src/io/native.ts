@@ -9,8 +9,8 @@
  */
 import { constants as osConstants } from "node:os";
 import { loadKoffi } from "./koffi-loader.js";
-import type { NativeCallResult, NativeTask, SparseMapResult } from "./native-worker.js";
-import { WorkerPool } from "./worker-pool.js";
+import { nativeThreads } from "./native-threads.js";
+import type { NativeCallResult, SparseMapResult } from "./native-worker.js";
 
 // The installed package, or the addon embedded in the single executable (see koffi-loader.ts).
 const koffi = loadKoffi();
@@ -33,12 +33,6 @@ const libcMadvise = libc.func("int madvise(void *addr, size_t length, int advice
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
-
-/**
- * Threads for the calls that can block for long (fallocate, BLKZEROOUT, BLKDISCARD, lseek
- * runs): a few, so zeroing several images at once does not queue behind one device.
- */
-const nativeThreads = new WorkerPool<NativeTask, NativeCallResult>("native-worker", 4);
 
 /** Block-device ioctls, from linux/fs.h (x86_64 and aarch64 encodings). */
 const BLKSSZGET = 0x1268; // _IO(0x12, 104): logical sector size, int

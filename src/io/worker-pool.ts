@@ -87,22 +87,34 @@ export class WorkerPool<Task, Result> {
       if (this.queue.length === 0) return;
       if (slot.task === undefined) this.assign(slot, this.queue.shift() as Pending);
     }
-    if (this.queue.length > this.starting && this.slots.length + this.starting < this.maxWorkers) {
-      this.starting++;
-      startWorker(this.script).then(
-        (worker) => {
-          this.starting--;
-          this.adopt(worker);
-        },
-        (error: unknown) => {
-          this.starting--;
-          // Nothing can run: fail what waits rather than leave it hanging.
-          if (this.slots.length === 0 && this.starting === 0) {
-            for (const pending of this.queue.splice(0)) pending.reject(error);
-          }
-        },
-      );
-    }
+    if (this.queue.length > this.starting && this.slots.length + this.starting < this.maxWorkers) this.spawn();
+  }
+
+  /**
+   * Starts one thread now when none runs or is starting, so that the first task, coming a few
+   * tens of milliseconds later, does not wait for a thread to boot (about 30 ms of Node's own
+   * start-up, which then overlaps with the caller's). It ends after `idleMs` like any idle
+   * thread and never keeps the process alive.
+   */
+  warm(): void {
+    if (this.slots.length + this.starting === 0 && this.maxWorkers > 0) this.spawn();
+  }
+
+  private spawn(): void {
+    this.starting++;
+    startWorker(this.script).then(
+      (worker) => {
+        this.starting--;
+        this.adopt(worker);
+      },
+      (error: unknown) => {
+        this.starting--;
+        // Nothing can run: fail what waits rather than leave it hanging.
+        if (this.slots.length === 0 && this.starting === 0) {
+          for (const pending of this.queue.splice(0)) pending.reject(error);
+        }
+      },
+    );
   }
 
   private adopt(worker: Worker): void {

@@ -1,13 +1,19 @@
 /**
  * Benchmark runner: `npm run bench -- SUITE [options]` (or `node dist/bench/run.js SUITE`).
  * Each suite is a module in this directory exporting `suite`; add new ones to the table.
+ * Without a suite (`npm run bench`, or only options), all.ts runs issue 14's whole table.
  */
+import type { TargetRow } from "./summary.js";
 
-/** A benchmark suite: a description for --help and an entry point taking the remaining arguments. */
+/**
+ * A benchmark suite: a description for --help and an entry point taking the remaining
+ * arguments. It prints its own report; a suite that knows its targets also returns them, for
+ * the summary of `npm run bench` without a suite.
+ */
 export interface Suite {
   description: string;
   usage: string;
-  run(args: string[]): Promise<void>;
+  run(args: string[]): Promise<TargetRow[] | undefined> | Promise<void>;
 }
 
 const suites: Record<string, () => Promise<Suite>> = {
@@ -17,18 +23,25 @@ const suites: Record<string, () => Promise<Suite>> = {
   nbd: async () => (await import("./nbd.js")).suite,
   proxy: async () => (await import("./proxy.js")).suite,
   stalls: async () => (await import("./stalls.js")).suite,
+  startup: async () => (await import("./startup.js")).suite,
 };
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
-  if (name === undefined || name === "--help" || name === "-h") {
-    const lines = ["Usage: npm run bench -- SUITE [options]", "", "Suites:"];
+  if (name === "--help" || name === "-h") {
+    const { usage } = await import("./all.js");
+    const lines = ["Usage: npm run bench [-- options]   (issue 14's whole table)", `  ${usage}`, ""];
+    lines.push("       npm run bench -- SUITE [options]", "", "Suites:");
     for (const [suiteName, load] of Object.entries(suites)) {
       const suite = await load();
       lines.push(`  ${suiteName.padEnd(8)} ${suite.description}`, `           ${suite.usage}`);
     }
     process.stdout.write(`${lines.join("\n")}\n`);
-    return name === undefined ? 2 : 0;
+    return 0;
+  }
+  if (name === undefined || name.startsWith("-")) {
+    await (await import("./all.js")).runAll(argv, suites);
+    return 0;
   }
   const load = suites[name];
   if (load === undefined) {

@@ -28,6 +28,9 @@ interface Reply {
   error?: string;
 }
 
+/** What a worker posts once its script has loaded (koffi included) and it takes tasks. */
+const READY = "ready";
+
 interface Pending {
   id: number;
   message: unknown;
@@ -40,6 +43,12 @@ interface Slot {
   worker: Worker;
   task: Pending | undefined;
   idleTimer: NodeJS.Timeout | undefined;
+  /**
+   * The script has loaded. Until then the thread holds the process open even when idle: a
+   * process that exits while a thread is still loading an addon (koffi) aborts in Node's
+   * teardown (FATAL ERROR napi_throw, status 134), e.g. on a usage error right after a warm().
+   */
+  ready: boolean;
 }
 
 /**
@@ -118,9 +127,14 @@ export class WorkerPool<Task, Result> {
   }
 
   private adopt(worker: Worker): void {
-    const slot: Slot = { worker, task: undefined, idleTimer: undefined };
+    const slot: Slot = { worker, task: undefined, idleTimer: undefined, ready: false };
     this.slots.push(slot);
-    worker.on("message", (reply: Reply) => {
+    worker.on("message", (reply: Reply | typeof READY) => {
+      if (reply === READY) {
+        slot.ready = true;
+        if (slot.task === undefined) worker.unref();
+        return;
+      }
       const task = slot.task;
       if (task === undefined || reply.id !== task.id) return;
       slot.task = undefined;
@@ -152,7 +166,7 @@ export class WorkerPool<Task, Result> {
       this.assign(slot, next);
       return;
     }
-    slot.worker.unref();
+    if (slot.ready) slot.worker.unref();
     slot.idleTimer = setTimeout(() => {
       this.drop(slot);
       void slot.worker.terminate();
@@ -188,6 +202,8 @@ export function serveTasks(handle: (task: never) => WorkerAnswer | Promise<Worke
       port.postMessage({ id, error: error instanceof Error ? error.message : String(error) } satisfies Reply);
     }
   });
+  // Called at the end of the worker's script, so everything it loads has loaded.
+  port.postMessage(READY);
 }
 
 const bundles = new Map<WorkerScript, Promise<string>>();

@@ -7,7 +7,7 @@
  *  3. copy start-up against qemu-img (startup.ts), both runtimes interleaved with it;
  * then one summary of every target with ✓/✗. The executable (dist/imageio) is built with
  * `npm run package` when missing or older than the sources, or left out with the reason.
- * About 6 minutes at the defaults on a 2-core machine, plus the workers suite.
+ * About 4 minutes at the defaults on a 2-core machine, plus the workers suite.
  */
 import { spawnSync } from "node:child_process";
 import { readdirSync, rmSync, statSync } from "node:fs";
@@ -22,7 +22,7 @@ import { summaryTable, type TargetRow } from "./summary.js";
 const root = new URL("../..", import.meta.url).pathname;
 
 export const usage =
-  "[--size-gib 1] [--rounds 3] [--startup-rounds 5] [--dir /var/tmp] [--executable FILE | --no-executable] [--skip paths,workers,startup]";
+  "[--size-gib 2] [--rounds 3] [--startup-rounds 7] [--dir /var/tmp] [--executable FILE | --no-executable] [--skip paths,workers,startup]";
 
 const PARTS = ["paths", "workers", "startup"] as const;
 
@@ -40,9 +40,9 @@ function parseOptions(args: string[]): AllOptions {
   const { values } = parseArgs({
     args,
     options: {
-      "size-gib": { type: "string", default: "1" },
+      "size-gib": { type: "string", default: "2" },
       rounds: { type: "string", default: "3" },
-      "startup-rounds": { type: "string", default: "5" },
+      "startup-rounds": { type: "string", default: "7" },
       dir: { type: "string", default: "/var/tmp" },
       executable: { type: "string" },
       "no-executable": { type: "boolean", default: false },

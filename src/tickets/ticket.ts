@@ -194,6 +194,11 @@ export class Ticket {
     return this.fields.uuid;
   }
 
+  /** The memory of its live state, for the threads that serve it too. */
+  get sharedState(): SharedArrayBuffer {
+    return this.state.buffer;
+  }
+
   /** How logs name this ticket: the manager's transfer_id, else 8 characters of the id ([D11]). */
   get label(): string {
     return this.fields.transferIdGiven ? this.fields.transfer_id : shortId(this.fields.uuid);

@@ -9,8 +9,10 @@
  *  - the sources (vitest runs src/*.ts, which a worker cannot load): bundled the same way on
  *    first use by esbuild, a development dependency that is installed wherever sources run.
  */
+
+import { readFile } from "node:fs/promises";
 import { getAsset, isSea } from "node:sea";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { parentPort, type TransferListItem, Worker, type WorkerOptions } from "node:worker_threads";
 
 /**
@@ -218,8 +220,22 @@ async function bundleFromSource(source: URL): Promise<string> {
     format: "cjs",
     target: "node20",
     logLevel: "warning",
-    // koffi-loader requires koffi relative to its own URL, which must name the source tree.
-    define: { "import.meta.url": JSON.stringify(source.href) },
+    // Each module keeps its own URL, as when Node loads it: koffi-loader requires koffi
+    // relative to it, version.ts finds package.json one level up from it.
+    plugins: [
+      {
+        name: "module-url",
+        setup(builder) {
+          builder.onLoad({ filter: /\.ts$/ }, async (args) => ({
+            contents: (await readFile(args.path, "utf8")).replace(
+              /\bimport\.meta\.url\b/g,
+              JSON.stringify(pathToFileURL(args.path).href),
+            ),
+            loader: "ts",
+          }));
+        },
+      },
+    ],
   });
   return (result.outputFiles[0] as { text: string }).text;
 }

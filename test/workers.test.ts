@@ -1,0 +1,217 @@
+/**
+ * Issue 14, multi-core: with `[daemon] workers = 2` the images services run on two threads,
+ * and everything a client or a manager sees stays as with one: bytes, ticket progress,
+ * cancellation, and a thread that dies takes only its own connections with it.
+ */
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import https from "node:https";
+import tls from "node:tls";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { addTicket, type InProcessDaemon, request, startInProcess, ticketStatus } from "./helpers/daemon.js";
+
+const MiB = 1024 * 1024;
+const sha = (data: Buffer) => createHash("sha256").update(data).digest("hex");
+
+let daemon: InProcessDaemon;
+let counter = 0;
+
+beforeAll(async () => {
+  daemon = await startInProcess({ config: { daemon: { workers: 2 } } });
+});
+afterAll(async () => {
+  if (process.env.SHOW_LOGS) console.log(daemon.logs().slice(-6000));
+  await daemon?.stop();
+});
+
+async function imageWithTicket(size: number, ops: string[] = ["write"]) {
+  const path = daemon.tmp.file(`workers-${counter++}.raw`);
+  await writeFile(path, Buffer.alloc(size));
+  const id = randomUUID();
+  await addTicket(daemon, { uuid: id, size, url: `file://${path}`, timeout: 300, ops });
+  return { path, id };
+}
+
+async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** One client connection kept open across requests (an agent with a single socket). */
+function client(): https.Agent {
+  return new https.Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(daemon.certs.caFile) });
+}
+
+/** Connection ids of OPEN lines, by the worker that serves them. */
+function openedPerWorker(): Map<string, string[]> {
+  const perWorker = new Map<string, string[]>();
+  for (const match of daemon.logs().matchAll(/ OPEN connection=(\d+) client=\S+ worker=(\d+)/g)) {
+    const [, id, worker] = match as unknown as [string, string, string];
+    perWorker.set(worker, [...(perWorker.get(worker) ?? []), id]);
+  }
+  return perWorker;
+}
+
+/**
+ * A PUT whose body goes out a chunk at a time until `stop` is called: a transfer that stays
+ * running on its worker. Resolves with the status (0 when the connection was cut).
+ */
+function slowUpload(id: string, offset: number, length: number) {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port: daemon.remotePort,
+    ca: readFileSync(daemon.certs.caFile),
+    servername: "localhost",
+  });
+  socket.on("error", () => undefined);
+  let sent = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const answered = new Promise<number>((resolve) => {
+    let text = "";
+    socket.on("data", (data: Buffer) => {
+      text += data.toString("latin1");
+      const status = /^HTTP\/1\.1 (\d+)/.exec(text)?.[1];
+      if (status !== undefined) resolve(Number(status));
+    });
+    socket.on("close", () => resolve(0));
+  });
+  socket.once("secureConnect", () => {
+    socket.write(
+      `PUT /images/${id} HTTP/1.1\r\nHost: localhost\r\nContent-Length: ${length}\r\n` +
+        `Content-Range: bytes ${offset}-${offset + length - 1}/*\r\n\r\n`,
+    );
+    const chunk = Buffer.alloc(64 * 1024, 0x55);
+    timer = setInterval(() => {
+      if (sent + chunk.length >= length || socket.destroyed) return;
+      socket.write(chunk);
+      sent += chunk.length;
+    }, 20);
+  });
+  return {
+    answered,
+    finish: () => {
+      clearInterval(timer);
+      if (!socket.destroyed) socket.write(Buffer.alloc(length - sent, 0x55));
+    },
+    stop: () => {
+      clearInterval(timer);
+      socket.destroy();
+    },
+  };
+}
+
+describe("14.workers: two data-plane threads", () => {
+  it("14.workers: 4 concurrent HTTPS uploads to distinct ranges of one image split 2/2 over the workers; the download's hash matches and progress is exact", async () => {
+    const part = 8 * MiB;
+    const { id } = await imageWithTicket(4 * part);
+    const before = openedPerWorker();
+    const agents = [client(), client(), client(), client()];
+    // Every connection is open before any upload: each went to the least busy thread.
+    await Promise.all(agents.map((agent) => request(daemon, { method: "OPTIONS", path: `/images/${id}`, agent })));
+    const opened = openedPerWorker();
+    const added = [...opened].map(([worker, ids]) => [worker, ids.length - (before.get(worker)?.length ?? 0)]);
+    expect(Object.fromEntries(added)).toEqual({ 0: 2, 1: 2 });
+    expect(daemon.services.dataPlane?.connectionsPerThread).toEqual([2, 2]);
+
+    const parts = agents.map(() => randomBytes(part));
+    const statuses = await Promise.all(
+      agents.map((agent, i) =>
+        request(daemon, {
+          method: "PUT",
+          path: `/images/${id}?flush=y`,
+          headers: { "content-range": `bytes ${i * part}-${(i + 1) * part - 1}/*` },
+          body: parts[i] as Buffer,
+          agent,
+        }).then((response) => response.status),
+      ),
+    );
+    expect(statuses).toEqual([200, 200, 200, 200]);
+    const status = await ticketStatus(daemon, id);
+    expect(status.transferred).toBe(4 * part);
+    // Each connection holds a backend for the ticket, on either thread.
+    expect(status.connections).toBe(4);
+    expect(status.active).toBe(false);
+
+    const download = await request(daemon, { path: `/images/${id}`, agent: agents[0] as https.Agent });
+    expect(download.status).toBe(200);
+    expect(sha(download.body)).toBe(sha(Buffer.concat(parts)));
+    for (const agent of agents) agent.destroy();
+    await waitFor(async () => (await ticketStatus(daemon, id)).connections === 0, "connections to close");
+    await waitFor(() => daemon.services.dataPlane?.connectionsPerThread.join() === "0,0", "threads to be idle");
+  });
+
+  it("14.workers: connection ids are unique across workers and every line goes to the one log", async () => {
+    const { id } = await imageWithTicket(MiB);
+    const agents = [client(), client(), client(), client()];
+    await Promise.all(agents.map((agent) => request(daemon, { method: "OPTIONS", path: `/images/${id}`, agent })));
+    for (const agent of agents) agent.destroy();
+    const ids = [...openedPerWorker().values()].flat();
+    expect(new Set(ids).size).toBe(ids.length);
+    // A worker's CLOSE line names its connection like the main thread's did.
+    await waitFor(() => ids.every((n) => daemon.logs().includes(` CLOSE connection=${n} `)), "CLOSE lines");
+  });
+
+  it("14.workers: DELETE of a ticket with transfers running on both workers stops both, answers 204, and the ticket is refused after", async () => {
+    const { id } = await imageWithTicket(64 * MiB);
+    const uploads = [slowUpload(id, 0, 32 * MiB), slowUpload(id, 32 * MiB, 32 * MiB)];
+    await waitFor(async () => {
+      const status = await ticketStatus(daemon, id);
+      return status.active === true && status.connections === 2;
+    }, "both uploads to run");
+    expect(daemon.services.dataPlane?.connectionsPerThread).toEqual([1, 1]);
+    const removed = await request(daemon, { service: "control", method: "DELETE", path: `/tickets/${id}` });
+    expect(removed.status).toBe(204);
+    // Both running requests were stopped: 403, or cut off mid-body.
+    for (const upload of uploads) expect([0, 403]).toContain(await upload.answered);
+    const missing = await request(daemon, { service: "control", path: `/tickets/${id}` });
+    expect(missing.status).toBe(404);
+    const refused = await request(daemon, { method: "PUT", path: `/images/${id}`, body: Buffer.alloc(4096) });
+    expect(refused.status).toBe(403);
+    expect(refused.text).toContain(`No such ticket`);
+    for (const upload of uploads) upload.stop();
+  });
+
+  it("14.workers: a worker that dies loses only its own connection: the other worker's upload completes, the ticket and its counts stay right, and a new thread serves", async () => {
+    const plane = daemon.services.dataPlane;
+    if (plane === undefined) throw new Error("no data plane");
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const { id, path } = await imageWithTicket(8 * MiB);
+    const doomed = slowUpload(id, 0, 4 * MiB);
+    await waitFor(() => plane.connectionsPerThread.join() === "1,0", "first upload on worker 0");
+    const survivor = slowUpload(id, 4 * MiB, 4 * MiB);
+    await waitFor(async () => (await ticketStatus(daemon, id)).connections === 2, "both uploads to run");
+
+    plane.crashWorkerForTest(0);
+    expect(await doomed.answered).toBe(0);
+    await waitFor(() => daemon.logs().includes("WORKER lost worker=0"), "the loss to be logged");
+    // The dead thread's connection no longer counts; the other one still runs.
+    await waitFor(async () => (await ticketStatus(daemon, id)).connections === 1, "the dead connection to be released");
+    expect((await ticketStatus(daemon, id)).active).toBe(true);
+
+    survivor.finish();
+    expect(await survivor.answered).toBe(200);
+    const written = await readFile(path);
+    expect(written.subarray(4 * MiB).equals(Buffer.alloc(4 * MiB, 0x55))).toBe(true);
+    const status = await ticketStatus(daemon, id);
+    expect(status.active).toBe(false);
+    // The survivor's range, and what the dead connection had written before it died.
+    expect(status.transferred as number).toBeGreaterThanOrEqual(4 * MiB);
+    survivor.stop();
+    doomed.stop();
+
+    // The replacement knows every ticket: new connections on both threads are served.
+    await waitFor(() => daemon.logs().includes("WORKER started worker=0"), "a new worker 0");
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const agents = [client(), client()];
+    const answers = await Promise.all(
+      agents.map((agent) => request(daemon, { path: `/images/${id}`, headers: { range: "bytes=0-4095" }, agent })),
+    );
+    expect(answers.map((answer) => answer.status)).toEqual([206, 206]);
+    expect(plane.connectionsPerThread).toEqual([1, 1]);
+    for (const agent of agents) agent.destroy();
+  });
+});

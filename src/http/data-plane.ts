@@ -87,8 +87,8 @@ export class DataPlane implements TicketReplication {
       // session on whichever thread serves its next connection.
       tls: options.tls === undefined ? undefined : { ...readTlsContents(options.tls), ticketKeys: randomBytes(48) },
       deadlineMs: options.deadlineMs,
-      // Split, not shared: each thread's pool lends without asking the others, and the sum
-      // stays at most max_buffers (each thread gets at least one).
+      // Split, not shared: each thread's pool lends without asking the others. The sum stays
+      // at most max_buffers, except that every thread gets at least one buffer.
       maxBuffers: Math.max(1, Math.floor(config.daemon.max_buffers / size)),
       localSocket: options.localSocket,
       connectionIds: connectionIdCounter(),

@@ -7,9 +7,18 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import https from "node:https";
+import net from "node:net";
 import tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addTicket, type InProcessDaemon, request, startInProcess, ticketStatus } from "./helpers/daemon.js";
+import {
+  addTicket,
+  type InProcessDaemon,
+  request,
+  startDaemon,
+  startInProcess,
+  ticketStatus,
+} from "./helpers/daemon.js";
+import { makeTempDir } from "./helpers/tmp.js";
 
 const MiB = 1024 * 1024;
 const sha = (data: Buffer) => createHash("sha256").update(data).digest("hex");
@@ -213,5 +222,54 @@ describe("14.workers: two data-plane threads", () => {
     expect(answers.map((answer) => answer.status)).toEqual([206, 206]);
     expect(plane.connectionsPerThread).toEqual([1, 1]);
     for (const agent of agents) agent.destroy();
+  });
+});
+
+describe("14.workers: the daemon process with two data-plane threads", () => {
+  it("14.workers: over the local socket an upload and a download round-trip; SIGTERM lets a running upload finish, then the daemon exits 0", async () => {
+    const proc = await startDaemon({ config: { daemon: { workers: 2 } } });
+    // Outside the daemon's directory, which stopping it removes.
+    const images = await makeTempDir("imageio-workers-");
+    try {
+      const path = images.file("local.raw");
+      await writeFile(path, Buffer.alloc(4 * MiB));
+      const id = randomUUID();
+      await addTicket(proc, { uuid: id, size: 4 * MiB, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+      const data = randomBytes(MiB);
+      const put = await request(proc, { service: "local", method: "PUT", path: `/images/${id}`, body: data });
+      expect(put.status).toBe(200);
+      const get = await request(proc, {
+        service: "local",
+        path: `/images/${id}`,
+        headers: { range: `bytes=0-${MiB - 1}` },
+      });
+      expect(sha(get.body)).toBe(sha(data));
+
+      // An upload still sending its body when the daemon is told to stop.
+      const socket = net.connect({ path: proc.localSocket as string });
+      socket.on("error", () => undefined);
+      let answer = "";
+      socket.on("data", (chunk: Buffer) => {
+        answer += chunk.toString("latin1");
+      });
+      const rest = randomBytes(MiB);
+      socket.write(
+        `PUT /images/${id} HTTP/1.1\r\nHost: x\r\nContent-Length: ${2 * MiB}\r\nContent-Range: bytes ${MiB}-${3 * MiB - 1}/*\r\n\r\n`,
+      );
+      socket.write(rest);
+      await waitFor(async () => (await ticketStatus(proc, id)).active === true, "the upload to run");
+      const exited = proc.stop("SIGTERM");
+      await waitFor(() => proc.logs().includes("STOP signal=SIGTERM"), "the daemon to stop accepting");
+      socket.write(rest);
+      await waitFor(() => /^HTTP\/1\.1 200/.test(answer), "the upload's answer");
+      socket.destroy();
+      expect(await exited).toBe(0);
+      const written = await readFile(path);
+      expect(sha(written.subarray(MiB, 3 * MiB))).toBe(sha(Buffer.concat([rest, rest])));
+      expect(proc.logs()).toMatch(/OPEN connection=\d+ client=local worker=[01]/);
+    } finally {
+      await proc.stop();
+      await images.remove();
+    }
   });
 });

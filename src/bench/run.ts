@@ -17,6 +17,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   nbd: async () => (await import("./nbd.js")).suite,
   proxy: async () => (await import("./proxy.js")).suite,
   stalls: async () => (await import("./stalls.js")).suite,
+  workers: async () => (await import("./workers.js")).suite,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -128,10 +128,17 @@ export class DataPlane implements TicketReplication {
       return;
     }
     const thread = this.leastBusy();
+    // Node's handle of the accepted socket; gone if the peer reset it already.
+    const own = (socket as unknown as { _handle: { fd?: number } | null })._handle?.fd;
+    if (own === undefined || own < 0) {
+      this.options.slots.release();
+      socket.destroy();
+      return;
+    }
     let fd: number;
     try {
       if (thread === undefined) throw new Error("no data-plane thread is serving");
-      fd = duplicateDescriptor((socket as unknown as { _handle: { fd: number } })._handle.fd);
+      fd = duplicateDescriptor(own);
     } catch (error) {
       this.options.log.error("REFUSE cannot hand over connection", { service, client }, error);
       this.options.slots.release();

@@ -273,3 +273,32 @@ describe("14.workers: the daemon process with two data-plane threads", () => {
     }
   });
 });
+
+describe("14.workers: TLS sessions", () => {
+  it("14.workers: a TLS session from one worker resumes on the other (the threads share ticket keys)", async () => {
+    const plane = daemon.services.dataPlane;
+    if (plane === undefined) throw new Error("no data plane");
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const connect = (session?: Buffer) =>
+      tls.connect({
+        host: "127.0.0.1",
+        port: daemon.remotePort,
+        ca: readFileSync(daemon.certs.caFile),
+        servername: "localhost",
+        ...(session === undefined ? {} : { session }),
+      });
+    const first = connect();
+    first.on("error", () => undefined);
+    // TLS 1.3 sends the session ticket after the handshake.
+    const session = await new Promise<Buffer>((resolve) => first.once("session", resolve));
+    expect(plane.connectionsPerThread).toEqual([1, 0]);
+    // The first connection stays open, so the second goes to the other thread.
+    const second = connect(session);
+    second.on("error", () => undefined);
+    await new Promise((resolve) => second.once("secureConnect", resolve));
+    await waitFor(() => plane.connectionsPerThread.join() === "1,1", "the second connection on worker 1");
+    expect(second.isSessionReused()).toBe(true);
+    first.destroy();
+    second.destroy();
+  });
+});

@@ -58,6 +58,8 @@ interface Thread {
   /** Cancellations waiting for its answer. */
   readonly cancels: Map<number, (stopped: boolean) => void>;
   alive: boolean;
+  /** Called when it says it serves. */
+  ready: (() => void) | undefined;
   closed: (() => void) | undefined;
 }
 
@@ -245,21 +247,22 @@ export class DataPlane implements TicketReplication {
       locks: new Map(),
       cancels: new Map(),
       alive: true,
+      ready: undefined,
       closed: undefined,
     };
+    // Its log lines may come before it is ready: every message is handled from the start.
+    worker.on("message", (message: FromWorker) => this.receive(thread, message));
     await new Promise<void>((resolve, reject) => {
       const early = (error: Error) => reject(error);
       const exited = (code: number) => reject(new Error(`data-plane thread ${index} exited with code ${code}`));
       worker.once("error", early);
       worker.once("exit", exited);
-      worker.once("message", (message: FromWorker) => {
+      thread.ready = () => {
         worker.off("error", early);
         worker.off("exit", exited);
-        if (message.type === "ready") resolve();
-        else reject(new Error(`data-plane thread ${index} did not start`));
-      });
+        resolve();
+      };
     });
-    worker.on("message", (message: FromWorker) => this.receive(thread, message));
     worker.on("error", (error) => this.options.log.error("WORKER failed", { worker: index }, error));
     worker.on("exit", (code) => this.lost(thread, code));
     for (const [serial, ticket] of this.tickets) worker.postMessage(this.addMessage(ticket, serial));
@@ -309,6 +312,7 @@ export class DataPlane implements TicketReplication {
         thread.closed?.();
         break;
       case "ready":
+        thread.ready?.();
         break;
     }
   }

@@ -41,7 +41,10 @@ export class Authorizer {
       };
     }
     const ticket: Ticket = new Ticket(fields, this.clock, placement);
+    const replaced = this.tickets.get(fields.uuid);
     this.tickets.set(fields.uuid, ticket);
+    // The threads forget the replaced ticket too; connections still holding it finish on it.
+    if (replaced !== undefined) replication?.removed(replaced);
     replication?.added(ticket);
     return ticket;
   }

@@ -5,6 +5,7 @@
  * request arrives.
  */
 import type { Config } from "../config.js";
+import type { WriteBackState } from "../io/write-back.js";
 import type { LogFields, LogLevel } from "../log.js";
 import type { TicketFields } from "../tickets/ticket.js";
 import type { TlsFiles } from "./server.js";
@@ -27,6 +28,8 @@ export interface DataPlaneSetup {
   maxBuffers: number;
   localSocket: string | undefined;
   connectionIds: SharedArrayBuffer;
+  /** Counts changes to sticky write-back failures made by any thread (io/write-back.ts). */
+  writeBackChanges: SharedArrayBuffer;
 }
 
 export type ToWorker =
@@ -38,6 +41,7 @@ export type ToWorker =
   | { type: "lock-granted"; request: number }
   | { type: "write-back-failed"; key: string; reason: string; code: string | undefined; size: number }
   | { type: "write-back-rewritten"; key: string; offset: number; length: number }
+  | { type: "write-back-state"; state: WriteBackState }
   | { type: "close"; graceMs: number }
   | { type: "crash" };
 

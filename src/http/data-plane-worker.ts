@@ -9,7 +9,12 @@ import type { Socket } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 import { useLockBroker } from "../io/block-locks.js";
 import { BufferPool } from "../io/buffers.js";
-import { applyRewritten, applyWriteBackFailure, useWriteBackPeers } from "../io/write-back.js";
+import {
+  receiveRewritten,
+  receiveWriteBackFailure,
+  restoreWriteBackState,
+  useWriteBackPeers,
+} from "../io/write-back.js";
 import { LOG_LEVELS, type LogFields, type Logger, type LogLevel } from "../log.js";
 import { Authorizer } from "../tickets/authorizer.js";
 import { SharedTicketState } from "../tickets/shared-state.js";
@@ -62,10 +67,13 @@ useLockBroker({
     }
   },
 });
-useWriteBackPeers({
-  recorded: (key, reason, code, size) => post({ type: "write-back-failed", key, reason, code, size }),
-  rewritten: (key, offset, length) => post({ type: "write-back-rewritten", key, offset, length }),
-});
+useWriteBackPeers(
+  {
+    recorded: (key, reason, code, size) => post({ type: "write-back-failed", key, reason, code, size }),
+    rewritten: (key, offset, length) => post({ type: "write-back-rewritten", key, offset, length }),
+  },
+  setup.writeBackChanges,
+);
 
 const authorizer = new Authorizer();
 const tickets = new Map<number, Ticket>();
@@ -159,10 +167,13 @@ port.on("message", (message: ToWorker) => {
       break;
     }
     case "write-back-failed":
-      applyWriteBackFailure(message.key, message.reason, message.code, message.size);
+      receiveWriteBackFailure(message.key, message.reason, message.code, message.size);
       break;
     case "write-back-rewritten":
-      applyRewritten(message.key, message.offset, message.length);
+      receiveRewritten(message.key, message.offset, message.length);
+      break;
+    case "write-back-state":
+      restoreWriteBackState(message.state);
       break;
     case "close":
       void close(message.graceMs);

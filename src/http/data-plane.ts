@@ -26,7 +26,13 @@ import type { Config } from "../config.js";
 import { withBlockLocks, withSizeLock } from "../io/block-locks.js";
 import { duplicateDescriptor } from "../io/native.js";
 import { startWorker } from "../io/worker-pool.js";
-import { applyRewritten, applyWriteBackFailure, useWriteBackPeers } from "../io/write-back.js";
+import {
+  receiveRewritten,
+  receiveWriteBackFailure,
+  useWriteBackPeers,
+  writeBackCounter,
+  writeBackState,
+} from "../io/write-back.js";
 import type { Logger, LogLevel } from "../log.js";
 import type { TicketReplication } from "../tickets/authorizer.js";
 import type { Ticket } from "../tickets/ticket.js";
@@ -58,8 +64,12 @@ interface Thread {
   /** Cancellations waiting for its answer. */
   readonly cancels: Map<number, (stopped: boolean) => void>;
   alive: boolean;
+  /** Started and ready: connections may go to it. */
+  serving: boolean;
   /** Called when it says it serves. */
   ready: (() => void) | undefined;
+  /** Called when it ends before it serves. */
+  failedToStart: ((code: number) => void) | undefined;
   closed: (() => void) | undefined;
 }
 
@@ -94,11 +104,15 @@ export class DataPlane implements TicketReplication {
       maxBuffers: Math.max(1, Math.floor(config.daemon.max_buffers / size)),
       localSocket: options.localSocket,
       connectionIds: connectionIdCounter(),
+      writeBackChanges: writeBackCounter(),
     };
-    useWriteBackPeers({
-      recorded: (key, reason, code, size) => this.broadcast({ type: "write-back-failed", key, reason, code, size }),
-      rewritten: (key, offset, length) => this.broadcast({ type: "write-back-rewritten", key, offset, length }),
-    });
+    useWriteBackPeers(
+      {
+        recorded: (key, reason, code, size) => this.broadcast({ type: "write-back-failed", key, reason, code, size }),
+        rewritten: (key, offset, length) => this.broadcast({ type: "write-back-rewritten", key, offset, length }),
+      },
+      this.setup.writeBackChanges,
+    );
   }
 
   /**
@@ -108,7 +122,7 @@ export class DataPlane implements TicketReplication {
   static async start(workers: number, options: DataPlaneOptions): Promise<DataPlane> {
     const plane = new DataPlane(workers, options);
     try {
-      for (let index = 0; index < workers; index++) plane.threads.push(await plane.spawn(index));
+      for (let index = 0; index < workers; index++) await plane.spawn(index);
     } catch (error) {
       await plane.close(0);
       throw error;
@@ -223,7 +237,7 @@ export class DataPlane implements TicketReplication {
   private leastBusy(): Thread | undefined {
     let best: Thread | undefined;
     for (const thread of this.threads) {
-      if (thread.alive && (best === undefined || thread.live < best.live)) best = thread;
+      if (thread.alive && thread.serving && (best === undefined || thread.live < best.live)) best = thread;
     }
     return best;
   }
@@ -236,9 +250,17 @@ export class DataPlane implements TicketReplication {
     for (const thread of this.threads) if (thread.alive) thread.worker.postMessage(message);
   }
 
-  /** Starts thread `index` with every ticket there is; resolves once it serves. */
+  /**
+   * Starts thread `index` (in place of a dead one) with every ticket and write-back failure
+   * there is; resolves once it serves. From the moment it exists it gets every change, so
+   * nothing made while it starts is missed.
+   */
   private async spawn(index: number): Promise<Thread> {
     const worker = await startWorker("data-plane-worker", { workerData: { ...this.setup, index } });
+    if (this.closing) {
+      await worker.terminate();
+      throw new Error("the daemon is stopping");
+    }
     const thread: Thread = {
       index,
       worker,
@@ -247,25 +269,29 @@ export class DataPlane implements TicketReplication {
       locks: new Map(),
       cancels: new Map(),
       alive: true,
+      serving: false,
       ready: undefined,
+      failedToStart: undefined,
       closed: undefined,
     };
+    this.threads[index] = thread;
+    worker.postMessage({ type: "write-back-state", state: writeBackState() } satisfies ToWorker);
+    for (const [serial, ticket] of this.tickets) worker.postMessage(this.addMessage(ticket, serial));
     // Its log lines may come before it is ready: every message is handled from the start.
     worker.on("message", (message: FromWorker) => this.receive(thread, message));
-    await new Promise<void>((resolve, reject) => {
-      const early = (error: Error) => reject(error);
-      const exited = (code: number) => reject(new Error(`data-plane thread ${index} exited with code ${code}`));
-      worker.once("error", early);
-      worker.once("exit", exited);
-      thread.ready = () => {
-        worker.off("error", early);
-        worker.off("exit", exited);
-        resolve();
-      };
+    let failure: Error | undefined;
+    const started = new Promise<void>((resolve, reject) => {
+      thread.ready = resolve;
+      thread.failedToStart = (code) =>
+        reject(failure ?? new Error(`data-plane thread ${index} exited with code ${code} before serving`));
     });
-    worker.on("error", (error) => this.options.log.error("WORKER failed", { worker: index }, error));
+    worker.on("error", (error) => {
+      if (thread.serving) this.options.log.error("WORKER failed", { worker: index }, error);
+      else failure = error;
+    });
     worker.on("exit", (code) => this.lost(thread, code));
-    for (const [serial, ticket] of this.tickets) worker.postMessage(this.addMessage(ticket, serial));
+    await started;
+    thread.serving = true;
     return thread;
   }
 
@@ -301,11 +327,11 @@ export class DataPlane implements TicketReplication {
         break;
       }
       case "write-back-failed":
-        applyWriteBackFailure(message.key, message.reason, message.code, message.size);
+        receiveWriteBackFailure(message.key, message.reason, message.code, message.size);
         this.broadcastExcept(thread, message);
         break;
       case "write-back-rewritten":
-        applyRewritten(message.key, message.offset, message.length);
+        receiveRewritten(message.key, message.offset, message.length);
         this.broadcastExcept(thread, message);
         break;
       case "closed":
@@ -386,15 +412,15 @@ export class DataPlane implements TicketReplication {
     for (const answer of thread.cancels.values()) answer(true);
     thread.cancels.clear();
     for (const ticket of this.tickets.values()) ticket.forgetWorker(thread.index + 1);
+    if (!thread.serving) {
+      // It never served: its start fails, and whoever started it decides what next.
+      thread.failedToStart?.(code);
+      return;
+    }
     if (this.closing) return;
     this.options.log.error("WORKER lost", { worker: thread.index, code, replacing: true });
     this.spawn(thread.index).then(
-      (replacement) => {
-        const at = this.threads.indexOf(thread);
-        if (this.closing) void replacement.worker.terminate();
-        else if (at !== -1) this.threads[at] = replacement;
-        this.options.log.info("WORKER started", { worker: thread.index });
-      },
+      () => this.options.log.info("WORKER started", { worker: thread.index }),
       (error: unknown) => this.options.log.error("WORKER cannot start", { worker: thread.index }, error),
     );
   }

@@ -27,7 +27,8 @@ let daemon: InProcessDaemon;
 let counter = 0;
 
 beforeAll(async () => {
-  daemon = await startInProcess({ config: { daemon: { workers: 2 } } });
+  // remove_timeout: a DELETE whose transfer does not stop in time answers 409 within the test.
+  daemon = await startInProcess({ config: { daemon: { workers: 2 }, control: { remove_timeout: 2 } } });
 });
 afterAll(async () => {
   if (process.env.SHOW_LOGS) console.log(daemon.logs().slice(-6000));
@@ -102,6 +103,8 @@ function slowUpload(id: string, offset: number, length: number) {
   });
   return {
     answered,
+    /** Stops sending, keeping the connection open: the request waits for the rest of its body. */
+    pause: () => clearInterval(timer),
     finish: () => {
       clearInterval(timer);
       if (!socket.destroyed) socket.write(Buffer.alloc(length - sent, 0x55));
@@ -222,6 +225,88 @@ describe("14.workers: two data-plane threads", () => {
     expect(answers.map((answer) => answer.status)).toEqual([206, 206]);
     expect(plane.connectionsPerThread).toEqual([1, 1]);
     for (const agent of agents) agent.destroy();
+  });
+});
+
+describe("14.workers: ticket changes reach every worker", () => {
+  /** Two held connections, one on each worker. */
+  async function onBothWorkers(id: string) {
+    const plane = daemon.services.dataPlane;
+    if (plane === undefined) throw new Error("no data plane");
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const agents = [client(), client()];
+    for (const agent of agents) await request(daemon, { method: "OPTIONS", path: `/images/${id}`, agent });
+    expect(plane.connectionsPerThread).toEqual([1, 1]);
+    return agents;
+  }
+
+  const put = (agent: https.Agent, id: string, offset: number, body: Buffer) =>
+    request(daemon, {
+      method: "PUT",
+      path: `/images/${id}`,
+      headers: { "content-range": `bytes ${offset}-${offset + body.length - 1}/*` },
+      body,
+      agent,
+    });
+
+  it("14.workers: an expired ticket is refused on both workers, and extending it makes both accept it again", async () => {
+    const path = daemon.tmp.file(`workers-${counter++}.raw`);
+    await writeFile(path, Buffer.alloc(MiB));
+    const id = randomUUID();
+    await addTicket(daemon, { uuid: id, size: MiB, url: `file://${path}`, timeout: 1, ops: ["write"] });
+    const agents = await onBothWorkers(id);
+    // Poll until the ticket's second is over: both workers see the same expiry.
+    let statuses: number[] = [];
+    await waitFor(async () => {
+      statuses = await Promise.all(agents.map(async (agent) => (await put(agent, id, 0, Buffer.alloc(4096))).status));
+      return statuses.every((status) => status === 403);
+    }, "both workers to refuse the expired ticket");
+    const extended = await request(daemon, {
+      service: "control",
+      method: "PATCH",
+      path: `/tickets/${id}`,
+      body: JSON.stringify({ timeout: 300 }),
+    });
+    expect(extended.status).toBe(200);
+    // A refused request closed its connection (403 closes): new ones, on both workers again.
+    for (const agent of agents) agent.destroy();
+    const again = await onBothWorkers(id);
+    const data = [randomBytes(4096), randomBytes(4096)];
+    const answers = await Promise.all(again.map((agent, k) => put(agent, id, k * 4096, data[k] as Buffer)));
+    expect(answers.map((answer) => answer.status)).toEqual([200, 200]);
+    expect((await readFile(path)).subarray(0, 8192).equals(Buffer.concat(data))).toBe(true);
+    for (const agent of again) agent.destroy();
+  });
+
+  it("14.workers: a ticket added again under its id is the new one on both workers", async () => {
+    const path = daemon.tmp.file(`workers-${counter++}.raw`);
+    await writeFile(path, Buffer.alloc(2 * MiB));
+    const id = randomUUID();
+    await addTicket(daemon, { uuid: id, size: MiB, url: `file://${path}`, timeout: 300, ops: ["write"] });
+    await addTicket(daemon, { uuid: id, size: 2 * MiB, url: `file://${path}`, timeout: 300, ops: ["write"] });
+    const agents = await onBothWorkers(id);
+    // Past the first ticket's size, inside the second's.
+    const answers = await Promise.all(
+      agents.map((agent, k) => put(agent, id, MiB + k * 4096, Buffer.alloc(4096, 0x61 + k))),
+    );
+    expect(answers.map((answer) => answer.status)).toEqual([200, 200]);
+    expect((await ticketStatus(daemon, id)).transferred).toBe(8192);
+    for (const agent of agents) agent.destroy();
+  });
+
+  it("14.workers: DELETE of a ticket whose transfer does not stop in time is 409 and the ticket stays canceled; once it stopped a retry removes it", async () => {
+    const { id } = await imageWithTicket(8 * MiB);
+    const stalled = slowUpload(id, 0, 8 * MiB);
+    await waitFor(async () => (await ticketStatus(daemon, id)).active === true, "the upload to run");
+    stalled.pause();
+    const removed = await request(daemon, { service: "control", method: "DELETE", path: `/tickets/${id}` });
+    expect(removed.status).toBe(409);
+    expect((await ticketStatus(daemon, id)).canceled).toBe(true);
+    stalled.stop();
+    await waitFor(async () => (await ticketStatus(daemon, id)).active === false, "the upload to end");
+    const retried = await request(daemon, { service: "control", method: "DELETE", path: `/tickets/${id}` });
+    expect(retried.status).toBe(204);
+    expect((await request(daemon, { service: "control", path: `/tickets/${id}` })).status).toBe(404);
   });
 });
 

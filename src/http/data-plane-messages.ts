@@ -6,9 +6,10 @@
  */
 import type { Config } from "../config.js";
 import type { WriteBackState } from "../io/write-back.js";
-import type { LogFields, LogLevel } from "../log.js";
+import type { LogLevel } from "../log.js";
 import type { TicketFields } from "../tickets/ticket.js";
 import type { TlsFiles } from "./server.js";
+import type { LogEvent } from "./thread-log.js";
 
 /** The images services a data-plane thread serves. */
 export type DataService = "remote" | "local";
@@ -49,14 +50,7 @@ export type FromWorker =
   | { type: "ready" }
   | { type: "adopted"; fd: number }
   | { type: "connection-closed" }
-  | {
-      type: "log";
-      level: LogLevel;
-      component: string | undefined;
-      event: string;
-      fields: LogFields;
-      error: { message: string; stack: string | undefined } | undefined;
-    }
+  | LogEvent
   | { type: "ended"; serial: number; slot: number; start: number; end: number }
   | { type: "cancelled"; request: number; stopped: boolean }
   | { type: "lock"; request: number; key: string; blocks: number[] | "size" }

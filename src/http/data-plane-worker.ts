@@ -15,7 +15,6 @@ import {
   restoreWriteBackState,
   useWriteBackPeers,
 } from "../io/write-back.js";
-import { LOG_LEVELS, type LogFields, type Logger, type LogLevel } from "../log.js";
 import { Authorizer } from "../tickets/authorizer.js";
 import { SharedTicketState } from "../tickets/shared-state.js";
 import type { Ticket } from "../tickets/ticket.js";
@@ -24,31 +23,15 @@ import { ticketBackendOpener } from "./backends.js";
 import { shareConnectionIds } from "./connection.js";
 import type { DataPlaneSetup, DataService, FromWorker, ToWorker } from "./data-plane-messages.js";
 import { adoptConnection, createService } from "./server.js";
+import { forwardingLogger } from "./thread-log.js";
 
 const port = parentPort;
 if (port === null) throw new Error("data-plane-worker runs only in a worker thread");
 const setup = workerData as DataPlaneSetup;
 const post = (message: FromWorker) => port.postMessage(message);
 
-/** A Logger whose lines the main thread writes, in its format, to its log. */
-function forwardingLogger(level: LogLevel, component: string | undefined): Logger {
-  const threshold = LOG_LEVELS.indexOf(level);
-  const emit = (at: LogLevel, event: string, fields: LogFields = {}, error?: unknown) => {
-    if (LOG_LEVELS.indexOf(at) < threshold) return;
-    const cause = error instanceof Error ? { message: error.message, stack: error.stack } : undefined;
-    post({ type: "log", level: at, component, event, fields, error: cause });
-  };
-  return {
-    debug: (event, fields) => emit("DEBUG", event, fields),
-    info: (event, fields) => emit("INFO", event, fields),
-    warning: (event, fields) => emit("WARNING", event, fields),
-    error: (event, fields, error) => emit("ERROR", event, fields, error),
-    child: (name) => forwardingLogger(level, name),
-  };
-}
-
 shareConnectionIds(setup.connectionIds);
-const log = forwardingLogger(setup.logLevel, undefined);
+const log = forwardingLogger(post, setup.logLevel);
 
 // Locks: asked of the main thread, held there until this thread releases them.
 let nextLock = 1;

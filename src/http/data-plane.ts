@@ -40,6 +40,7 @@ import { connectionIdCounter } from "./connection.js";
 import type { DataPlaneSetup, DataService, FromWorker, ToWorker } from "./data-plane-messages.js";
 import type { ConnectionSlots } from "./limits.js";
 import { readTlsContents, type TlsFiles } from "./server.js";
+import { ThreadLogRelay } from "./thread-log.js";
 
 export interface DataPlaneOptions {
   config: Readonly<Config>;
@@ -82,14 +83,14 @@ export class DataPlane implements TicketReplication {
   private nextCancel = 1;
   private closing = false;
   private readonly setup: Omit<DataPlaneSetup, "index">;
-  /** Children of the main log per component, for the threads' lines. */
-  private readonly loggers = new Map<string, Logger>();
+  private readonly logs: ThreadLogRelay;
 
   private constructor(
     readonly size: number,
     private readonly options: DataPlaneOptions,
   ) {
     this.rows = size + 1;
+    this.logs = new ThreadLogRelay(options.log);
     const { config } = options;
     this.setup = {
       rows: this.rows,
@@ -300,7 +301,7 @@ export class DataPlane implements TicketReplication {
     if (!thread.alive) return;
     switch (message.type) {
       case "log":
-        this.logLine(message);
+        this.logs.write(message);
         break;
       case "adopted":
         thread.unadopted.delete(message.fd);
@@ -365,31 +366,6 @@ export class DataPlane implements TicketReplication {
   private connectionClosed(thread: Thread): void {
     thread.live--;
     this.options.slots.release();
-  }
-
-  private logLine(message: Extract<FromWorker, { type: "log" }>): void {
-    const log = this.loggerFor(message.component);
-    const { level, event, fields } = message;
-    if (level === "ERROR") {
-      let error: Error | undefined;
-      if (message.error !== undefined) {
-        error = new Error(message.error.message);
-        if (message.error.stack !== undefined) error.stack = message.error.stack;
-      }
-      log.error(event, fields, error);
-    } else if (level === "WARNING") log.warning(event, fields);
-    else if (level === "INFO") log.info(event, fields);
-    else log.debug(event, fields);
-  }
-
-  private loggerFor(component: string | undefined): Logger {
-    if (component === undefined) return this.options.log;
-    let log = this.loggers.get(component);
-    if (log === undefined) {
-      log = this.options.log.child(component);
-      this.loggers.set(component, log);
-    }
-    return log;
   }
 
   /**

@@ -64,11 +64,6 @@ export class Authorizer {
     if (this.tickets.get(ticket.uuid) === ticket) this.tickets.delete(ticket.uuid);
   }
 
-  /** Every ticket, for a worker that starts while tickets exist. */
-  all(): Ticket[] {
-    return [...this.tickets.values()];
-  }
-
   /** @throws TicketNotFoundError `No such ticket '<id>'`. */
   get(id: string): Ticket {
     const ticket = this.tickets.get(id);

@@ -278,6 +278,23 @@ describe("14.workers: ticket changes reach every worker", () => {
     for (const agent of again) agent.destroy();
   });
 
+  it("14.workers: a ticket the control API added is usable at once on connections already open on both workers", async () => {
+    const { id: first } = await imageWithTicket(MiB);
+    const agents = await onBothWorkers(first);
+    for (let round = 0; round < 10; round++) {
+      const { id, path } = await imageWithTicket(MiB);
+      const data = [randomBytes(4096), randomBytes(4096)];
+      const answers = await Promise.all(agents.map((agent, k) => put(agent, id, k * 4096, data[k] as Buffer)));
+      expect(
+        answers.map((answer) => answer.status),
+        `round ${round}`,
+      ).toEqual([200, 200]);
+      expect((await readFile(path)).subarray(0, 8192).equals(Buffer.concat(data))).toBe(true);
+    }
+    expect(daemon.services.dataPlane?.connectionsPerThread).toEqual([1, 1]);
+    for (const agent of agents) agent.destroy();
+  });
+
   it("14.workers: a ticket added again under its id is the new one on both workers", async () => {
     const path = daemon.tmp.file(`workers-${counter++}.raw`);
     await writeFile(path, Buffer.alloc(2 * MiB));

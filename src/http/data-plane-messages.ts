@@ -40,6 +40,7 @@ export type ToWorker =
   | { type: "ticket-clear" }
   | { type: "ticket-cancel"; serial: number; request: number; timeoutSeconds: number }
   | { type: "lock-granted"; request: number }
+  | { type: "sync"; request: number }
   | { type: "write-back-failed"; key: string; reason: string; code: string | undefined; size: number }
   | { type: "write-back-rewritten"; key: string; offset: number; length: number }
   | { type: "write-back-state"; state: WriteBackState }
@@ -53,6 +54,7 @@ export type FromWorker =
   | LogEvent
   | { type: "ended"; serial: number; slot: number; start: number; end: number }
   | { type: "cancelled"; request: number; stopped: boolean }
+  | { type: "synced"; request: number }
   | { type: "lock"; request: number; key: string; blocks: number[] | "size" }
   | { type: "unlock"; request: number }
   | { type: "write-back-failed"; key: string; reason: string; code: string | undefined; size: number }

@@ -143,6 +143,10 @@ port.on("message", (message: ToWorker) => {
       }
       break;
     }
+    case "sync":
+      // Every message before this one is applied: the main thread may answer its client.
+      post({ type: "synced", request: message.request });
+      break;
     case "lock-granted": {
       const grant = grants.get(message.request);
       grants.delete(message.request);

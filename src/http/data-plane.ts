@@ -64,6 +64,8 @@ interface Thread {
   readonly locks: Map<number, () => void>;
   /** Cancellations waiting for its answer. */
   readonly cancels: Map<number, (stopped: boolean) => void>;
+  /** Barriers (settled) waiting for its answer. */
+  readonly syncs: Map<number, () => void>;
   alive: boolean;
   /** Started and ready: connections may go to it. */
   serving: boolean;
@@ -80,7 +82,8 @@ export class DataPlane implements TicketReplication {
   private readonly serials = new Map<Ticket, number>();
   private readonly tickets = new Map<number, Ticket>();
   private nextSerial = 1;
-  private nextCancel = 1;
+  /** Numbers the questions to threads (cancellations, barriers). */
+  private nextRequest = 1;
   private closing = false;
   private readonly setup: Omit<DataPlaneSetup, "index">;
   private readonly logs: ThreadLogRelay;
@@ -205,12 +208,27 @@ export class DataPlane implements TicketReplication {
       .map(
         (thread) =>
           new Promise<boolean>((resolve) => {
-            const request = this.nextCancel++;
+            const request = this.nextRequest++;
             thread.cancels.set(request, resolve);
             thread.worker.postMessage({ type: "ticket-cancel", serial, request, timeoutSeconds } satisfies ToWorker);
           }),
       );
     return (await Promise.all(answers)).every(Boolean);
+  }
+
+  async settled(): Promise<void> {
+    await Promise.all(
+      this.threads
+        .filter((thread) => thread.alive)
+        .map(
+          (thread) =>
+            new Promise<void>((resolve) => {
+              const request = this.nextRequest++;
+              thread.syncs.set(request, resolve);
+              thread.worker.postMessage({ type: "sync", request } satisfies ToWorker);
+            }),
+        ),
+    );
   }
 
   /** Stops every thread: running requests may finish within `graceMs`, then the rest are cut. */
@@ -269,6 +287,7 @@ export class DataPlane implements TicketReplication {
       unadopted: new Set(),
       locks: new Map(),
       cancels: new Map(),
+      syncs: new Map(),
       alive: true,
       serving: false,
       ready: undefined,
@@ -312,6 +331,12 @@ export class DataPlane implements TicketReplication {
       case "ended":
         this.tickets.get(message.serial)?.recordEnded(message.slot, message.start, message.end);
         break;
+      case "synced": {
+        const answer = thread.syncs.get(message.request);
+        thread.syncs.delete(message.request);
+        answer?.();
+        break;
+      }
       case "cancelled": {
         const answer = thread.cancels.get(message.request);
         thread.cancels.delete(message.request);
@@ -387,6 +412,8 @@ export class DataPlane implements TicketReplication {
     thread.locks.clear();
     for (const answer of thread.cancels.values()) answer(true);
     thread.cancels.clear();
+    for (const answer of thread.syncs.values()) answer();
+    thread.syncs.clear();
     for (const ticket of this.tickets.values()) ticket.forgetWorker(thread.index + 1);
     if (!thread.serving) {
       // It never served: its start fails, and whoever started it decides what next.

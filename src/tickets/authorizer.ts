@@ -19,6 +19,8 @@ export interface TicketReplication {
   cleared(): void;
   /** Cancels the ticket's operations on every worker and closes their backends; true when none runs. */
   cancel(ticket: Ticket, timeoutSeconds: number): Promise<boolean>;
+  /** Resolves once every worker applied the changes passed on so far. */
+  settled(): Promise<void>;
 }
 
 export class Authorizer {
@@ -103,6 +105,15 @@ export class Authorizer {
     if (this.tickets.get(id) === ticket) this.tickets.delete(id);
     this.replication?.removed(ticket);
     return ticket;
+  }
+
+  /**
+   * Resolves once every thread serving tickets knows of the changes made so far: the control
+   * service answers after it, so a client told its ticket was added (or removed) finds it so
+   * on any connection, already open or new.
+   */
+  async settled(): Promise<void> {
+    await this.replication?.settled();
   }
 
   /** Removes every ticket at once, without cancellation (DELETE /tickets/). */

@@ -240,6 +240,45 @@ describe("PUT", () => {
     expect(next.status).toBe(206);
   });
 
+  it("uploads of sizes around the buffer size round-trip byte-exact at unaligned offsets", async () => {
+    const size = 8 * MiB;
+    const { url } = await imageWithTicket(Buffer.alloc(3 * size));
+    for (const [offset, length] of [
+      [0, size - 1],
+      [1, size],
+      [4095, size + 1],
+      [size - 4096, size + 4096],
+      [12_345, 2 * size + 4097],
+    ] as const) {
+      const data = randomBytes(length);
+      const put = await request(daemon, {
+        method: "PUT",
+        path: `${url}?flush=n`,
+        headers: { "content-range": `bytes ${offset}-*/*` },
+        body: data,
+      });
+      expect(put.status).toBe(200);
+      const get = await request(daemon, { path: url, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
+      expect(sha(get.body), `${offset}+${length}`).toBe(sha(data));
+    }
+  });
+});
+
+/**
+ * Concurrent writers of one image, served by one thread and by two ([daemon] workers, issue 14):
+ * the block and size locks that keep their bytes must hold across threads too.
+ */
+describe.each([1, 2])("concurrent writers, [daemon] workers = %i", (workers) => {
+  let shared: DaemonProcess;
+  beforeAll(async () => {
+    shared = daemon;
+    if (workers > 1) daemon = await startDaemon({ config: { daemon: { workers } } });
+  });
+  afterAll(async () => {
+    if (daemon !== shared) await daemon.stop();
+    daemon = shared;
+  });
+
   it("connections writing distinct ranges inside one block at once all keep their bytes", async () => {
     const { url, path } = await imageWithTicket(Buffer.alloc(8192, "."));
     for (let round = 0; round < 5; round++) {
@@ -291,29 +330,6 @@ describe("PUT", () => {
       for (const [k, { offset, data }] of writes.entries()) {
         expect(contents.subarray(offset, offset + data.length).equals(data), `round ${round} writer ${k}`).toBe(true);
       }
-    }
-  });
-
-  it("uploads of sizes around the buffer size round-trip byte-exact at unaligned offsets", async () => {
-    const size = 8 * MiB;
-    const { url } = await imageWithTicket(Buffer.alloc(3 * size));
-    for (const [offset, length] of [
-      [0, size - 1],
-      [1, size],
-      [4095, size + 1],
-      [size - 4096, size + 4096],
-      [12_345, 2 * size + 4097],
-    ] as const) {
-      const data = randomBytes(length);
-      const put = await request(daemon, {
-        method: "PUT",
-        path: `${url}?flush=n`,
-        headers: { "content-range": `bytes ${offset}-*/*` },
-        body: data,
-      });
-      expect(put.status).toBe(200);
-      const get = await request(daemon, { path: url, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
-      expect(sha(get.body), `${offset}+${length}`).toBe(sha(data));
     }
   });
 });

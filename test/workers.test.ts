@@ -226,6 +226,36 @@ describe("14.workers: two data-plane threads", () => {
     expect(plane.connectionsPerThread).toEqual([1, 1]);
     for (const agent of agents) agent.destroy();
   });
+
+  it("14.workers: a thread whose replacement fails to start is tried again until one serves; meanwhile the other thread serves every connection", async () => {
+    const plane = daemon.services.dataPlane;
+    if (plane === undefined) throw new Error("no data plane");
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const { id } = await imageWithTicket(MiB, ["read"]);
+    const startedBefore = daemon.logs().split("WORKER started worker=1").length;
+    plane.failNextStartsForTest(2);
+    plane.crashWorkerForTest(1);
+    await waitFor(() => daemon.logs().split("WORKER cannot start worker=1").length === 2, "a failed start");
+    // Without thread 1 every connection goes to thread 0, and is served.
+    const agent = client();
+    const answer = await request(daemon, { path: `/images/${id}`, headers: { range: "bytes=0-4095" }, agent });
+    expect(answer.status).toBe(206);
+    expect(plane.connectionsPerThread[0]).toBe(1);
+    agent.destroy();
+    await waitFor(
+      () => daemon.logs().split("WORKER started worker=1").length > startedBefore,
+      "thread 1 to start after two failed tries",
+    );
+    expect(daemon.logs().split("WORKER cannot start worker=1").length).toBe(3);
+    await waitFor(() => plane.connectionsPerThread.join() === "0,0", "threads to be idle");
+    const agents = [client(), client()];
+    const answers = await Promise.all(
+      agents.map((each) => request(daemon, { path: `/images/${id}`, headers: { range: "bytes=0-4095" }, agent: each })),
+    );
+    expect(answers.map((each) => each.status)).toEqual([206, 206]);
+    expect(plane.connectionsPerThread).toEqual([1, 1]);
+    for (const each of agents) each.destroy();
+  });
 });
 
 describe("14.workers: ticket changes reach every worker", () => {

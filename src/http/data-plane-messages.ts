@@ -31,6 +31,8 @@ export interface DataPlaneSetup {
   connectionIds: SharedArrayBuffer;
   /** Counts changes to sticky write-back failures made by any thread (io/write-back.ts). */
   writeBackChanges: SharedArrayBuffer;
+  /** Tests only (DataPlane.failNextStartsForTest): the thread fails before it serves. */
+  failAtStartForTest?: boolean;
 }
 
 export type ToWorker =

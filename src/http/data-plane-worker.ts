@@ -28,6 +28,7 @@ import { forwardingLogger } from "./thread-log.js";
 const port = parentPort;
 if (port === null) throw new Error("data-plane-worker runs only in a worker thread");
 const setup = workerData as DataPlaneSetup;
+if (setup.failAtStartForTest === true) throw new Error(`data-plane worker ${setup.index} failed to start on request`);
 const post = (message: FromWorker) => port.postMessage(message);
 
 shareConnectionIds(setup.connectionIds);

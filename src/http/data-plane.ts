@@ -69,12 +69,21 @@ interface Thread {
   alive: boolean;
   /** Started and ready: connections may go to it. */
   serving: boolean;
+  /** When it started serving (performance.now()), to tell a thread that dies young. */
+  servingSince: number;
   /** Called when it says it serves. */
   ready: (() => void) | undefined;
   /** Called when it ends before it serves. */
   failedToStart: ((code: number) => void) | undefined;
   closed: (() => void) | undefined;
 }
+
+/** Wait before the first new try at starting a thread whose start failed, doubled at each failure. */
+const RESTART_FIRST_DELAY_MS = 500;
+/** The longest wait between tries: a thread that cannot start costs a log line per this. */
+const RESTART_MAX_DELAY_MS = 30_000;
+/** A thread that served this long before it died is replaced at once, however often it was before. */
+const RESTART_STABLE_MS = 10_000;
 
 export class DataPlane implements TicketReplication {
   readonly rows: number;
@@ -85,6 +94,12 @@ export class DataPlane implements TicketReplication {
   /** Numbers the questions to threads (cancellations, barriers). */
   private nextRequest = 1;
   private closing = false;
+  /** Per thread index: replacements in a row that failed to start or died young. */
+  private readonly restartFailures: number[] = [];
+  /** Replacements waiting for their try; cleared on close. */
+  private readonly restartTimers = new Set<NodeJS.Timeout>();
+  /** Tests only: how many thread starts still fail on purpose (failNextStartsForTest). */
+  private failingStarts = 0;
   private readonly setup: Omit<DataPlaneSetup, "index">;
   private readonly logs: ThreadLogRelay;
 
@@ -234,6 +249,8 @@ export class DataPlane implements TicketReplication {
   /** Stops every thread: running requests may finish within `graceMs`, then the rest are cut. */
   async close(graceMs: number): Promise<void> {
     this.closing = true;
+    for (const timer of this.restartTimers) clearTimeout(timer);
+    this.restartTimers.clear();
     useWriteBackPeers(undefined);
     await Promise.all(
       this.threads.map(async (thread) => {
@@ -251,6 +268,11 @@ export class DataPlane implements TicketReplication {
   /** Tests only: makes thread `index` throw an uncaught error, as a bug in it would. */
   crashWorkerForTest(index: number): void {
     this.threads[index]?.worker.postMessage({ type: "crash" } satisfies ToWorker);
+  }
+
+  /** Tests only: the next `count` thread starts fail, as a start on a host out of threads would. */
+  failNextStartsForTest(count: number): void {
+    this.failingStarts = count;
   }
 
   private leastBusy(): Thread | undefined {
@@ -275,7 +297,11 @@ export class DataPlane implements TicketReplication {
    * nothing made while it starts is missed.
    */
   private async spawn(index: number): Promise<Thread> {
-    const worker = await startWorker("data-plane-worker", { workerData: { ...this.setup, index } });
+    const failAtStartForTest = this.failingStarts > 0;
+    if (failAtStartForTest) this.failingStarts--;
+    const worker = await startWorker("data-plane-worker", {
+      workerData: { ...this.setup, index, ...(failAtStartForTest ? { failAtStartForTest } : {}) },
+    });
     if (this.closing) {
       await worker.terminate();
       throw new Error("the daemon is stopping");
@@ -290,6 +316,7 @@ export class DataPlane implements TicketReplication {
       syncs: new Map(),
       alive: true,
       serving: false,
+      servingSince: 0,
       ready: undefined,
       failedToStart: undefined,
       closed: undefined,
@@ -312,6 +339,7 @@ export class DataPlane implements TicketReplication {
     worker.on("exit", (code) => this.lost(thread, code));
     await started;
     thread.serving = true;
+    thread.servingSince = performance.now();
     return thread;
   }
 
@@ -422,9 +450,35 @@ export class DataPlane implements TicketReplication {
     }
     if (this.closing) return;
     this.options.log.error("WORKER lost", { worker: thread.index, code, replacing: true });
-    this.spawn(thread.index).then(
-      () => this.options.log.info("WORKER started", { worker: thread.index }),
-      (error: unknown) => this.options.log.error("WORKER cannot start", { worker: thread.index }, error),
-    );
+    const young = performance.now() - thread.servingSince < RESTART_STABLE_MS;
+    this.restartFailures[thread.index] = young ? (this.restartFailures[thread.index] ?? 0) + 1 : 0;
+    this.replace(thread.index);
+  }
+
+  /**
+   * Starts a thread in place of a dead one, trying again for as long as it takes: a start can
+   * fail for a while (a host out of memory or threads) and without it the daemon would serve
+   * with a thread less for ever, or with none. Each failure, and each thread that dies young,
+   * doubles the wait before the next try (up to RESTART_MAX_DELAY_MS), so a thread that cannot
+   * live is no busy loop.
+   */
+  private replace(index: number): void {
+    const failures = this.restartFailures[index] ?? 0;
+    const delay = failures === 0 ? 0 : Math.min(RESTART_MAX_DELAY_MS, RESTART_FIRST_DELAY_MS * 2 ** (failures - 1));
+    const timer = setTimeout(() => {
+      this.restartTimers.delete(timer);
+      if (this.closing) return;
+      this.spawn(index).then(
+        () => this.options.log.info("WORKER started", { worker: index }),
+        (error: unknown) => {
+          if (this.closing) return;
+          this.restartFailures[index] = failures + 1;
+          const retry = Math.min(RESTART_MAX_DELAY_MS, RESTART_FIRST_DELAY_MS * 2 ** failures);
+          this.options.log.error("WORKER cannot start", { worker: index, retry_seconds: retry / 1000 }, error);
+          this.replace(index);
+        },
+      );
+    }, delay);
+    this.restartTimers.add(timer);
   }
 }

@@ -199,7 +199,7 @@ describe("PUT", () => {
 
   it("76: [D4] a chunked PUT passing the ticket size is 416, writes nothing past it, and closes", async () => {
     const { path, url } = await imageWithTicket(Buffer.alloc(100, "."), { size: 50 });
-    const body = "40\r\n" + "y".repeat(64) + "\r\n0\r\n\r\n";
+    const body = `40\r\n${"y".repeat(64)}\r\n0\r\n\r\n`;
     const result = await rawRequest(
       daemon,
       `PUT ${url} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${body}`,

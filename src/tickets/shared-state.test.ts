@@ -1,3 +1,4 @@
+import { Worker } from "node:worker_threads";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "./clock.js";
 import { OPERATION_SLOTS, SharedTicketState } from "./shared-state.js";
@@ -86,5 +87,69 @@ describe("14.workers: ticket state shared between threads", () => {
     expect(main.status().transferred).toBe((OPERATION_SLOTS + 2) * 100);
     for (const operation of operations) main.end(operation);
     expect(main.status()).toMatchObject({ active: false, transferred: (OPERATION_SLOTS + 2) * 100 });
+  });
+});
+
+describe("14.workers: shared state read while another thread changes it", () => {
+  it("14.workers: a slot taken by a new operation never shows the previous operation's progress from the new offset", async () => {
+    // The real class in a real thread: bundled from this source, as worker-pool.ts does in development.
+    const { build } = await import("esbuild");
+    const bundle = await build({
+      entryPoints: [new URL("./shared-state.ts", import.meta.url).pathname],
+      bundle: true,
+      format: "iife",
+      globalName: "sharedState",
+      platform: "node",
+      write: false,
+    });
+    const GiB = 2 ** 30;
+    const state = new SharedTicketState(2);
+    const control = new Int32Array(new SharedArrayBuffer(12));
+    // Row 1 runs a 1 GiB operation at 0, then one at 4 GiB that does 1 byte, over and over, in
+    // slot 0 each time: it waits for this thread to free the slot, as the main thread does once
+    // it recorded the ended operation.
+    const script = `${bundle.outputFiles[0]?.text}
+      const { workerData } = require("node:worker_threads");
+      const state = new sharedState.SharedTicketState(2, workerData.buffer);
+      const control = new Int32Array(workerData.control);
+      Atomics.store(control, 0, 1);
+      const run = (offset, done) => {
+        const slot = state.beginOperation(1, offset);
+        state.progress(slot, done);
+        state.endOperation(1, slot);
+        // "ended": the main thread records it and frees the slot.
+        Atomics.store(control, 2, 1);
+        while (Atomics.load(control, 2) === 1 && Atomics.load(control, 1) === 0);
+      };
+      while (Atomics.load(control, 1) === 0) {
+        run(0, ${GiB});
+        run(${4 * GiB}, 1);
+      }`;
+    const worker = new Worker(script, { eval: true, workerData: { buffer: state.buffer, control: control.buffer } });
+    try {
+      const deadline = Date.now() + 10_000;
+      while (Atomics.load(control, 0) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      const bad: [number, number][] = [];
+      const until = performance.now() + 1500;
+      let reads = 0;
+      while (performance.now() < until && bad.length === 0) {
+        for (const range of state.slotRanges()) {
+          const [start, end] = range;
+          if ((start === 4 * GiB && end - start > 1) || (start !== 0 && start !== 4 * GiB)) bad.push(range);
+        }
+        // The ended operation is recorded: its slot is free for the next (ticket.recordEnded).
+        if (Atomics.load(control, 2) === 1) {
+          state.release(0);
+          Atomics.store(control, 2, 0);
+        }
+        reads++;
+      }
+      expect(bad).toEqual([]);
+      // Enough reads while the other thread ran for the check to mean something.
+      expect(reads).toBeGreaterThan(1000);
+    } finally {
+      Atomics.store(control, 1, 1);
+      await worker.terminate();
+    }
   });
 });

@@ -22,8 +22,12 @@ const ROWS_START = 2;
 const LAST_ACCESS_US = 0;
 const TIMEOUT_S = 1;
 const SLOTS_START = 2;
-/** Per slot: owner (0 free, row+1 running, -(row+1) ended and waiting to be recorded), offset, done. */
-const SLOT_CELLS = 3;
+/**
+ * Per slot: owner (0 free, row+1 running, -(row+1) ended and waiting to be recorded), offset,
+ * done, and a generation that is odd while an operation takes the slot: a reader that saw it
+ * change knows its offset and done may belong to two operations.
+ */
+const SLOT_CELLS = 4;
 
 /** A running operation's place in the shared table, or NO_SLOT when all were taken. */
 export const NO_SLOT = -1;
@@ -110,8 +114,12 @@ export class SharedTicketState {
     for (let slot = 0; slot < OPERATION_SLOTS; slot++) {
       const owner = SLOTS_START + slot * SLOT_CELLS;
       if (Atomics.compareExchange(this.bigs, owner, 0n, BigInt(row + 1)) === 0n) {
-        Atomics.store(this.bigs, owner + 1, BigInt(offset));
+        // The slot shows from the moment it is taken, still holding the previous operation's
+        // offset and done: the generation tells readers not to mix them with the new ones.
+        Atomics.add(this.bigs, owner + 3, 1n);
         Atomics.store(this.bigs, owner + 2, 0n);
+        Atomics.store(this.bigs, owner + 1, BigInt(offset));
+        Atomics.add(this.bigs, owner + 3, 1n);
         return slot;
       }
     }
@@ -138,14 +146,23 @@ export class SharedTicketState {
     if (slot !== NO_SLOT) Atomics.store(this.bigs, SLOTS_START + slot * SLOT_CELLS, 0n);
   }
 
-  /** The ranges `[offset, offset + done)` of the operations holding slots (running or not yet recorded). */
+  /**
+   * The ranges `[offset, offset + done)` of the operations holding slots (running or not yet
+   * recorded). A slot being taken by a new operation while it is read is left out: the range
+   * it held before was recorded already (only then is a slot freed), and the new one has
+   * barely begun.
+   */
   slotRanges(): [number, number][] {
     const ranges: [number, number][] = [];
     for (let slot = 0; slot < OPERATION_SLOTS; slot++) {
       const cell = SLOTS_START + slot * SLOT_CELLS;
       if (Atomics.load(this.bigs, cell) === 0n) continue;
+      const generation = Atomics.load(this.bigs, cell + 3);
+      if (generation % 2n === 1n) continue;
       const offset = Number(Atomics.load(this.bigs, cell + 1));
-      ranges.push([offset, offset + Number(Atomics.load(this.bigs, cell + 2))]);
+      const done = Number(Atomics.load(this.bigs, cell + 2));
+      if (Atomics.load(this.bigs, cell + 3) !== generation) continue;
+      ranges.push([offset, offset + done]);
     }
     return ranges;
   }

@@ -3,6 +3,7 @@
  * and everything a client or a manager sees stays as with one: bytes, ticket progress,
  * cancellation, and a thread that dies takes only its own connections with it.
  */
+
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
@@ -255,6 +256,40 @@ describe("14.workers: two data-plane threads", () => {
     expect(answers.map((each) => each.status)).toEqual([206, 206]);
     expect(plane.connectionsPerThread).toEqual([1, 1]);
     for (const each of agents) each.destroy();
+  });
+});
+
+describe("14.workers: no thread to serve", () => {
+  it("14.workers: while no thread can serve, a storm of connections is refused with one warning line, no stack per connection, and the control service answers", async () => {
+    const alone = await startInProcess({ config: { daemon: { workers: 2 } } });
+    try {
+      const plane = alone.services.dataPlane;
+      if (plane === undefined) throw new Error("no data plane");
+      plane.failNextStartsForTest(1000);
+      plane.crashWorkerForTest(0);
+      plane.crashWorkerForTest(1);
+      await waitFor(
+        () => /WORKER cannot start worker=0/.test(alone.logs()) && /WORKER cannot start worker=1/.test(alone.logs()),
+        "both threads to fail their restart",
+      );
+      const closed = Array.from(
+        { length: 200 },
+        () =>
+          new Promise<void>((resolve) => {
+            const socket = net.connect({ host: "127.0.0.1", port: alone.remotePort });
+            socket.on("error", () => undefined);
+            socket.once("close", () => resolve());
+          }),
+      );
+      await Promise.all(closed);
+      expect((await request(alone, { service: "control", path: "/tickets/none" })).status).toBe(404);
+      const refusals = alone.logs().match(/.*REFUSE cannot hand over connection.*/g) ?? [];
+      expect(refusals).toHaveLength(1);
+      expect(refusals[0]).toMatch(/WARNING .*reason="no data-plane thread is serving" refused=1/);
+      expect(alone.logs()).not.toMatch(/REFUSE cannot hand over connection[^\n]*\nError/);
+    } finally {
+      await alone.stop();
+    }
   });
 });
 

@@ -38,7 +38,7 @@ import type { TicketReplication } from "../tickets/authorizer.js";
 import type { Ticket } from "../tickets/ticket.js";
 import { connectionIdCounter } from "./connection.js";
 import type { DataPlaneSetup, DataService, FromWorker, ToWorker } from "./data-plane-messages.js";
-import type { ConnectionSlots } from "./limits.js";
+import { type ConnectionSlots, REFUSALS_PER_LOG_LINE } from "./limits.js";
 import { readTlsContents, type TlsFiles } from "./server.js";
 import { ThreadLogRelay } from "./thread-log.js";
 
@@ -98,6 +98,8 @@ export class DataPlane implements TicketReplication {
   private readonly restartFailures: number[] = [];
   /** Replacements waiting for their try; cleared on close. */
   private readonly restartTimers = new Set<NodeJS.Timeout>();
+  /** Connections accepted but not handed over (no descriptor left, no thread serving). */
+  private refusedHandOffs = 0;
   /** Tests only: how many thread starts still fail on purpose (failNextStartsForTest). */
   private failingStarts = 0;
   private readonly setup: Omit<DataPlaneSetup, "index">;
@@ -175,7 +177,7 @@ export class DataPlane implements TicketReplication {
       if (thread === undefined) throw new Error("no data-plane thread is serving");
       fd = duplicateDescriptor(own);
     } catch (error) {
-      this.options.log.error("REFUSE cannot hand over connection", { service, client }, error);
+      this.refuseHandOff(service, client, error);
       this.options.slots.release();
       socket.destroy();
       return;
@@ -192,6 +194,24 @@ export class DataPlane implements TicketReplication {
       closeSync(fd);
       this.connectionClosed(thread);
     }
+  }
+
+  /**
+   * Logs a connection that could not be handed over: the first, then one in
+   * REFUSALS_PER_LOG_LINE while they go on, as "too many connections" is. The causes (the
+   * descriptor limit reached, no thread serving while one is replaced) are states of the host
+   * that an accept storm repeats for every connection, not bugs: a warning with the reason,
+   * without a stack.
+   */
+  private refuseHandOff(service: DataService, client: string, error: unknown): void {
+    if (this.refusedHandOffs++ % REFUSALS_PER_LOG_LINE !== 0) return;
+    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    this.options.log.warning("REFUSE cannot hand over connection", {
+      service,
+      client,
+      reason,
+      refused: this.refusedHandOffs,
+    });
   }
 
   added(ticket: Ticket): void {

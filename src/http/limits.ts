@@ -28,7 +28,7 @@ export function imageConnectionLimit(fdLimit: number): number {
 }
 
 /** How often refusals are logged while they go on: the first, then one per this many. */
-const REFUSALS_PER_LOG_LINE = 1000;
+export const REFUSALS_PER_LOG_LINE = 1000;
 
 /**
  * Connection slots shared by the remote and local services. A connection beyond them is

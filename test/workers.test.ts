@@ -11,6 +11,7 @@ import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectionIdCounter } from "../src/http/connection.js";
 import {
   addTicket,
   type InProcessDaemon,
@@ -166,6 +167,19 @@ describe("14.workers: two data-plane threads", () => {
     expect(new Set(ids).size).toBe(ids.length);
     // A worker's CLOSE line names its connection like the main thread's did.
     await waitFor(() => ids.every((n) => daemon.logs().includes(` CLOSE connection=${n} `)), "CLOSE lines");
+  });
+
+  it("14.workers: connection ids keep growing past 2^31 on every thread, as they did on one", async () => {
+    const { id } = await imageWithTicket(MiB);
+    // The counter all threads share, as after 2^31 - 1 connections.
+    new BigInt64Array(connectionIdCounter())[0] = 2n ** 31n - 1n;
+    const agents = [client(), client()];
+    await Promise.all(agents.map((agent) => request(daemon, { method: "OPTIONS", path: `/images/${id}`, agent })));
+    for (const agent of agents) agent.destroy();
+    const opened = [...openedPerWorker().values()].flat();
+    expect(opened).toContain("2147483648");
+    expect(opened).toContain("2147483649");
+    expect(daemon.logs()).not.toMatch(/ OPEN connection=-/);
   });
 
   it("14.workers: DELETE of a ticket with transfers running on both workers stops both, answers 204, and the ticket is refused after", async () => {

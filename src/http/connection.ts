@@ -17,7 +17,9 @@ export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
  * The last connection id given, in shared memory: with data-plane threads ([daemon] workers)
  * they all count on one counter, so ids in the log stay unique across threads.
  */
-let connectionIds = new Int32Array(new SharedArrayBuffer(4));
+// 64 bits: an Int32 would turn negative after 2^31 connections (a health check a second for
+// a few years, or a busy host sooner), where ids used to grow for ever.
+let connectionIds = new BigInt64Array(new SharedArrayBuffer(8));
 
 /** The counter, for the threads that serve connections to share it. */
 export function connectionIdCounter(): SharedArrayBuffer {
@@ -26,7 +28,7 @@ export function connectionIdCounter(): SharedArrayBuffer {
 
 /** Counts on `counter` from now on (a data-plane worker, at start). */
 export function shareConnectionIds(counter: SharedArrayBuffer): void {
-  connectionIds = new Int32Array(counter);
+  connectionIds = new BigInt64Array(counter);
 }
 
 /** A ticket's backend held open by one connection. */
@@ -52,7 +54,7 @@ export class BackendContext implements TicketContext {
 export type BackendOpener = (ticket: Ticket) => Promise<{ backend: Backend; bufferSize: number }>;
 
 export class ClientConnection {
-  readonly id = Atomics.add(connectionIds, 0, 1) + 1;
+  readonly id = Number(Atomics.add(connectionIds, 0, 1n)) + 1;
   /** What this connection's requests did, logged on CLOSE. */
   readonly stats = new ConnectionStats();
   private readonly contexts = new Map<string, BackendContext>();

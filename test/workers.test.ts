@@ -307,6 +307,44 @@ describe("14.workers: no thread to serve", () => {
   });
 });
 
+describe("14.workers: the buffer budget", () => {
+  it("14.workers: more workers than max_buffers run as many threads as buffers, with a warning, so the daemon-wide budget holds; uploads on every thread complete", async () => {
+    const small = await startInProcess({ config: { daemon: { workers: 4, max_buffers: 2 } } });
+    try {
+      const plane = small.services.dataPlane;
+      if (plane === undefined) throw new Error("no data plane");
+      expect(plane.connectionsPerThread).toHaveLength(2);
+      expect(small.logs()).toMatch(
+        /WARNING .*CONFIG \[daemon\] workers reduced to max_buffers workers=4 max_buffers=2 threads=2/,
+      );
+      const path = small.tmp.file("budget.raw");
+      await writeFile(path, Buffer.alloc(4 * MiB));
+      const id = randomUUID();
+      await addTicket(small, { uuid: id, size: 4 * MiB, url: `file://${path}`, timeout: 300, ops: ["write"] });
+      const data = randomBytes(4 * MiB);
+      const agents = [0, 1, 2, 3].map(
+        () => new https.Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(small.certs.caFile) }),
+      );
+      const answers = await Promise.all(
+        agents.map((agent, k) =>
+          request(small, {
+            method: "PUT",
+            path: `/images/${id}`,
+            body: data.subarray(k * MiB, (k + 1) * MiB),
+            headers: { "content-range": `bytes ${k * MiB}-${(k + 1) * MiB - 1}/*` },
+            agent,
+          }),
+        ),
+      );
+      expect(answers.map((answer) => answer.status)).toEqual([200, 200, 200, 200]);
+      expect(sha(await readFile(path))).toBe(sha(data));
+      for (const agent of agents) agent.destroy();
+    } finally {
+      await small.stop();
+    }
+  });
+});
+
 describe("14.workers: ticket changes reach every worker", () => {
   /** Two held connections, one on each worker. */
   async function onBothWorkers(id: string) {

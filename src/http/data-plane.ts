@@ -121,7 +121,7 @@ export class DataPlane implements TicketReplication {
       tls: options.tls === undefined ? undefined : { ...readTlsContents(options.tls), ticketKeys: randomBytes(48) },
       deadlineMs: options.deadlineMs,
       // Split, not shared: each thread's pool lends without asking the others. The sum stays
-      // at most max_buffers, except that every thread gets at least one buffer.
+      // at most max_buffers: there are never more threads than buffers (startServices).
       maxBuffers: Math.max(1, Math.floor(config.daemon.max_buffers / size)),
       localSocket: options.localSocket,
       connectionIds: connectionIdCounter(),

@@ -60,7 +60,16 @@ export interface RunningServices {
 }
 
 export async function startServices(config: Readonly<Config>, options: ServicesOptions): Promise<RunningServices> {
-  const workers = config.daemon.workers;
+  // Each thread lends buffers from its own share of max_buffers, and a thread needs one: more
+  // threads than buffers would take more memory than the daemon-wide budget allows.
+  const workers = Math.min(config.daemon.workers, config.daemon.max_buffers);
+  if (workers < config.daemon.workers) {
+    options.log.warning("CONFIG [daemon] workers reduced to max_buffers", {
+      workers: config.daemon.workers,
+      max_buffers: config.daemon.max_buffers,
+      threads: workers,
+    });
+  }
   if (workers > 1 && (options.clock ?? options.openBackend ?? options.fileOptions) !== undefined) {
     // A fake clock or an injected opener cannot cross into other threads.
     throw new Error("startServices: a clock, backend opener or file options need [daemon] workers = 1");

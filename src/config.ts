@@ -10,6 +10,7 @@
  * before it on a new line, as configparser reads it.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { basename, join } from "node:path";
 import { decode } from "ini";
 import {
@@ -28,6 +29,8 @@ export interface Config {
     max_connections: number;
     /** I/O buffers (of the backend's buffer_size) lent to data requests at once, daemon-wide. */
     max_buffers: number;
+    /** Threads serving the images services (remote and local); 1 serves them on the main thread. */
+    workers: number;
     inactivity_timeout: number;
     run_dir: string;
     drop_privileges: boolean;
@@ -65,12 +68,22 @@ export interface Config {
 /** The abstract unix socket upstream's local service listens on. */
 export const DEFAULT_LOCAL_SOCKET = "\0/org/ovirt/imageio";
 
+/**
+ * Default `[daemon] workers`: half the cores, at most 8. A TLS upload keeps about one core
+ * busy per thread, and the clients (or the disk) need the other half; past 8 threads the
+ * disk, not the CPU, is what limits a host. On 2 cores this is 1: no worker threads at all.
+ */
+export function defaultWorkers(cores: number = availableParallelism()): number {
+  return Math.min(8, Math.max(1, Math.floor(cores / 2)));
+}
+
 /** Defaults of the host daemon (spec §7.2). */
 export const DAEMON_DEFAULTS: Config = {
   daemon: {
     poll_interval: 1.0,
     max_connections: 8,
     max_buffers: 16,
+    workers: defaultWorkers(),
     inactivity_timeout: 60,
     run_dir: "/run/ovirt-imageio",
     drop_privileges: true,
@@ -114,6 +127,7 @@ const CHOICES: Record<string, readonly string[]> = {
 const INT_RANGES: Record<string, [number, number]> = {
   "daemon.max_connections": [1, 1024],
   "daemon.max_buffers": [1, 65536],
+  "daemon.workers": [1, 64],
   // 0 is refused in tickets (it would mean "never time out"), so as their default too.
   "daemon.inactivity_timeout": [1, Number.MAX_SAFE_INTEGER],
   "remote.port": [0, 65535],

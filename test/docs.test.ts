@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PROXY_DEFAULTS } from "../src/commands/profiles.js";
-import { type Config, DAEMON_DEFAULTS } from "../src/config.js";
+import { type Config, DAEMON_DEFAULTS, defaultWorkers } from "../src/config.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const read = (path: string) => readFileSync(join(root, path), "utf8");
@@ -37,7 +37,24 @@ function asDocumented(value: string | number | boolean): string {
   return String(value);
 }
 
+/** How the tables write a default computed from the machine (issue 14). */
+const WORKERS_FORMULA = "min(8, max(1, floor(cores / 2)))";
+
+/** The default as the tables must write it. */
+function documentedDefault(key: string, value: string | number | boolean): string {
+  if (key === "poll_interval") return "1.0";
+  if (key === "workers") return WORKERS_FORMULA;
+  return asDocumented(value);
+}
+
 describe("13: documentation", () => {
+  it("14.workers: the documented default of [daemon] workers is the one the daemon computes", () => {
+    for (const cores of [1, 2, 3, 4, 16, 17, 64]) {
+      expect(defaultWorkers(cores), `${cores} cores`).toBe(Math.min(8, Math.max(1, Math.floor(cores / 2))));
+    }
+    expect(DAEMON_DEFAULTS.daemon.workers).toBe(defaultWorkers());
+  });
+
   it("13: every configuration key is in docs/configuration.md with its daemon and proxy default", () => {
     const documented = documentedKeys();
     for (const [section, values] of Object.entries(DAEMON_DEFAULTS) as [
@@ -47,13 +64,13 @@ describe("13: documentation", () => {
       for (const [key, value] of Object.entries(values)) {
         const row = documented.get(section)?.get(key);
         expect(row, `[${section}] ${key} is not documented in docs/configuration.md`).toBeDefined();
-        const daemonDefault = key === "poll_interval" ? "1.0" : asDocumented(value);
+        const daemonDefault = documentedDefault(key, value);
         expect(row?.daemon, `[${section}] ${key} default`).toBe(daemonDefault);
         const proxyValue = (PROXY_DEFAULTS[section] as Record<string, string | number | boolean>)[key] as
           | string
           | number
           | boolean;
-        const proxyDefault = key === "poll_interval" ? "1.0" : asDocumented(proxyValue);
+        const proxyDefault = documentedDefault(key, proxyValue);
         expect(row?.proxy, `[${section}] ${key} proxy default`).toBe(proxyDefault);
       }
     }

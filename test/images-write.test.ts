@@ -199,7 +199,7 @@ describe("PUT", () => {
 
   it("76: [D4] a chunked PUT passing the ticket size is 416, writes nothing past it, and closes", async () => {
     const { path, url } = await imageWithTicket(Buffer.alloc(100, "."), { size: 50 });
-    const body = "40\r\n" + "y".repeat(64) + "\r\n0\r\n\r\n";
+    const body = `40\r\n${"y".repeat(64)}\r\n0\r\n\r\n`;
     const result = await rawRequest(
       daemon,
       `PUT ${url} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${body}`,
@@ -238,6 +238,45 @@ describe("PUT", () => {
     expect(contents.slice(400)).toBe(".".repeat(MiB - 400));
     const next = await request(daemon, { path: url, headers: { range: "bytes=0-0" } });
     expect(next.status).toBe(206);
+  });
+
+  it("uploads of sizes around the buffer size round-trip byte-exact at unaligned offsets", async () => {
+    const size = 8 * MiB;
+    const { url } = await imageWithTicket(Buffer.alloc(3 * size));
+    for (const [offset, length] of [
+      [0, size - 1],
+      [1, size],
+      [4095, size + 1],
+      [size - 4096, size + 4096],
+      [12_345, 2 * size + 4097],
+    ] as const) {
+      const data = randomBytes(length);
+      const put = await request(daemon, {
+        method: "PUT",
+        path: `${url}?flush=n`,
+        headers: { "content-range": `bytes ${offset}-*/*` },
+        body: data,
+      });
+      expect(put.status).toBe(200);
+      const get = await request(daemon, { path: url, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
+      expect(sha(get.body), `${offset}+${length}`).toBe(sha(data));
+    }
+  });
+});
+
+/**
+ * Concurrent writers of one image, served by one thread and by two ([daemon] workers, issue 14):
+ * the block and size locks that keep their bytes must hold across threads too.
+ */
+describe.each([1, 2])("concurrent writers, [daemon] workers = %i", (workers) => {
+  let shared: DaemonProcess;
+  beforeAll(async () => {
+    shared = daemon;
+    if (workers > 1) daemon = await startDaemon({ config: { daemon: { workers } } });
+  });
+  afterAll(async () => {
+    if (daemon !== shared) await daemon.stop();
+    daemon = shared;
   });
 
   it("connections writing distinct ranges inside one block at once all keep their bytes", async () => {
@@ -291,29 +330,6 @@ describe("PUT", () => {
       for (const [k, { offset, data }] of writes.entries()) {
         expect(contents.subarray(offset, offset + data.length).equals(data), `round ${round} writer ${k}`).toBe(true);
       }
-    }
-  });
-
-  it("uploads of sizes around the buffer size round-trip byte-exact at unaligned offsets", async () => {
-    const size = 8 * MiB;
-    const { url } = await imageWithTicket(Buffer.alloc(3 * size));
-    for (const [offset, length] of [
-      [0, size - 1],
-      [1, size],
-      [4095, size + 1],
-      [size - 4096, size + 4096],
-      [12_345, 2 * size + 4097],
-    ] as const) {
-      const data = randomBytes(length);
-      const put = await request(daemon, {
-        method: "PUT",
-        path: `${url}?flush=n`,
-        headers: { "content-range": `bytes ${offset}-*/*` },
-        body: data,
-      });
-      expect(put.status).toBe(200);
-      const get = await request(daemon, { path: url, headers: { range: `bytes=${offset}-${offset + length - 1}` } });
-      expect(sha(get.body), `${offset}+${length}`).toBe(sha(data));
     }
   });
 });

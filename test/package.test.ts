@@ -126,62 +126,81 @@ describe("the single executable", () => {
     }
   });
 
-  it("9.8, 9.9: runs the daemon: an upload, a zero, a download and a checksum over HTTPS with O_DIRECT, its worker threads embedded", async () => {
-    const daemonTmp = await makeTempDir("imageio-package-daemon-");
-    // direct = always: the daemon must open the image with O_DIRECT or fail the request.
-    const confDir = await writeTestConfig(daemonTmp, { backend_file: { direct: "always" } });
-    const started = performance.now();
-    const child = spawn(exe, ["daemon", "--config", confDir], { env: bareEnv(), stdio: ["ignore", "ignore", "pipe"] });
-    try {
-      const ready = await readyLine(child);
-      const startupMs = performance.now() - started;
-      console.log(`single executable: daemon listening ${startupMs.toFixed(0)} ms after spawn`);
-      const daemon: Endpoints = {
-        remotePort: Number(/remote=\S+:(\d+)/.exec(ready)?.[1]),
-        localSocket: undefined,
-        controlSocket: daemonTmp.file("control.sock"),
-        certs: await testCerts(),
-        tmp: daemonTmp,
-      };
-      const image = daemonTmp.file("disk.raw");
-      await writeFile(image, "");
-      await truncate(image, 4 * MiB);
-      const id = randomUUID();
-      await addTicket(daemon, {
-        uuid: id,
-        size: 4 * MiB,
-        ops: ["read", "write"],
-        timeout: 300,
-        url: `file://${image}`,
+  // With workers = 2 the data plane's threads run from the executable's embedded scripts too (issue 14).
+  it.each([1, 2])(
+    "9.8, 9.9, 14.workers: runs the daemon with [daemon] workers = %i: an upload, a zero, a download and a checksum over HTTPS with O_DIRECT, its worker threads embedded",
+    async (workers) => {
+      const daemonTmp = await makeTempDir("imageio-package-daemon-");
+      // direct = always: the daemon must open the image with O_DIRECT or fail the request.
+      const confDir = await writeTestConfig(daemonTmp, { backend_file: { direct: "always" }, daemon: { workers } });
+      const started = performance.now();
+      const child = spawn(exe, ["daemon", "--config", confDir], {
+        env: bareEnv(),
+        stdio: ["ignore", "ignore", "pipe"],
       });
-      const options = await request(daemon, { method: "OPTIONS", path: `/images/${id}` });
-      expect(JSON.parse(options.text)).toMatchObject({ direct_io: true });
-      const data = randomBytes(4 * MiB);
-      const put = await request(daemon, { method: "PUT", path: `/images/${id}`, body: data });
-      expect(put.status, put.text).toBe(200);
-      const get = await request(daemon, { path: `/images/${id}` });
-      expect(get.status).toBe(200);
-      expect(sha256(get.body)).toBe(sha256(data));
-      expect(sha256(await readFile(image))).toBe(sha256(data));
-      // Zeroing and hashing run on worker threads, whose scripts the executable carries.
-      const zero = await request(daemon, {
-        method: "PATCH",
-        path: `/images/${id}`,
-        body: JSON.stringify({ op: "zero", offset: MiB, size: 2 * MiB, flush: true }),
+      let logs = "";
+      child.stderr?.on("data", (data: Buffer) => {
+        logs += data.toString();
       });
-      expect(zero.status, zero.text).toBe(200);
-      data.fill(0, MiB, 3 * MiB);
-      expect(sha256(await readFile(image))).toBe(sha256(data));
-      const checksum = await request(daemon, { path: `/images/${id}/checksum?block_size=${MiB}` });
-      expect(checksum.status, checksum.text).toBe(200);
-      expect(JSON.parse(checksum.text)).toEqual(await blkhash(MemoryBackend.create({ data }), { blockSize: MiB }));
-      child.kill("SIGTERM");
-      expect(await exitCode(child)).toBe(0);
-    } finally {
-      child.kill("SIGKILL");
-      await daemonTmp.remove();
-    }
-  });
+      try {
+        const ready = await readyLine(child);
+        const startupMs = performance.now() - started;
+        console.log(`single executable: daemon listening ${startupMs.toFixed(0)} ms after spawn`);
+        const daemon: Endpoints = {
+          remotePort: Number(/remote=\S+:(\d+)/.exec(ready)?.[1]),
+          localSocket: undefined,
+          controlSocket: daemonTmp.file("control.sock"),
+          certs: await testCerts(),
+          tmp: daemonTmp,
+        };
+        const image = daemonTmp.file("disk.raw");
+        await writeFile(image, "");
+        await truncate(image, 4 * MiB);
+        const id = randomUUID();
+        await addTicket(daemon, {
+          uuid: id,
+          size: 4 * MiB,
+          ops: ["read", "write"],
+          timeout: 300,
+          url: `file://${image}`,
+        });
+        const options = await request(daemon, { method: "OPTIONS", path: `/images/${id}` });
+        expect(JSON.parse(options.text)).toMatchObject({ direct_io: true });
+        const data = randomBytes(4 * MiB);
+        const put = await request(daemon, { method: "PUT", path: `/images/${id}`, body: data });
+        expect(put.status, put.text).toBe(200);
+        const get = await request(daemon, { path: `/images/${id}` });
+        expect(get.status).toBe(200);
+        expect(sha256(get.body)).toBe(sha256(data));
+        expect(sha256(await readFile(image))).toBe(sha256(data));
+        // Zeroing and hashing run on worker threads, whose scripts the executable carries.
+        const zero = await request(daemon, {
+          method: "PATCH",
+          path: `/images/${id}`,
+          body: JSON.stringify({ op: "zero", offset: MiB, size: 2 * MiB, flush: true }),
+        });
+        expect(zero.status, zero.text).toBe(200);
+        data.fill(0, MiB, 3 * MiB);
+        expect(sha256(await readFile(image))).toBe(sha256(data));
+        const checksum = await request(daemon, { path: `/images/${id}/checksum?block_size=${MiB}` });
+        expect(checksum.status, checksum.text).toBe(200);
+        expect(JSON.parse(checksum.text)).toEqual(await blkhash(MemoryBackend.create({ data }), { blockSize: MiB }));
+        if (workers > 1) {
+          // A data-plane thread served the connections (its log lines reach the main thread's log).
+          const deadline = Date.now() + 5000;
+          while (!/OPEN connection=\d+ client=127\.0\.0\.1 worker=[01]/.test(logs) && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 20));
+          }
+          expect(logs).toMatch(/OPEN connection=\d+ client=127\.0\.0\.1 worker=[01]/);
+        }
+        child.kill("SIGTERM");
+        expect(await exitCode(child)).toBe(0);
+      } finally {
+        child.kill("SIGKILL");
+        await daemonTmp.remove();
+      }
+    },
+  );
 
   it("10.2: never exposes the inspector: --inspect in NODE_OPTIONS opens none, SIGUSR1 opens none", async () => {
     const daemonTmp = await makeTempDir("imageio-package-inspector-");

@@ -49,7 +49,11 @@ const KOFFI_ASSET = "koffi.node";
  * Must match WORKER_SCRIPTS in src/io/worker-pool.ts: each worker is bundled on its own and
  * embedded as the asset "NAME.js", which the executable runs with `new Worker(code, { eval })`.
  */
-const WORKER_SCRIPTS = ["native-worker", "hash-worker"];
+const WORKER_SCRIPTS = {
+  "native-worker": "io/native-worker",
+  "hash-worker": "io/hash-worker",
+  "data-plane-worker": "http/data-plane-worker",
+};
 
 const { values } = parseArgs({
   options: { out: { type: "string", default: join(root, "dist/imageio") }, reproducible: { type: "boolean" } },
@@ -69,9 +73,9 @@ copyFileSync(addonSource, addon);
 const bundle = join(work, "imageio.cjs");
 const bundled = await bundleCli(bundle);
 const workerAssets = {};
-for (const script of WORKER_SCRIPTS) {
+for (const [script, module] of Object.entries(WORKER_SCRIPTS)) {
   const file = `${script}.js`;
-  for (const dir of await bundleScript(join(root, `src/io/${script}.ts`), join(work, file))) bundled.push(dir);
+  for (const dir of await bundleScript(join(root, `src/${module}.ts`), join(work, file))) bundled.push(dir);
   workerAssets[file] = file;
 }
 writeFileSync(join(work, "THIRD-PARTY-LICENSES"), thirdPartyLicenses([...new Set(bundled)].sort()));

@@ -27,6 +27,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   proxy: async () => (await import("./proxy.js")).suite,
   stalls: async () => (await import("./stalls.js")).suite,
   startup: async () => (await import("./startup.js")).suite,
+  workers: async () => (await import("./workers.js")).suite,
 };
 
 /**

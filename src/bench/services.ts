@@ -143,12 +143,19 @@ export function originsOf(options: BenchOptions): { current: ServiceOrigin; base
  * @param options.localSocket false: without its unix socket (clients on this host then use HTTPS).
  * @param options.name names its configuration and sockets, for two services of one kind in `dir`.
  * @param options.extraConfig more INI lines (sections and keys) appended to the configuration.
+ * @param options.daemonSettings more `key = value` lines of its [daemon] section (e.g. workers).
  */
 export async function startService(
   kind: "daemon" | "proxy",
   dir: string,
   certificate: { key: string; cert: string },
-  options: { localSocket?: boolean; name?: string; extraConfig?: string[]; origin?: ServiceOrigin } = {},
+  options: {
+    localSocket?: boolean;
+    name?: string;
+    extraConfig?: string[];
+    daemonSettings?: string[];
+    origin?: ServiceOrigin;
+  } = {},
 ): Promise<RunningService> {
   const name = options.name ?? kind;
   const config = [
@@ -156,6 +163,7 @@ export async function startService(
     `run_dir = ${dir}`,
     "drop_privileges = false",
     "systemd_enable = false",
+    ...(options.daemonSettings ?? []),
     "[tls]",
     `key_file = ${certificate.key}`,
     `cert_file = ${certificate.cert}`,

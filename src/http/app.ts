@@ -15,6 +15,8 @@ export interface App {
   readonly openBackend: BackendOpener;
   /** The daemon's I/O buffers: data requests lease theirs here ([daemon] max_buffers). */
   readonly buffers: BufferPool;
+  /** The data-plane thread serving here ([daemon] workers), named in OPEN lines; undefined on the main thread. */
+  readonly worker?: number;
   /** The local service's socket as OPTIONS reports it (`unix_socket`), when it is enabled. */
   localSocket: string | undefined;
 }

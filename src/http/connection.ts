@@ -13,7 +13,23 @@ import { ConnectionStats } from "./stats.js";
 /** Timeout of a connection that has not opened a backend for a ticket. */
 export const UNAUTHENTICATED_TIMEOUT_MS = 60_000;
 
-let nextConnectionId = 1;
+/**
+ * The last connection id given, in shared memory: with data-plane threads ([daemon] workers)
+ * they all count on one counter, so ids in the log stay unique across threads.
+ */
+// 64 bits: an Int32 would turn negative after 2^31 connections (a health check a second for
+// a few years, or a busy host sooner), where ids used to grow for ever.
+let connectionIds = new BigInt64Array(new SharedArrayBuffer(8));
+
+/** The counter, for the threads that serve connections to share it. */
+export function connectionIdCounter(): SharedArrayBuffer {
+  return connectionIds.buffer as SharedArrayBuffer;
+}
+
+/** Counts on `counter` from now on (a data-plane worker, at start). */
+export function shareConnectionIds(counter: SharedArrayBuffer): void {
+  connectionIds = new BigInt64Array(counter);
+}
 
 /** A ticket's backend held open by one connection. */
 export class BackendContext implements TicketContext {
@@ -38,7 +54,7 @@ export class BackendContext implements TicketContext {
 export type BackendOpener = (ticket: Ticket) => Promise<{ backend: Backend; bufferSize: number }>;
 
 export class ClientConnection {
-  readonly id = nextConnectionId++;
+  readonly id = Number(Atomics.add(connectionIds, 0, 1n)) + 1;
   /** What this connection's requests did, logged on CLOSE. */
   readonly stats = new ConnectionStats();
   private readonly contexts = new Map<string, BackendContext>();

@@ -28,7 +28,7 @@ export function imageConnectionLimit(fdLimit: number): number {
 }
 
 /** How often refusals are logged while they go on: the first, then one per this many. */
-const REFUSALS_PER_LOG_LINE = 1000;
+export const REFUSALS_PER_LOG_LINE = 1000;
 
 /**
  * Connection slots shared by the remote and local services. A connection beyond them is
@@ -48,22 +48,30 @@ export class ConnectionSlots {
    * @returns false (and destroys the socket) when none is free.
    */
   admit(socket: Socket, service: string): boolean {
-    if (this.used >= this.max) {
-      if (this.refused++ % REFUSALS_PER_LOG_LINE === 0) {
-        this.log.warning("REFUSE too many connections", {
-          service,
-          client: socket.remoteAddress ?? "local",
-          limit: this.max,
-          refused: this.refused,
-        });
-      }
+    if (!this.take(service, socket.remoteAddress ?? "local")) {
       socket.destroy();
       return false;
     }
-    this.used++;
-    socket.once("close", () => {
-      this.used--;
-    });
+    socket.once("close", () => this.release());
     return true;
+  }
+
+  /**
+   * Takes a slot for a connection another thread will serve; `release()` it once that
+   * connection closed. @returns false (logged) when none is free.
+   */
+  take(service: string, client: string): boolean {
+    if (this.used >= this.max) {
+      if (this.refused++ % REFUSALS_PER_LOG_LINE === 0) {
+        this.log.warning("REFUSE too many connections", { service, client, limit: this.max, refused: this.refused });
+      }
+      return false;
+    }
+    this.used++;
+    return true;
+  }
+
+  release(): void {
+    this.used--;
   }
 }

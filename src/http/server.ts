@@ -80,6 +80,25 @@ export interface TlsFiles {
   certFile: string;
   caFile: string;
   enableTls11: boolean;
+  /** Session ticket keys (48 bytes) shared by the threads serving the service. */
+  ticketKeys?: Buffer;
+  /**
+   * The files' contents, read once by the main thread: a data-plane thread started after the
+   * daemon dropped its privileges could no longer read a key only root may read.
+   */
+  contents?: { key: Buffer; cert: Buffer; ca: Buffer | undefined };
+}
+
+/** The TLS files' contents (for data-plane threads). @throws the read error. */
+export function readTlsContents(files: TlsFiles): TlsFiles {
+  return {
+    ...files,
+    contents: {
+      key: readFileSync(files.keyFile),
+      cert: readFileSync(files.certFile),
+      ca: files.caFile === "" ? undefined : readFileSync(files.caFile),
+    },
+  };
 }
 
 /** What one client may hold of a service (see limits.ts). */
@@ -103,6 +122,67 @@ export async function listen(
   tls?: TlsFiles,
   limits: ListenLimits = {},
 ): Promise<Listener> {
+  const server = createService(app, kind, "path" in address, tls, limits);
+  const bound = await bindServer(server, address);
+  app.log.info("LISTEN", { service: kind, address: describeAddress(bound) });
+  server.on("error", (error) => app.log.error("server error", { service: kind }, error));
+  return {
+    kind,
+    address: bound,
+    close: async (graceMs = 10_000) => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+      await closed;
+      clearTimeout(timer);
+      if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
+    },
+  };
+}
+
+/**
+ * A service that accepts on `address` and hands every connection, still unread, to
+ * `handOff` ([daemon] workers: a data-plane thread serves it). Nothing is read or written on
+ * the socket here: TLS and HTTP are the receiving thread's.
+ * @throws the listen error (EADDRINUSE, EACCES…).
+ */
+export async function listenForHandOff(
+  kind: ServiceKind,
+  address: ListenAddress,
+  log: Logger,
+  handOff: (socket: Socket) => void,
+): Promise<Listener> {
+  const server = net.createServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
+    socket.on("error", (error: NodeJS.ErrnoException) =>
+      log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message }),
+    );
+    handOff(socket);
+  });
+  const bound = await bindServer(server, address);
+  log.info("LISTEN", { service: kind, address: describeAddress(bound) });
+  server.on("error", (error) => log.error("server error", { service: kind }, error));
+  return {
+    kind,
+    address: bound,
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
+    },
+  };
+}
+
+/**
+ * One service's HTTP server, configured but not listening: `listen` binds it, and a data-plane
+ * worker hands it the sockets the main thread accepted (`adoptConnection`), so every thread
+ * serves a connection by the same code. `unix`: clients are named "local" in logs.
+ */
+export function createService(
+  app: App,
+  kind: ServiceKind,
+  unix: boolean,
+  tls?: TlsFiles,
+  limits: ListenLimits = {},
+): http.Server {
   const log = app.log;
   const deadlineMs = limits.deadlineMs ?? REQUEST_DEADLINE_MS;
   const serverOptions: http.ServerOptions = {
@@ -132,7 +212,6 @@ export async function listen(
   (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.maxHeadersCount = MAX_HEADER_LINES + 1;
 
-  const unix = "path" in address;
   // Every accepted socket, before TLS or HTTP sees it: an error handler, and a slot.
   server.on("connection", (socket: Socket) => admitConnection(socket, kind, log, limits.slots));
   server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
@@ -140,7 +219,7 @@ export async function listen(
     const client = unix ? "local" : peerAddress(socket);
     const connection = new ClientConnection(socket, client, log, app.buffers);
     connections.set(socket, connection);
-    log.info("OPEN", { connection: connection.id, client });
+    log.info("OPEN", { connection: connection.id, client, worker: app.worker });
     socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
   });
   server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket: Socket) =>
@@ -166,6 +245,22 @@ export async function listen(
     );
   }
 
+  return server;
+}
+
+/**
+ * Serves a connection another thread accepted: `fd` is this thread's to own from now on.
+ * The socket takes the path a listening server's accepted socket takes.
+ */
+export function adoptConnection(server: http.Server, fd: number, tcp: boolean): Socket {
+  const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+  if (tcp) socket.setNoDelay(true);
+  server.emit("connection", socket);
+  return socket;
+}
+
+/** Binds `server` to `address`, replacing a dead socket file; the real address. */
+async function bindServer(server: net.Server, address: ListenAddress): Promise<AddressInfo | string> {
   if ("path" in address) await removeDeadSocket(address.path);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -186,29 +281,9 @@ export async function listen(
     }
   });
   server.removeAllListeners("error");
-  server.on("error", (error) => log.error("server error", { service: kind }, error));
-
-  let bound: AddressInfo | string;
-  if ("path" in address) {
-    bound = address.path;
-    if (address.mode !== undefined && !address.path.startsWith("\0")) chmodSync(address.path, address.mode);
-  } else {
-    bound = server.address() as AddressInfo;
-  }
-  log.info("LISTEN", { service: kind, address: describeAddress(bound) });
-
-  return {
-    kind,
-    address: bound,
-    close: async (graceMs = 10_000) => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      const timer = setTimeout(() => server.closeAllConnections(), graceMs);
-      await closed;
-      clearTimeout(timer);
-      if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
-    },
-  };
+  if (!("path" in address)) return server.address() as AddressInfo;
+  if (address.mode !== undefined && !address.path.startsWith("\0")) chmodSync(address.path, address.mode);
+  return address.path;
 }
 
 export function describeAddress(address: AddressInfo | string): string {
@@ -218,8 +293,8 @@ export function describeAddress(address: AddressInfo | string): string {
 
 function tlsOptions(files: TlsFiles): https.ServerOptions {
   const options: https.ServerOptions = {
-    key: readFileSync(files.keyFile),
-    cert: readFileSync(files.certFile),
+    key: files.contents?.key ?? readFileSync(files.keyFile),
+    cert: files.contents?.cert ?? readFileSync(files.certFile),
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.
     minVersion: (files.enableTls11 ? "TLSv1.1" : "TLSv1.2") as SecureVersion,
     maxVersion: "TLSv1.3",
@@ -228,7 +303,10 @@ function tlsOptions(files: TlsFiles): https.ServerOptions {
     ciphers: serverCiphers(files.enableTls11),
     honorCipherOrder: true,
   };
-  if (files.caFile !== "") options.ca = readFileSync(files.caFile);
+  if (files.caFile !== "") options.ca = files.contents?.ca ?? readFileSync(files.caFile);
+  // Threads serving one service share the keys of session tickets, so a client resumes its
+  // TLS session whichever thread its next connection lands on.
+  if (files.ticketKeys !== undefined) options.ticketKeys = files.ticketKeys;
   return options;
 }
 

@@ -17,8 +17,18 @@ import type { TicketFields } from "../tickets/ticket.js";
 import type { App } from "./app.js";
 import { ticketBackendOpener } from "./backends.js";
 import type { BackendOpener } from "./connection.js";
+import { DataPlane } from "./data-plane.js";
+import type { DataService } from "./data-plane-messages.js";
 import { ConnectionSlots, imageConnectionLimit } from "./limits.js";
-import { type Listener, type ListenLimits, listen, tlsFromConfig } from "./server.js";
+import {
+  type ListenAddress,
+  type Listener,
+  type ListenLimits,
+  listen,
+  listenForHandOff,
+  type TlsFiles,
+  tlsFromConfig,
+} from "./server.js";
 
 /** Control socket mode: owner and group only ([D11]). */
 export const CONTROL_SOCKET_MODE = 0o660;
@@ -43,14 +53,54 @@ export interface RunningServices {
   readonly remote: Listener | undefined;
   readonly local: Listener | undefined;
   readonly control: Listener | undefined;
+  /** The threads serving the images services ([daemon] workers > 1), else undefined. */
+  readonly dataPlane: DataPlane | undefined;
   /** Stops accepting and waits up to `graceMs` for running requests. */
   close(graceMs?: number): Promise<void>;
 }
 
 export async function startServices(config: Readonly<Config>, options: ServicesOptions): Promise<RunningServices> {
+  // Each thread lends buffers from its own share of max_buffers, and a thread needs one: more
+  // threads than buffers would take more memory than the daemon-wide budget allows.
+  const workers = Math.min(config.daemon.workers, config.daemon.max_buffers);
+  if (workers < config.daemon.workers) {
+    options.log.warning("CONFIG [daemon] workers reduced to max_buffers", {
+      workers: config.daemon.workers,
+      max_buffers: config.daemon.max_buffers,
+      threads: workers,
+    });
+  }
+  if (workers > 1 && (options.clock ?? options.openBackend ?? options.fileOptions) !== undefined) {
+    // A fake clock or an injected opener cannot cross into other threads.
+    throw new Error("startServices: a clock, backend opener or file options need [daemon] workers = 1");
+  }
+  // The images services share what the descriptor limit leaves after the control service's
+  // reserve, so clients that exhaust them never lock Vdsm out of the control socket.
+  const slots = new ConnectionSlots(imageConnectionLimit(openFileLimit()), options.log);
+  // An empty socket means "pick one": a random abstract name nobody else uses.
+  const localPath = !config.local.enable
+    ? undefined
+    : config.local.socket === ""
+      ? `\0/org/ovirt/imageio-${randomBytes(8).toString("hex")}`
+      : config.local.socket;
+  const plane =
+    workers > 1
+      ? await explained(
+          "remote",
+          config,
+          DataPlane.start(workers, {
+            config,
+            log: options.log,
+            tls: tlsFromConfig(config),
+            deadlineMs: options.deadlineMs,
+            localSocket: localPath,
+            slots,
+          }),
+        )
+      : undefined;
   const app: App = {
     config,
-    authorizer: new Authorizer(options.clock),
+    authorizer: new Authorizer(options.clock, plane),
     log: options.log,
     openBackend: options.openBackend ?? ticketBackendOpener(config, options.log, options.fileOptions),
     buffers: new BufferPool(config.daemon.max_buffers),
@@ -61,31 +111,31 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
     options.log.info("ADD", { transfer: app.authorizer.get(ticket.uuid).label, source: "ticket file" });
   }
   const started: Listener[] = [];
-  // The images services share what the descriptor limit leaves after the control service's
-  // reserve, so clients that exhaust them never lock Vdsm out of the control socket.
   const imageLimits: ListenLimits = {
-    slots: new ConnectionSlots(imageConnectionLimit(openFileLimit()), options.log),
+    slots,
     ...(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs }),
   };
+  // With a data plane the main thread only accepts, and each thread serves what it is handed.
+  const listenImages = (kind: DataService, address: ListenAddress, tls: TlsFiles | undefined) =>
+    plane === undefined
+      ? listen(app, kind, address, tls, imageLimits)
+      : listenForHandOff(kind, address, options.log, (socket) => plane.handOff(socket, kind));
   const controlLimits: ListenLimits = options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs };
   try {
     let local: Listener | undefined;
-    if (config.local.enable) {
-      // An empty socket means "pick one": a random abstract name nobody else uses.
-      const path =
-        config.local.socket === "" ? `\0/org/ovirt/imageio-${randomBytes(8).toString("hex")}` : config.local.socket;
+    if (localPath !== undefined) {
       local = await explained(
         "local",
         config,
-        listen(app, "local", { path, mode: LOCAL_SOCKET_MODE }, undefined, imageLimits),
+        listenImages("local", { path: localPath, mode: LOCAL_SOCKET_MODE }, undefined),
       );
       started.push(local);
-      app.localSocket = path;
+      app.localSocket = localPath;
     }
     const remote = await explained(
       "remote",
       config,
-      listen(app, "remote", { host: config.remote.host, port: config.remote.port }, tlsFromConfig(config), imageLimits),
+      listenImages("remote", { host: config.remote.host, port: config.remote.port }, tlsFromConfig(config)),
     );
     started.push(remote);
     let control: Listener | undefined;
@@ -102,12 +152,13 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
       remote,
       local,
       control,
+      dataPlane: plane,
       close: async (graceMs) => {
-        await Promise.all(started.map((listener) => listener.close(graceMs)));
+        await Promise.all([...started.map((listener) => listener.close(graceMs)), plane?.close(graceMs ?? 10_000)]);
       },
     };
   } catch (error) {
-    await Promise.all(started.map((listener) => listener.close(0)));
+    await Promise.all([...started.map((listener) => listener.close(0)), plane?.close(0)]);
     throw error;
   }
 }
@@ -116,7 +167,7 @@ export async function startServices(config: Readonly<Config>, options: ServicesO
  * A listener, or a ConfigError naming the setting behind its failure (a busy port, a socket
  * path that cannot be created, a TLS key that does not load), so an admin knows what to fix.
  */
-async function explained(kind: Listener["kind"], config: Readonly<Config>, listening: Promise<Listener>) {
+async function explained<T>(kind: Listener["kind"], config: Readonly<Config>, listening: Promise<T>): Promise<T> {
   try {
     return await listening;
   } catch (error) {

@@ -4,6 +4,22 @@
  * read-modify-write it and the later write would put back stale bytes of the other's range.
  */
 
+/**
+ * Where the locks live when several threads write images ([daemon] workers): a worker asks the
+ * main thread, which holds them with the functions below, so threads exclude each other as
+ * connections of one thread do. `blocks` "size" means the image's size lock.
+ */
+export interface LockBroker {
+  hold<T>(key: string, blocks: number[] | "size", work: () => Promise<T>): Promise<T>;
+}
+
+let broker: LockBroker | undefined;
+
+/** Makes this thread's locks the broker's (a data-plane worker, at start). */
+export function useLockBroker(next: LockBroker): void {
+  broker = next;
+}
+
 /** Tail of the queue of holders per block; a block without an entry is free. */
 type BlockQueues = Map<number, Promise<void>>;
 
@@ -15,6 +31,7 @@ const images = new Map<string, BlockQueues>();
  */
 export async function withBlockLocks<T>(key: string, blocks: number[], work: () => Promise<T>): Promise<T> {
   if (blocks.length === 0) return work();
+  if (broker !== undefined) return broker.hold(key, blocks, work);
   let queues = images.get(key);
   if (queues === undefined) {
     queues = new Map();
@@ -57,6 +74,7 @@ const sizeLocks = new Map<string, Promise<void>>();
  * true until the holder is done and no fix-up ever cuts off bytes another writer appended.
  */
 export async function withSizeLock<T>(key: string, work: () => Promise<T>): Promise<T> {
+  if (broker !== undefined) return broker.hold(key, "size", work);
   const previous = sizeLocks.get(key) ?? Promise.resolve();
   let release: () => void = () => undefined;
   const mine = new Promise<void>((resolve) => {

@@ -249,7 +249,7 @@ export class FileBackend implements Backend {
 
   flush(): Promise<void> {
     return this.use(async (handle) => {
-      const earlier = writeBackFailure(this.imageKey);
+      const earlier = await writeBackFailure(this.imageKey);
       if (earlier !== undefined) {
         throw new BackendIoError(
           `Cannot flush '${this.path}': an earlier write-back of this image failed (${earlier.reason}), so data ` +

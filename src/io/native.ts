@@ -24,6 +24,7 @@ const libcSendto = libc.func(
   "intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
 );
 const libcClose = libc.func("int close(int fd)");
+const libcFcntl = libc.func("int fcntl(int fd, int cmd, int arg)");
 const libcBind = libc.func("int bind(int fd, const void *addr, uint32_t addrlen)");
 const libcConnect = libc.func("int connect(int fd, const void *addr, uint32_t addrlen)");
 const libcGetrlimit = libc.func("int getrlimit(int resource, _Out_ void *rlim)");
@@ -309,6 +310,22 @@ export function connectUnixStream(socketPath: string): number {
     throw systemError("connect", errno, shown(socketPath));
   }
   return fd;
+}
+
+/** fcntl(2) command: the lowest free descriptor >= arg, sharing the open socket, close-on-exec. */
+const F_DUPFD_CLOEXEC = 1030;
+
+/**
+ * A second descriptor for the open file or socket behind `fd` (close-on-exec, so a child
+ * process never inherits it). Accepted sockets cross to data-plane threads this way: the
+ * accepting thread then closes its own descriptor, and the connection lives on in the copy.
+ * The caller owns the copy and must close it (`fs.closeSync`) if nobody adopts it.
+ * @throws SystemError (EMFILE when the descriptor limit is reached, EBADF).
+ */
+export function duplicateDescriptor(fd: number): number {
+  const copy = libcFcntl(fd, F_DUPFD_CLOEXEC, 0) as number;
+  check(copy, "fcntl");
+  return copy;
 }
 
 /** The soft limit on open descriptors (RLIMIT_NOFILE; Node raises it to the hard limit at start). */

@@ -9,13 +9,23 @@
  *  - the sources (vitest runs src/*.ts, which a worker cannot load): bundled the same way on
  *    first use by esbuild, a development dependency that is installed wherever sources run.
  */
-import { getAsset, isSea } from "node:sea";
-import { fileURLToPath } from "node:url";
-import { parentPort, type TransferListItem, Worker } from "node:worker_threads";
 
-/** The worker scripts in this directory; build-sea.mjs embeds each as the asset "NAME.js". */
-export const WORKER_SCRIPTS = ["native-worker", "hash-worker"] as const;
-export type WorkerScript = (typeof WORKER_SCRIPTS)[number];
+import { readFile } from "node:fs/promises";
+import { getAsset, isSea } from "node:sea";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { parentPort, type TransferListItem, Worker, type WorkerOptions } from "node:worker_threads";
+
+/**
+ * The worker scripts, by name, with their module path under src/ (dist/ alike); build-sea.mjs
+ * embeds each as the asset "NAME.js". The data plane's threads (http/data-plane-worker.ts) load
+ * the same way, though they live with the HTTP code they run.
+ */
+export const WORKER_SCRIPTS = {
+  "native-worker": "io/native-worker",
+  "hash-worker": "io/hash-worker",
+  "data-plane-worker": "http/data-plane-worker",
+} as const;
+export type WorkerScript = keyof typeof WORKER_SCRIPTS;
 
 /** A failure inside a worker, carried back as its message (the stack stays in the worker). */
 export class WorkerTaskError extends Error {
@@ -208,16 +218,21 @@ export function serveTasks(handle: (task: never) => WorkerAnswer | Promise<Worke
 
 const bundles = new Map<WorkerScript, Promise<string>>();
 
-async function startWorker(script: WorkerScript): Promise<Worker> {
-  if (isSea()) return new Worker(getAsset(`${script}.js`, "utf8"), { eval: true });
-  const compiled = new URL(`./${script}.js`, import.meta.url);
-  if (import.meta.url.endsWith(".js")) return new Worker(compiled);
+/**
+ * Starts a thread running `script`, from wherever this build keeps it (see above).
+ * `options` go to the Worker (workerData, resource limits).
+ */
+export async function startWorker(script: WorkerScript, options: WorkerOptions = {}): Promise<Worker> {
+  if (isSea()) return new Worker(getAsset(`${script}.js`, "utf8"), { ...options, eval: true });
+  const module = WORKER_SCRIPTS[script];
+  const compiled = new URL(`../${module}.js`, import.meta.url);
+  if (import.meta.url.endsWith(".js")) return new Worker(compiled, options);
   let bundle = bundles.get(script);
   if (bundle === undefined) {
-    bundle = bundleFromSource(new URL(`./${script}.ts`, import.meta.url));
+    bundle = bundleFromSource(new URL(`../${module}.ts`, import.meta.url));
     bundles.set(script, bundle);
   }
-  return new Worker(await bundle, { eval: true });
+  return new Worker(await bundle, { ...options, eval: true });
 }
 
 /** Bundles a worker's TypeScript source into one CommonJS script (sources only, see above). */
@@ -233,8 +248,22 @@ async function bundleFromSource(source: URL): Promise<string> {
     format: "cjs",
     target: "node20",
     logLevel: "warning",
-    // koffi-loader requires koffi relative to its own URL, which must name the source tree.
-    define: { "import.meta.url": JSON.stringify(source.href) },
+    // Each module keeps its own URL, as when Node loads it: koffi-loader requires koffi
+    // relative to it, version.ts finds package.json one level up from it.
+    plugins: [
+      {
+        name: "module-url",
+        setup(builder) {
+          builder.onLoad({ filter: /\.ts$/ }, async (args) => ({
+            contents: (await readFile(args.path, "utf8")).replace(
+              /\bimport\.meta\.url\b/g,
+              JSON.stringify(pathToFileURL(args.path).href),
+            ),
+            loader: "ts",
+          }));
+        },
+      },
+    ],
   });
   return (result.outputFiles[0] as { text: string }).text;
 }

@@ -7,6 +7,7 @@ import { shortId } from "../log.js";
 import { pythonRepr } from "../pyformat.js";
 import type { Clock } from "./clock.js";
 import { RangeList } from "./ranges.js";
+import { NO_SLOT, SharedTicketState } from "./shared-state.js";
 
 export type TicketOp = "read" | "write";
 
@@ -110,14 +111,26 @@ export function parseTicket(body: unknown, defaultInactivityTimeout: number): Ti
 
 /** A running data request on a ticket: its range grows as chunks complete. */
 export class Operation {
-  /** Bytes completed from `offset`. */
-  done = 0;
+  private completed = 0;
   private readonly controller = new AbortController();
 
   constructor(
     readonly offset: number,
     private readonly transferId: string,
+    /** Its place in the ticket's shared state (NO_SLOT when all are taken). */
+    readonly slot: number,
+    private readonly state: SharedTicketState,
   ) {}
+
+  /** Bytes completed from `offset`; every thread's status sees it at once. */
+  get done(): number {
+    return this.completed;
+  }
+
+  set done(bytes: number) {
+    this.completed = bytes;
+    this.state.progress(this.slot, bytes);
+  }
 
   /** Aborted when the ticket is cancelled: stop at the next chunk. */
   get signal(): AbortSignal {
@@ -139,13 +152,27 @@ export interface TicketContext {
   close(): Promise<void>;
 }
 
+/**
+ * Where a ticket lives when several threads serve it ([daemon] workers): which row of the
+ * shared state this thread owns, and, in a worker, how an ended operation's range reaches the
+ * main thread, which alone keeps the completed ranges.
+ */
+export interface TicketPlacement {
+  state: SharedTicketState;
+  row: number;
+  /** A worker's replica: hands the ended operation's slot and range to the main thread. */
+  reportEnded?: (slot: number, start: number, end: number) => void;
+  /** The main thread's ticket: asks the workers to cancel their operations and close their backends. */
+  cancelOnWorkers?: (timeoutSeconds: number) => Promise<boolean>;
+}
+
 export class Ticket {
   readonly fields: TicketFields;
-  canceled = false;
-  /** Integer seconds on the clock; the ticket authorizes nothing once `expires <= now`. */
-  expires: number;
-  private lastAccess: number;
+  private readonly state: SharedTicketState;
+  private readonly row: number;
+  private readonly placement: TicketPlacement | undefined;
   private readonly ongoing = new Set<Operation>();
+  /** Ranges of ended operations (the main thread's ticket only). */
   private readonly completed = new RangeList();
   private readonly contexts = new Set<TicketContext>();
   private idleWaiters: (() => void)[] = [];
@@ -153,14 +180,23 @@ export class Ticket {
   constructor(
     fields: TicketFields,
     private readonly clock: Clock,
+    placement?: TicketPlacement,
   ) {
     this.fields = { ...fields };
-    this.lastAccess = clock.now();
-    this.expires = Math.floor(this.lastAccess) + fields.timeout;
+    this.placement = placement;
+    this.state = placement?.state ?? new SharedTicketState(1);
+    this.row = placement?.row ?? 0;
+    // A replica joins a ticket that exists already: its access time and timeout stand.
+    if (placement?.reportEnded === undefined) this.state.start(clock.now(), fields.timeout);
   }
 
   get uuid(): string {
     return this.fields.uuid;
+  }
+
+  /** The memory of its live state, for the threads that serve it too. */
+  get sharedState(): SharedArrayBuffer {
+    return this.state.buffer;
   }
 
   /** How logs name this ticket: the manager's transfer_id, else 8 characters of the id ([D11]). */
@@ -168,8 +204,19 @@ export class Ticket {
     return this.fields.transferIdGiven ? this.fields.transfer_id : shortId(this.fields.uuid);
   }
 
+  /** Set by DELETE; seen by every thread at once. */
+  get canceled(): boolean {
+    return this.state.canceled;
+  }
+
+  /** Integer seconds on the clock; the ticket authorizes nothing once `expires <= now`. */
+  get expires(): number {
+    return Math.floor(this.state.lastAccess) + this.state.timeout;
+  }
+
+  /** True while an operation runs on any thread. */
   get active(): boolean {
-    return this.ongoing.size > 0;
+    return this.state.activeOperations > 0;
   }
 
   mayRead(): boolean {
@@ -197,20 +244,21 @@ export class Ticket {
 
   /** Records activity: the ticket expires `timeout` seconds from now and is not idle. */
   touch(): void {
-    this.lastAccess = this.clock.now();
-    this.expires = Math.floor(this.lastAccess) + this.fields.timeout;
+    this.state.touch(this.clock.now());
   }
 
   /** Sets a new timeout that sticks: later touches use it too ([D5]). */
   extend(timeout: number): void {
     this.fields.timeout = timeout;
+    this.state.timeout = timeout;
     this.touch();
   }
 
   /** Starts an operation at `offset`. @throws ForbiddenError when the ticket was cancelled. */
   begin(offset: number): Operation {
     if (this.canceled) throw this.forbidden("was canceled");
-    const operation = new Operation(offset, this.fields.transfer_id);
+    const slot = this.state.beginOperation(this.row, offset);
+    const operation = new Operation(offset, this.fields.transfer_id, slot, this.state);
     this.ongoing.add(operation);
     return operation;
   }
@@ -218,29 +266,57 @@ export class Ticket {
   /** Ends an operation (completed or failed): its range counts, and the ticket is touched. */
   end(operation: Operation): void {
     if (!this.ongoing.delete(operation)) return;
-    this.completed.add(operation.offset, operation.offset + operation.done);
     this.touch();
+    this.state.endOperation(this.row, operation.slot);
+    const end = operation.offset + operation.done;
+    if (this.placement?.reportEnded !== undefined) this.placement.reportEnded(operation.slot, operation.offset, end);
+    else this.recordEnded(operation.slot, operation.offset, end);
     if (this.ongoing.size === 0) {
       for (const wake of this.idleWaiters.splice(0)) wake();
     }
   }
 
+  /** The main thread's ticket: adds an ended operation's range and frees its slot. */
+  recordEnded(slot: number, start: number, end: number): void {
+    this.completed.add(start, end);
+    this.state.release(slot);
+  }
+
+  /**
+   * A worker serving this ticket died: what it held no longer counts, and the ranges its
+   * operations had done are kept.
+   */
+  forgetWorker(row: number): void {
+    for (const [start, end] of this.state.forgetRow(row)) this.completed.add(start, end);
+  }
+
   /** Registers a connection's open backend for this ticket; `connections` counts them. */
   addContext(context: TicketContext): void {
+    if (this.contexts.has(context)) return;
     this.contexts.add(context);
+    this.state.addConnection(this.row, 1);
   }
 
   removeContext(context: TicketContext): void {
-    this.contexts.delete(context);
+    if (this.contexts.delete(context)) this.state.addConnection(this.row, -1);
   }
 
   /**
    * Cancels the ticket: refuses new work, asks running operations to stop at their next
-   * chunk, and waits up to `timeoutSeconds` for them.
+   * chunk, and waits up to `timeoutSeconds` for them — on every thread serving it.
    * @returns true when no operation is left running.
    */
   async cancel(timeoutSeconds: number): Promise<boolean> {
-    this.canceled = true;
+    this.state.cancel();
+    const [here, workers] = await Promise.all([
+      this.cancelHere(timeoutSeconds),
+      this.placement?.cancelOnWorkers?.(timeoutSeconds) ?? true,
+    ]);
+    return here && workers;
+  }
+
+  /** Cancels the operations of this thread and, once they stopped, closes its backends. */
+  private async cancelHere(timeoutSeconds: number): Promise<boolean> {
     for (const operation of this.ongoing) operation.cancel();
     if (this.ongoing.size > 0) {
       let timer: NodeJS.Timeout | undefined;
@@ -254,7 +330,7 @@ export class Ticket {
     }
     if (this.ongoing.size > 0) return false;
     await Promise.all([...this.contexts].map((context) => context.close()));
-    this.contexts.clear();
+    for (const context of this.contexts) this.removeContext(context);
     return true;
   }
 
@@ -262,26 +338,30 @@ export class Ticket {
   status(): Record<string, unknown> {
     const now = this.clock.now();
     const f = this.fields;
+    const active = this.active;
     const status: Record<string, unknown> = {
-      active: this.active,
+      active,
       canceled: this.canceled,
-      connections: this.contexts.size,
+      connections: this.state.connections,
       expires: this.expires,
-      idle_time: this.active ? 0 : Math.max(0, Math.floor(now - this.lastAccess)),
+      idle_time: active ? 0 : Math.max(0, Math.floor(now - this.state.lastAccess)),
       inactivity_timeout: f.inactivity_timeout,
       ops: f.ops,
       size: f.size,
       sparse: f.sparse,
       dirty: f.dirty,
-      timeout: f.timeout,
+      timeout: this.state.timeout,
       url: f.url,
       uuid: f.uuid,
       transfer_id: f.transfer_id,
     };
     if (f.filename !== undefined) status.filename = f.filename;
     if (f.ops.length <= 1) {
-      const running = [...this.ongoing].map((op): [number, number] => [op.offset, op.offset + op.done]);
-      status.transferred = this.completed.totalWith(running);
+      // Running operations without a slot (more than OPERATION_SLOTS at once) are still known here.
+      const unslotted = [...this.ongoing]
+        .filter((op) => op.slot === NO_SLOT)
+        .map((op): [number, number] => [op.offset, op.offset + op.done]);
+      status.transferred = this.completed.totalWith([...this.state.slotRanges(), ...unslotted]);
     }
     return status;
   }

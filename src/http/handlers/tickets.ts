@@ -15,6 +15,7 @@ export async function addTicket(ctx: RequestContext, app: App, id: string): Prom
   const body = await ctx.readJsonObject("Ticket is not in a json format:");
   const fields = acceptTicket(body, app.config);
   const ticket = app.authorizer.add(fields);
+  await app.authorizer.settled();
   app.log.info("ADD", {
     transfer: ticket.label,
     ops: fields.ops.join(","),
@@ -89,11 +90,13 @@ export async function extendTicket(ctx: RequestContext, app: App, id: string): P
 export async function removeTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
   if (id === "") {
     app.authorizer.clear();
+    await app.authorizer.settled();
     app.log.info("REMOVE all tickets");
     send(ctx, 204);
     return;
   }
   const ticket = await app.authorizer.remove(id, app.config.control.remove_timeout);
+  await app.authorizer.settled();
   if (ticket !== undefined) app.log.info("REMOVE", { transfer: ticket.label });
   send(ctx, 204);
 }

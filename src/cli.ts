@@ -71,11 +71,9 @@ export async function main(argv: string[]): Promise<void> {
     process.stdout.write(await versionText(true));
     return;
   }
-  // An image copy walks extents or zeroes on a native thread: start one before the command
-  // tree and the copy modules load, so that its start-up overlaps with theirs (an empty image's
-  // copy is mostly start-up). A copy that needs none leaves it idle; it never holds the exit.
-  // Awaited, so that it starts before the copy modules' own loading (koffi's included) runs.
-  if (argv[2] === "copy") (await import("./io/native-threads.js")).warmNativeThreads();
+  // No native thread is started here: booting one costs a second Node instance's start-up
+  // (30-40 ms of CPU) and holds the exit until it has loaded, the whole time of an empty
+  // image's copy. `imageio copy` starts one once it knows an image has data to map or zero.
   // The first word names the subcommand when it is one; anything else (an option, `help`, a
   // typo) gets the whole tree.
   const program = await buildProgram(argv[2]);

@@ -246,6 +246,15 @@ describe("the single executable", () => {
     expect(lstatSync(dir).mode & 0o777).toBe(0o700);
     expect(readdirSync(dir)).toEqual([expect.stringMatching(/^koffi-[0-9a-f]{16}\.node$/)]);
   });
+
+  it("14: names that copy by the addon's SHA-256, which the build embeds so that no start hashes the addon", async () => {
+    await expectSparseCopy(exe);
+    const addon = readFileSync(`${exe}-sea/koffi.node`);
+    expect(readFileSync(`${exe}-sea/koffi.node.sha256`, "utf8")).toBe(sha256(addon));
+    const name = `koffi-${sha256(addon).slice(0, 16)}.node`;
+    expect(readdirSync(join(home, ".cache/imageio"))).toEqual([name]);
+    expect(readFileSync(join(home, ".cache/imageio", name)).equals(addon)).toBe(true);
+  });
 });
 
 const rpmTools = ["rpmbuild", "rpm", "rpm2cpio", "cpio"];

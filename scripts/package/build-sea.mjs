@@ -21,6 +21,7 @@
  * Intermediate files (bundle, SEA config, blob) go to FILE-sea/.
  */
 import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
   chmodSync,
   copyFileSync,
@@ -45,6 +46,8 @@ const require = createRequire(join(root, "package.json"));
 const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 /** Must match KOFFI_ASSET in src/io/koffi-loader.ts. */
 const KOFFI_ASSET = "koffi.node";
+/** Must match KOFFI_DIGEST_ASSET in src/io/koffi-loader.ts: the addon's SHA-256, in hex. */
+const KOFFI_DIGEST_ASSET = "koffi.node.sha256";
 /**
  * Must match WORKER_SCRIPTS in src/io/worker-pool.ts: each worker is bundled on its own and
  * embedded as the asset "NAME.js", which the executable runs with `new Worker(code, { eval })`.
@@ -69,6 +72,7 @@ mkdirSync(work, { recursive: true });
 // The embedded addon, kept beside the executable for build-rpm.mjs to install the same bytes.
 const addon = join(work, KOFFI_ASSET);
 copyFileSync(addonSource, addon);
+writeFileSync(join(work, KOFFI_DIGEST_ASSET), createHash("sha256").update(readFileSync(addon)).digest("hex"));
 
 const bundle = join(work, "imageio.cjs");
 const bundled = await bundleCli(bundle);
@@ -108,7 +112,7 @@ writeFileSync(
       // code or change the runtime under the daemon.
       execArgvExtension: "none",
       execArgv: V8_FLAGS,
-      assets: { [KOFFI_ASSET]: KOFFI_ASSET, ...workerAssets },
+      assets: { [KOFFI_ASSET]: KOFFI_ASSET, [KOFFI_DIGEST_ASSET]: KOFFI_DIGEST_ASSET, ...workerAssets },
     },
     null,
     2,
@@ -212,7 +216,7 @@ async function bundleScript(entry, outfile) {
         'process.on("SIGUSR1", () => undefined);',
       ].join("\n"),
     },
-    plugins: [versionPlugin(packageJson.version)],
+    plugins: [versionPlugin(packageJson.version), lazyChildProcessForCommander()],
     absWorkingDir: root,
     metafile: true,
   });
@@ -260,6 +264,29 @@ function versionPlugin(version) {
       builder.onLoad({ filter: /[\\/]src[\\/]version\.ts$/ }, () => ({
         contents: `export const VERSION: string = ${JSON.stringify(version)};\n`,
         loader: "ts",
+      }));
+    },
+  };
+}
+
+/**
+ * commander requires node:child_process when it loads, for subcommands that are executables of
+ * their own, which imageio has none of. Loading it (and node:net and the streams it pulls in)
+ * took about a fifth of an empty image's copy in the executable (issue 14), so commander gets
+ * a stand-in that loads the real module at its first use instead.
+ */
+function lazyChildProcessForCommander() {
+  return {
+    name: "imageio-lazy-child-process",
+    setup(builder) {
+      builder.onResolve({ filter: /^(node:)?child_process$/ }, (args) =>
+        /[\\/]node_modules[\\/]commander[\\/]/.test(args.importer)
+          ? { path: "lazy-child-process", namespace: "imageio-lazy" }
+          : undefined,
+      );
+      builder.onLoad({ filter: /^lazy-child-process$/, namespace: "imageio-lazy" }, () => ({
+        contents: 'module.exports = new Proxy({}, { get: (_, name) => require("node:child_process")[name] });\n',
+        loader: "js",
       }));
     },
   };

@@ -7,7 +7,6 @@
  */
 import type { Stats } from "node:fs";
 import { stat } from "node:fs/promises";
-import { STATUS_CODES } from "node:http";
 import { resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import {
@@ -214,7 +213,9 @@ export function describeFailure(error: unknown, endpoints: Endpoint[]): string {
   const remotes = endpoints.filter((endpoint) => endpoint.kind === "remote").map((endpoint) => endpoint.label);
   const where = remotes.length === 1 ? `${remotes[0]}: ` : "";
   if (error instanceof RemoteError) {
-    const status = `${error.status}${STATUS_CODES[error.status] ? ` ${STATUS_CODES[error.status]}` : ""}`;
+    // node:http only for this message: a local copy starts without it (issue 14).
+    const reason = process.getBuiltinModule("node:http").STATUS_CODES[error.status];
+    const status = `${error.status}${reason ? ` ${reason}` : ""}`;
     const expired = error.status === 403 ? " (the ticket expired, was removed, or does not allow this operation)" : "";
     return `${where}the daemon answered ${status}${expired}: ${error.logMessage}`;
   }

@@ -37,7 +37,7 @@ import { claimBlockDevice, type DeviceClaim } from "../io/device-use.js";
 import type { ImageFormat } from "../io/image-format.js";
 import { lendFirstClone } from "../io/lend-first-clone.js";
 import { openBackend } from "../io/open.js";
-import { createQcow2, type QemuNbdServer, startQemuNbd } from "../io/qemu-nbd.js";
+import type { QemuNbdServer } from "../io/qemu-nbd.js";
 import { shareWriter } from "../io/shared-writer.js";
 import { type ByteSink, type ByteSource, openStdin, openStdout } from "../io/stdio.js";
 import { copyFromSource, copyToSink, type StreamCopyOptions } from "../io/stream-copy.js";
@@ -197,10 +197,33 @@ function parseBufferSize(text: string): number {
   return size;
 }
 
+/**
+ * The qemu-nbd module, loaded only for images that are not raw: a raw copy starts without
+ * node:child_process and node:net (issue 14: start-up is most of a small copy's time).
+ */
+const loadQemuNbd = () => import("../io/qemu-nbd.js");
+
 function sameImage(a: Stats, b: Stats): boolean {
   // Two device nodes (/dev/vg/lv and /dev/dm-3) name one device when their rdev matches.
   if (a.isBlockDevice() && b.isBlockDevice()) return a.rdev === b.rdev;
   return a.dev === b.dev && a.ino === b.ino;
+}
+
+/**
+ * Whether this copy will run calls on a native thread (src/io/native-threads.ts): mapping the
+ * data of a raw file that has some (a file without allocated blocks is mapped by one lseek on
+ * the main thread), or zeroing a raw destination that may hold data (a device, an existing
+ * file with blocks). Images behind qemu-nbd, daemons and streams need none.
+ */
+function needsNativeThread(
+  srcStat: Stats | undefined,
+  srcFormat: ImageFormat,
+  dstStat: Stats | undefined,
+  dstFormat: ImageFormat,
+): boolean {
+  const holdsData = (info: Stats | undefined, format: ImageFormat) =>
+    info !== undefined && format === "raw" && (info.isBlockDevice() || info.blocks > 0);
+  return holdsData(srcStat, srcFormat) || holdsData(dstStat, dstFormat);
 }
 
 /** Creates DST as an empty regular file; false when it already existed. */
@@ -267,6 +290,11 @@ export async function runCopy(
     const srcFormat = await checkSourceFormat(src, srcStat, options.srcFormat);
     const dstFormat = await checkDestinationFormat(dst, dstStat, options.dstFormat);
     if (dst.kind === "local" && dstStat?.isBlockDevice()) claim = await claimBlockDevice(dst.path, dst.label);
+    const preallocateLocal = dst.kind === "local" && dstFormat.format === "raw" && (options.preallocate ?? false);
+    if (needsNativeThread(srcStat, srcFormat, dstStat, dstFormat.format) || preallocateLocal) {
+      // Booted while the images open, so the first extents walk or zeroing need not wait for it.
+      (await import("../io/native-threads.js")).warmNativeThreads();
+    }
 
     const onDirectFallback = (reason: string) => say(`imageio copy: warning: ${reason}`);
     const remoteOptions = {
@@ -281,6 +309,7 @@ export async function runCopy(
       let backend: Backend;
       if (endpoint.kind === "local" && format !== "raw") {
         // The guest's data, through a qemu-nbd of our own that admits one client per worker.
+        const { startQemuNbd } = await loadQemuNbd();
         const server = await startQemuNbd({ path: endpoint.path, format, readonly, connections: options.workers });
         servers.push(server);
         backend = lendFirstClone(await openBackend(server.url, { readonly, maxConnections: options.workers }));
@@ -310,6 +339,7 @@ export async function runCopy(
             `(qemu-img create -f qcow2 ${dst.label} SIZE), or pass --dst-format raw`,
         );
       }
+      const { createQcow2 } = await loadQemuNbd();
       await createQcow2(dst.path, await srcBackend.size());
       created = dst.label;
     } else if (dst.kind === "local" && dstStat === undefined && (await createIfMissing(dst))) created = dst.label;
@@ -347,7 +377,7 @@ export async function runCopy(
       dstName: dst.label,
     };
 
-    const started = performance.now();
+    const started = monotonicSeconds();
     let result: CopyResult;
     let untouched = 0;
     if (input !== undefined && dstBackend !== undefined) {
@@ -366,17 +396,17 @@ export async function runCopy(
     } else {
       throw new UsageError("Copying standard input to standard output: use cat");
     }
-    const copySeconds = (performance.now() - started) / 1000;
+    const copySeconds = monotonicSeconds() - started;
     const outcome: Outcome = { result, copySeconds, verifySeconds: 0, untouched };
     if (dstBackend?.growable && created === undefined && dstSizeBefore > result.size) {
       outcome.truncatedFrom = dstSizeBefore;
     }
     if (options.verify && srcBackend !== undefined && dstBackend !== undefined) {
-      const verifyStarted = performance.now();
+      const verifyStarted = monotonicSeconds();
       result.checksum = await verify(srcBackend, dstBackend, result.size, src, dst, interrupt.signal, (p) =>
         progress.update(p),
       );
-      outcome.verifySeconds = (performance.now() - verifyStarted) / 1000;
+      outcome.verifySeconds = monotonicSeconds() - verifyStarted;
     }
     reporter.stop();
     reporter.done?.(doneRecord(outcome));
@@ -517,6 +547,13 @@ function doneRecord(outcome: Outcome): Record<string, unknown> {
 }
 
 const round = (seconds: number) => Math.round(seconds * 1000) / 1000;
+
+/**
+ * Seconds on a monotonic clock. Not performance.now(): the global loads node:perf_hooks on
+ * first use, milliseconds of an empty image's copy (issue 14); the progress output, which
+ * runs longer, may use it.
+ */
+const monotonicSeconds = () => Number(process.hrtime.bigint()) / 1e9;
 
 /**
  * SIGINT and SIGTERM: the first one stops the copy at the next chunk (the copy then flushes

@@ -6,7 +6,6 @@
  * sees aligned requests.
  */
 
-import { threadId } from "node:worker_threads";
 import { InvalidArgumentError, NotSupportedError, OutOfRangeError } from "../errors.js";
 import { MiB } from "../units.js";
 import { alignDown, alignUp, type Backend, checkRange, type ZeroOptions } from "./backend.js";
@@ -44,7 +43,10 @@ export class AlignedBackend extends BackendFilter {
     }
     // Locks of data-plane threads are kept on the main thread: a private key names its thread,
     // or two threads' unrelated images (NBD exports have no image key) would share one lock.
-    this.lockKey = inner.imageKey ?? `aligned:${threadId}:${nextPrivateKey++}`;
+    // node:worker_threads only for images without a key (NBD exports): a file's copy starts
+    // without loading it (issue 14).
+    this.lockKey =
+      inner.imageKey ?? `aligned:${process.getBuiltinModule("node:worker_threads").threadId}:${nextPrivateKey++}`;
   }
 
   /** Any offset, length and memory will do above this filter. */

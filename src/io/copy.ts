@@ -154,9 +154,7 @@ export async function copy(src: Backend, dst: Backend, options: CopyOptions = {}
     progress.report();
     const workers: Worker[] = [];
     try {
-      for (let i = 0; i < workerCount && !stop.signal.aborted; i++) {
-        workers.push(await Worker.open(src, dst, opts, stats));
-      }
+      for (let i = 0; i < workerCount && !stop.signal.aborted; i++) workers.push(new Worker(src, dst, opts, stats));
       await Promise.all(
         workers.map(async (worker) => {
           try {
@@ -360,29 +358,35 @@ async function* planTasks(src: Backend, size: number, opts: ResolvedOptions): As
 
 const zeroGranule = Buffer.alloc(GRANULE);
 
-/** One worker: its own handles on both images and one aligned buffer. */
+/**
+ * One worker: its own handles on both images and one aligned buffer. The handles are cloned
+ * at the first task that needs each (a zero task needs only the destination's), so a copy
+ * whose tasks are all skipped, an empty image's, opens nothing more than the images.
+ */
 class Worker {
   /** Allocated at the first data task: copying an empty image costs no buffer memory. */
   private buffer: Buffer | undefined;
   /** The buffer as 32-bit words, for a cheap first look at each granule. */
   private words: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
+  private srcClone: Backend | undefined;
+  private dstClone: Backend | undefined;
 
-  private constructor(
-    private readonly src: Backend,
-    private readonly dst: Backend,
+  constructor(
+    private readonly srcImage: Backend,
+    private readonly dstImage: Backend,
     private readonly opts: ResolvedOptions,
     private readonly stats: { dataBytes: number; zeroedBytes: number; skippedBytes: number },
   ) {}
 
-  static async open(src: Backend, dst: Backend, opts: ResolvedOptions, stats: Worker["stats"]): Promise<Worker> {
-    const srcClone = await src.clone();
-    try {
-      const dstClone = await dst.clone();
-      return new Worker(srcClone, dstClone, opts, stats);
-    } catch (error) {
-      await srcClone.close();
-      throw error;
-    }
+  /** This worker's source handle; a worker runs one task at a time, so one clone is made. */
+  private async src(): Promise<Backend> {
+    this.srcClone ??= await this.srcImage.clone();
+    return this.srcClone;
+  }
+
+  private async dst(): Promise<Backend> {
+    this.dstClone ??= await this.dstImage.clone();
+    return this.dstClone;
   }
 
   async run(task: Task): Promise<void> {
@@ -390,7 +394,7 @@ class Worker {
     if (task.kind === "skip") {
       this.stats.skippedBytes += length;
     } else if (task.kind === "zero") {
-      await this.dst.zero(start, length, { punchHole: this.opts.sparse });
+      await (await this.dst()).zero(start, length, { punchHole: this.opts.sparse });
       this.stats.zeroedBytes += length;
     } else {
       if (this.buffer === undefined) {
@@ -398,7 +402,7 @@ class Worker {
         this.words = new Uint32Array(this.buffer.buffer, this.buffer.byteOffset, this.buffer.length >>> 2);
       }
       const buf = this.buffer.subarray(0, length);
-      const got = await this.src.read(buf, start);
+      const got = await (await this.src()).read(buf, start);
       if (got !== length) {
         throw new OutOfRangeError(
           `${this.opts.srcName} ended early: read ${got} of ${length} bytes at offset ${start} (did it shrink during the copy?)`,
@@ -413,7 +417,8 @@ class Worker {
    * A destination whose zero() writes zeros anyway gets the whole chunk in one write.
    */
   private async writeData(buf: Buffer, offset: number): Promise<void> {
-    const { opts, dst } = this;
+    const { opts } = this;
+    const dst = await this.dst();
     if (!opts.detectZeroes || !(dst.caps.zero || opts.targetIsZero)) {
       await dst.write(buf, offset);
       this.stats.dataBytes += buf.length;
@@ -424,11 +429,11 @@ class Worker {
     for (let at = GRANULE; at < buf.length; at += GRANULE) {
       const zero = this.zeroGranule(buf, at);
       if (zero === runZero) continue;
-      await this.writeRun(buf, offset, runStart, at, runZero);
+      await this.writeRun(dst, buf, offset, runStart, at, runZero);
       runStart = at;
       runZero = zero;
     }
-    await this.writeRun(buf, offset, runStart, buf.length, runZero);
+    await this.writeRun(dst, buf, offset, runStart, buf.length, runZero);
   }
 
   /** True when the granule at `start` of the chunk in `buf` is all zeros; allocates nothing. */
@@ -439,21 +444,28 @@ class Worker {
     return zeroGranule.compare(buf, start, end, 0, end - start) === 0;
   }
 
-  private async writeRun(buf: Buffer, offset: number, start: number, end: number, zero: boolean): Promise<void> {
+  private async writeRun(
+    dst: Backend,
+    buf: Buffer,
+    offset: number,
+    start: number,
+    end: number,
+    zero: boolean,
+  ): Promise<void> {
     const length = end - start;
     if (!zero) {
-      await this.dst.write(buf.subarray(start, end), offset + start);
+      await dst.write(buf.subarray(start, end), offset + start);
       this.stats.dataBytes += length;
     } else if (this.opts.targetIsZero) {
       this.stats.skippedBytes += length;
     } else {
-      await this.dst.zero(offset + start, length, { punchHole: this.opts.sparse });
+      await dst.zero(offset + start, length, { punchHole: this.opts.sparse });
       this.stats.zeroedBytes += length;
     }
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.src.close(), this.dst.close()]);
+    await Promise.allSettled([this.srcClone?.close(), this.dstClone?.close()]);
   }
 }
 

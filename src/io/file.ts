@@ -40,6 +40,7 @@ import {
   FALLOC_FL_ZERO_RANGE,
   fallocate,
   isAligned,
+  noDataFrom,
   type SparseMap,
   sparseMap,
 } from "./native.js";
@@ -311,6 +312,10 @@ export class FileBackend implements Backend {
       return;
     }
     // [D7]: holes of a raw file read as zeros; hole: true is kept for layered formats.
+    if (start < end && (await this.use((handle) => this.emptyFrom(handle, start)))) {
+      yield { start, length: end - start, zero: true, hole: false };
+      return;
+    }
     for (let position = start; position < end; ) {
       const run = await this.use((handle) => this.mapRun(handle, position, end));
       if (run === "unsupported") {
@@ -321,6 +326,16 @@ export class FileBackend implements Backend {
         yield { start: extent.start, length: extent.length, zero: !extent.data, hole: false };
       position = run.next;
     }
+  }
+
+  /**
+   * True when the file has no data from `start` on, found without a native thread: a file
+   * with no allocated blocks (a new sparse image) is one hole, and one lseek proves it. The
+   * same first lseek the walk would make, so the extents are the walk's.
+   */
+  private async emptyFrom(handle: FileHandle, start: number): Promise<boolean> {
+    const { blocks } = await handle.stat();
+    return blocks === 0 && noDataFrom(handle.fd, start);
   }
 
   private async mapRun(handle: FileHandle, position: number, end: number): Promise<SparseMap | "unsupported"> {

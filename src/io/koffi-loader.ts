@@ -18,7 +18,6 @@
  * The raw addon exports koffi's whole API; koffi's JavaScript wrapper adds only deprecated
  * aliases, which native.ts does not use.
  */
-import { createHash } from "node:crypto";
 import {
   closeSync,
   constants as fsConstants,
@@ -35,13 +34,19 @@ import {
 import { createRequire } from "node:module";
 import { homedir, constants as osConstants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { getRawAsset, isSea } from "node:sea";
+import { getAsset, getRawAsset, isSea } from "node:sea";
 import type koffiModule from "koffi";
 
 export type Koffi = typeof koffiModule;
 
 /** The SEA asset key the build stores the addon under (scripts/package/build-sea.mjs). */
 export const KOFFI_ASSET = "koffi.node";
+/**
+ * The SEA asset holding the addon's SHA-256 (hex), computed by the build: the start of every
+ * command that touches a file then neither loads node:crypto nor hashes 1 MiB (issue 14). It
+ * only names the private copy; the copy's bytes are still compared with the addon's.
+ */
+export const KOFFI_DIGEST_ASSET = "koffi.node.sha256";
 
 /** Where the RPM installs the addon, relative to the executable's directory. */
 const INSTALLED_ADDON = "../lib64/imageio/koffi.node";
@@ -56,12 +61,36 @@ export function loadKoffi(): Koffi {
     const required = createRequire(import.meta.url)("koffi") as Koffi & { default?: Koffi };
     return required.default ?? required;
   }
-  return loadEmbeddedAddon(Buffer.from(getRawAsset(KOFFI_ASSET) as ArrayBuffer));
+  const addon = Buffer.from(getRawAsset(KOFFI_ASSET) as ArrayBuffer);
+  return loadEmbeddedAddon(addon, defaultPlaces(), embeddedDigest() ?? sha256Hex(addon));
 }
 
-/** Loads `addon` (the bytes of koffi.node) with process.dlopen from the first usable place. */
-export function loadEmbeddedAddon(addon: Buffer, places: AddonPlaces = defaultPlaces()): Koffi {
-  const name = `koffi-${createHash("sha256").update(addon).digest("hex").slice(0, 16)}.node`;
+/** The digest the build embedded, undefined for an executable built without it. */
+function embeddedDigest(): string | undefined {
+  try {
+    const digest = getAsset(KOFFI_DIGEST_ASSET, "utf8").trim();
+    return /^[0-9a-f]{64}$/.test(digest) ? digest : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function sha256Hex(data: Buffer): string {
+  // Loaded only when no digest was embedded: node:crypto costs milliseconds of start-up.
+  const { createHash } = process.getBuiltinModule("node:crypto");
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/**
+ * Loads `addon` (the bytes of koffi.node) with process.dlopen from the first usable place.
+ * `digest` (its SHA-256, hex) names the private copy, one per addon build.
+ */
+export function loadEmbeddedAddon(
+  addon: Buffer,
+  places: AddonPlaces = defaultPlaces(),
+  digest: string = sha256Hex(addon),
+): Koffi {
+  const name = `koffi-${digest.slice(0, 16)}.node`;
   const failures: string[] = [];
   if (places.installed !== undefined) {
     const reason = installedCopyProblem(places.installed, addon);

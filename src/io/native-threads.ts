@@ -11,8 +11,9 @@ export const nativeThreads = new WorkerPool<NativeTask, NativeCallResult>("nativ
 
 /**
  * Starts a native thread ahead of its first call (an extents walk, fallocate): a thread takes
- * about 30-40 ms to boot, most of the time an empty image's copy takes, and started first it
- * boots while the command line, the copy modules and the images are still being loaded.
+ * about 30-40 ms to boot, and started as soon as a copy knows it will need one (an image with
+ * data to map or zero) it boots while the images are still being opened. A copy that needs
+ * none (an empty image's) never starts one: booting it would cost more than the whole copy.
  */
 export function warmNativeThreads(): void {
   nativeThreads.warm();

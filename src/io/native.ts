@@ -30,6 +30,10 @@ const libcConnect = libc.func("int connect(int fd, const void *addr, uint32_t ad
 const libcGetrlimit = libc.func("int getrlimit(int resource, _Out_ void *rlim)");
 const libcMadvise = libc.func("int madvise(void *addr, size_t length, int advice)");
 const libcMallopt = libc.func("int mallopt(int param, int value)");
+const libcLseek = libc.func("int64_t lseek(int fd, int64_t offset, int whence)");
+
+/** lseek(2) whence, from linux/fs.h. */
+const SEEK_DATA = 3;
 
 /** fallocate(2) mode bits, from linux/falloc.h. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -190,6 +194,21 @@ export async function sparseMap(fd: number, start: number, end: number, maxSeeks
   }
   if (extents.length === 0) checkOutcome(result);
   return { extents, next: result.next };
+}
+
+/**
+ * True when the regular file `fd` holds no data from `offset` to its end: one
+ * lseek(SEEK_DATA) answers ENXIO. It runs on the calling thread, so callers ask it only of a
+ * file the kernel reports without allocated blocks (st_blocks 0), where the filesystem
+ * answers from the inode: an empty image's copy then needs no native thread at all. The
+ * answer alone is trusted, never st_blocks: some filesystems (FUSE ones, inline data) report
+ * 0 blocks for files that hold data.
+ * @returns false when data follows, and when the call fails (a filesystem without
+ *   SEEK_DATA): callers then map the file on a native thread, which reports real failures.
+ */
+export function noDataFrom(fd: number, offset: number): boolean {
+  if (Number(libcLseek(fd, offset, SEEK_DATA)) !== -1) return false;
+  return koffi.errno() === osConstants.errno.ENXIO;
 }
 
 /** Size of a block device in bytes (BLKGETSIZE64); fstat reports 0 for devices. */

@@ -11,7 +11,7 @@ import type { Backend } from "./backend.js";
 import { FileBackend, type FileBackendOptions } from "./file.js";
 import type { HttpBackendOptions } from "./http.js";
 import { MemoryBackend } from "./memory.js";
-import { NbdBackend, type NbdBackendOptions } from "./nbd.js";
+import type { NbdBackendOptions } from "./nbd.js";
 import { parseNbdUrl } from "./nbd-url.js";
 import { checkRemoteImageUrl } from "./remote-url.js";
 
@@ -108,6 +108,8 @@ function filePathOf(url: URL): string {
 }
 
 async function openNbd(url: URL, options: OpenOptions): Promise<Backend> {
+  // Loaded on first use, as the http backend: a file's copy starts without node:net (issue 14).
+  const { NbdBackend } = await import("./nbd.js");
   // The NBD forms are not hierarchical URLs (nbd:unix:/path:exportname=x): parse the text.
   const nbd = await NbdBackend.open(url.href, options);
   return nbd.blockSize > 1 ? new AlignedBackend(nbd) : nbd;

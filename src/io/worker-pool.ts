@@ -13,7 +13,7 @@
 import { readFile } from "node:fs/promises";
 import { getAsset, isSea } from "node:sea";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { parentPort, type TransferListItem, Worker, type WorkerOptions } from "node:worker_threads";
+import type { TransferListItem, Worker, WorkerOptions } from "node:worker_threads";
 
 /**
  * The worker scripts, by name, with their module path under src/ (dist/ alike); build-sea.mjs
@@ -202,7 +202,7 @@ export interface WorkerAnswer {
  * the message of what it threw.
  */
 export function serveTasks(handle: (task: never) => WorkerAnswer | Promise<WorkerAnswer>): void {
-  const port = parentPort;
+  const port = workerThreads().parentPort;
   if (port === null) throw new Error("serveTasks() runs only in a worker thread");
   port.on("message", async ({ id, task }: { id: number; task: never }) => {
     try {
@@ -216,6 +216,15 @@ export function serveTasks(handle: (task: never) => WorkerAnswer | Promise<Worke
   port.postMessage(READY);
 }
 
+/**
+ * node:worker_threads, loaded when a thread is first started or served: every command that
+ * touches a file loads this module, and most runs (an empty image's copy) never start a
+ * thread (issue 14).
+ */
+function workerThreads(): typeof import("node:worker_threads") {
+  return process.getBuiltinModule("node:worker_threads");
+}
+
 const bundles = new Map<WorkerScript, Promise<string>>();
 
 /**
@@ -223,6 +232,7 @@ const bundles = new Map<WorkerScript, Promise<string>>();
  * `options` go to the Worker (workerData, resource limits).
  */
 export async function startWorker(script: WorkerScript, options: WorkerOptions = {}): Promise<Worker> {
+  const { Worker } = workerThreads();
   if (isSea()) return new Worker(getAsset(`${script}.js`, "utf8"), { ...options, eval: true });
   const module = WORKER_SCRIPTS[script];
   const compiled = new URL(`../${module}.js`, import.meta.url);

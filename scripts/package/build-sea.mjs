@@ -111,7 +111,9 @@ writeFileSync(
       // on the inspector (--inspect-brk would pause before our code could close it), preload
       // code or change the runtime under the daemon.
       execArgvExtension: "none",
-      execArgv: V8_FLAGS,
+      // SIGUSR1 never starts the inspector, not even before our code runs (src/no-inspector.ts
+      // ignores the signal from then on).
+      execArgv: [...V8_FLAGS, "--disable-sigusr1"],
       assets: { [KOFFI_ASSET]: KOFFI_ASSET, [KOFFI_DIGEST_ASSET]: KOFFI_DIGEST_ASSET, ...workerAssets },
     },
     null,

@@ -3,7 +3,9 @@
  * proxy. It verifies the daemon's certificate and hostname, keeps one keep-alive connection
  * per handle, learns features and limits with OPTIONS, and moves to the daemon's unix socket
  * when the daemon runs on this host. Downloads and uploads stream: one client request becomes
- * one remote request of the same range.
+ * one remote request of the same range. Data requests (GET ranges, PUTs) go through our own
+ * HTTP/1.1 client (http-client/), which reads bodies into large buffers; the rare small
+ * requests (OPTIONS, PATCH, extents, checksum, a size probe) through node:http.
  */
 
 import { lookup } from "node:dns/promises";
@@ -33,6 +35,9 @@ import {
   type DirtyExtent,
   type ZeroExtent,
 } from "./backend.js";
+import { type ClientResponse, type ClientTimeouts, HttpClient } from "./http-client/client.js";
+import type { Endpoint } from "./http-client/connect.js";
+import { BufferReceiver, RelayReceiver } from "./http-client/relay.js";
 import { connectUnixStream } from "./native.js";
 import { type PumpOptions, pump } from "./pump.js";
 import { checkRemoteImageUrl } from "./remote-url.js";
@@ -46,6 +51,7 @@ import {
 
 /** An upload in flight to the remote. */
 interface RemoteUpload {
+  /** Where the body goes; never ended (the connection stays open for the next request). */
   body: Writable;
   /** Settles before the body should be sent: rejects when the remote refused the upload. */
   ready: Promise<void>;
@@ -84,11 +90,16 @@ const CONTINUE_WAIT_MS = 1000;
 
 /** Bytes of a remote error body passed on to our client (spec §6.4). */
 const REMOTE_MESSAGE_LIMIT = 512;
+/** Bytes of a remote's error or empty-success body read at most (the message is cut to the limit above). */
+const REMOTE_BODY_LIMIT = 64 * 1024;
 /** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
 const ZERO_PUT_SIZE = 4 * MiB;
 
 /** How requests reach the remote: TLS or plain TCP, or its local unix socket. */
 interface Transport {
+  /** For data requests. */
+  client: HttpClient;
+  /** For the small requests. */
   agent: http.Agent;
   options: http.RequestOptions | https.RequestOptions;
   secure: boolean;
@@ -178,27 +189,27 @@ export class HttpBackend implements Backend {
     checkRange(offset, buf.length);
     const length = Math.min(buf.length, (await this.size()) - offset);
     if (length <= 0) return 0;
-    const body = await this.readStream(offset, length);
-    let done = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      chunk.copy(buf, done);
-      done += chunk.length;
-    }
-    if (done !== length) throw new RemoteError(`Remote sent ${done} of ${length} bytes`, 502, undefined);
-    return done;
+    const response = await this.readResponse(offset, length);
+    return response.receive(new BufferReceiver(buf.subarray(0, length)));
   }
 
-  /** The remote's response body for a range, once its status and length are checked. */
-  private async readStream(offset: number, length: number): Promise<IncomingMessage> {
+  /**
+   * The remote's response for a range, once its status and length are checked; the caller
+   * must receive its body.
+   */
+  private async readResponse(offset: number, length: number): Promise<ClientResponse> {
     this.checkOpen();
     checkRange(offset, length);
-    const response = await this.request("GET", this.url.pathname, { range: `bytes=${offset}-${offset + length - 1}` });
-    if (response.statusCode !== 206) throw await remoteError(response, this.transport.where, this.remoteId);
-    const got = Number(response.headers["content-length"]);
-    if (got !== length) {
-      response.destroy();
+    const client = this.transport.client;
+    const exchange = await client.request("GET", this.url.pathname, {
+      headers: { range: `bytes=${offset}-${offset + length - 1}` },
+    });
+    const response = await exchange.response;
+    if (response.status !== 206) throw await this.remoteError(response);
+    if (response.contentLength !== length) {
+      exchange.abort();
       throw new RemoteError(
-        `Remote ${this.transport.where} sent ${got} bytes for a ${length}-byte range`,
+        `Remote ${client.where} sent ${response.contentLength ?? "a body without content-length"} for a ${length}-byte range`,
         502,
         undefined,
       );
@@ -209,23 +220,29 @@ export class HttpBackend implements Backend {
   async write(buf: Buffer, offset: number): Promise<void> {
     this.checkWritable();
     checkRange(offset, buf.length);
-    const upload = this.startUpload(offset, buf.length, false, false);
-    upload.body.end(buf);
+    const upload = await this.startUpload(offset, buf.length, false, false);
+    upload.body.write(buf);
     await upload.done;
   }
 
   /** Relays a range: one remote GET of the same range, with backpressure both ways (spec [B6]). */
   async readTo(offset: number, length: number, sink: ByteSink, options: StreamOptions): Promise<void> {
-    const upstream = await this.readStream(offset, length);
+    const response = await this.readResponse(offset, length);
+    sink.start();
+    const relay = new RelayReceiver(sink.stream, {
+      highWaterMark: RELAY_HIGH_WATER_MARK,
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      abort: (error) => response.abort(error),
+      resume: () => response.resume(),
+    });
     try {
-      sink.start();
-      const { bytes } = await pump(upstream, sink.stream, relayOptions(options));
-      if (bytes !== length) {
-        throw new RemoteError(`Remote ${this.transport.where} sent ${bytes} of ${length} bytes`, 502, undefined);
-      }
-    } finally {
-      upstream.destroy();
+      await response.receive(relay);
+    } catch (error) {
+      relay.detach();
+      // Our side stopped it (the client went away, the transfer was cancelled): say that, not "cut".
+      throw relay.stoppedBy ?? error;
     }
+    relay.finish();
   }
 
   /**
@@ -240,7 +257,7 @@ export class HttpBackend implements Backend {
     options: UploadOptions,
   ): Promise<UploadResult> {
     if (length === undefined) return writeThroughBuffers(this, source, offset, options);
-    const upload = this.startUpload(offset, length, options.flush, true);
+    const upload = await this.startUpload(offset, length, options.flush, true);
     try {
       await upload.ready;
     } catch (error) {
@@ -249,8 +266,14 @@ export class HttpBackend implements Backend {
     }
     options.onReady?.();
     let bytes: number;
+    let overflow: boolean;
     try {
-      ({ bytes } = await pump(source, upload.body, { ...relayOptions(options), coalesce: true }));
+      ({ bytes, overflow } = await pump(source, upload.body, {
+        ...relayOptions(options),
+        coalesce: true,
+        limit: length,
+      }));
+      if (!overflow && bytes !== length) throw new Error(`the sending side ended after ${bytes} of ${length} bytes`);
     } catch (error) {
       // The remote may have refused the upload early (416, 403) and closed, which is what
       // broke the relay: its answer, when it came, explains the failure better.
@@ -264,34 +287,35 @@ export class HttpBackend implements Backend {
       upload.abort();
       throw verdict instanceof RemoteError ? verdict : error;
     }
-    upload.body.end();
     await upload.done;
-    return { bytes, overflow: false, flushed: options.flush && this.caps.flush };
+    return { bytes, overflow, flushed: options.flush && this.caps.flush };
   }
 
   /**
-   * Starts a PUT. With `expectContinue`, the remote is asked (`Expect: 100-continue`) to
-   * refuse before the body is sent: a refusal that arrives while a large body is still on its
-   * way can be lost when the remote closes the connection, leaving only a broken pipe.
+   * Starts a PUT of `length` bytes. With `expectContinue`, the remote is asked (`Expect:
+   * 100-continue`) to refuse before the body is sent: a refusal that arrives while a large
+   * body is still on its way can be lost when the remote closes the connection, leaving only
+   * a broken pipe.
    */
-  private startUpload(
+  private async startUpload(
     offset: number,
-    length: number | undefined,
+    length: number,
     flush: boolean,
     expectContinue: boolean,
-  ): RemoteUpload {
+  ): Promise<RemoteUpload> {
     this.checkWritable();
-    const headers: http.OutgoingHttpHeaders = {
-      "content-type": "application/octet-stream",
-      "content-range": `bytes ${offset}-${length === undefined || length === 0 ? "*" : offset + length - 1}/*`,
-    };
-    if (length !== undefined) headers["content-length"] = length;
-    if (expectContinue) headers.expect = "100-continue";
     const query = this.caps.flush ? `?flush=${flush ? "y" : "n"}` : "";
-    const { request, response } = this.send("PUT", `${this.url.pathname}${query}`, headers);
-    const done = response.then(async (res) => {
-      if (res.statusCode !== 200) throw await remoteError(res, this.transport.where, this.remoteId);
-      res.resume();
+    const exchange = await this.transport.client.request("PUT", `${this.url.pathname}${query}`, {
+      headers: {
+        "content-type": "application/octet-stream",
+        "content-range": `bytes ${offset}-${length === 0 ? "*" : offset + length - 1}/*`,
+        "content-length": length,
+      },
+      expectContinue,
+    });
+    const done = exchange.response.then(async (response) => {
+      if (response.status !== 200) throw await this.remoteError(response);
+      await response.text(REMOTE_BODY_LIMIT);
     });
     done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
     // Go ahead on 100 Continue; on an early final answer, fail with it. A remote that ignores
@@ -299,11 +323,7 @@ export class HttpBackend implements Backend {
     const ready = expectContinue
       ? new Promise<void>((resolve, reject) => {
           const timer = setTimeout(resolve, CONTINUE_WAIT_MS);
-          request.once("continue", () => {
-            clearTimeout(timer);
-            resolve();
-          });
-          done.then(
+          exchange.continued.then(
             () => {
               clearTimeout(timer);
               resolve();
@@ -313,10 +333,14 @@ export class HttpBackend implements Backend {
               reject(error);
             },
           );
+          done.catch((error: unknown) => {
+            clearTimeout(timer);
+            reject(error);
+          });
         })
       : Promise.resolve();
     ready.catch(() => undefined);
-    return { body: request, ready, done, abort: () => request.destroy() };
+    return { body: exchange.body, ready, done, abort: () => exchange.abort() };
   }
 
   async zero(offset: number, length: number): Promise<void> {
@@ -405,7 +429,7 @@ export class HttpBackend implements Backend {
   async clone(): Promise<HttpBackend> {
     this.checkOpen();
     const transport = this.transport.options.socketPath
-      ? unixTransport(this.transport.options.socketPath)
+      ? unixTransport(this.transport.options.socketPath, this.options)
       : tcpTransport(this.url, this.options);
     return new HttpBackend(this.url, this.options, transport, this.info);
   }
@@ -414,6 +438,7 @@ export class HttpBackend implements Backend {
     if (this.closed) return;
     this.closed = true;
     this.transport.agent.destroy();
+    this.transport.client.close();
   }
 
   // Protocol helpers.
@@ -459,14 +484,16 @@ export class HttpBackend implements Backend {
   /** Switches to the remote's unix socket if an OPTIONS over it works; else keeps TCP. */
   private async tryUnixSocket(socketPath: string): Promise<void> {
     const tcp = this.transport;
-    this.transport = unixTransport(socketPath);
+    this.transport = unixTransport(socketPath, this.options);
     try {
       const response = await this.request("OPTIONS", this.url.pathname);
       response.resume();
       if (response.statusCode !== 200) throw new Error(`status ${response.statusCode}`);
       tcp.agent.destroy();
+      tcp.client.close();
     } catch {
       this.transport.agent.destroy();
+      this.transport.client.close();
       this.transport = tcp;
     }
   }
@@ -536,6 +563,23 @@ export class HttpBackend implements Backend {
     return { request, response };
   }
 
+  /** The remote's error answer on the data client, with its message. */
+  private async remoteError(response: ClientResponse): Promise<RemoteError> {
+    let message: string;
+    try {
+      message = await response.text(REMOTE_BODY_LIMIT);
+    } catch {
+      message = "";
+    }
+    return remoteErrorOf(
+      response.status,
+      response.headers.get("content-range"),
+      message,
+      this.transport.where,
+      this.remoteId,
+    );
+  }
+
   private checkOpen(): void {
     if (this.closed) throw new ClosedError(`Backend http ${this.url.host} is closed`);
   }
@@ -555,7 +599,9 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
   const port = Number(url.port || (secure ? 443 : 80));
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
   const requestOptions: https.RequestOptions = { host, port };
+  const where = `${url.hostname}:${port}`;
   let agent: http.Agent;
+  let endpoint: Endpoint;
   if (secure) {
     const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1, rejectUnauthorized: !options.insecure };
     if (options.caFile) {
@@ -570,13 +616,28 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
     agent = new https.Agent(tls);
     // Verify the certificate against the host name in the ticket URL (not a resolved address).
     requestOptions.servername = isIP(host) ? "" : host;
+    endpoint = {
+      kind: "tls",
+      host,
+      port,
+      where,
+      servername: requestOptions.servername,
+      ca: tls.ca as Buffer | undefined,
+      rejectUnauthorized: !options.insecure,
+    };
   } else {
     agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    endpoint = { kind: "tcp", host, port, where };
   }
-  return { agent, options: requestOptions, secure, where: `${url.hostname}:${port}` };
+  const client = new HttpClient(endpoint, url.host, clientTimeouts(options));
+  return { client, agent, options: requestOptions, secure, where };
 }
 
-function unixTransport(socketPath: string): Transport {
+function clientTimeouts(options: HttpBackendOptions): ClientTimeouts {
+  return { connectMs: options.connectTimeoutMs ?? 10_000, readMs: options.readTimeoutMs ?? 60_000 };
+}
+
+function unixTransport(socketPath: string, options: HttpBackendOptions): Transport {
   const abstract = socketPath.startsWith("\0");
   const where = abstract ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -593,7 +654,8 @@ function unixTransport(socketPath: string): Transport {
     };
     Object.assign(agent, { createConnection: connect });
   }
-  return { agent, options: { socketPath }, secure: false, where };
+  const client = new HttpClient({ kind: "unix", path: socketPath, where }, "localhost", clientTimeouts(options));
+  return { client, agent, options: { socketPath }, secure: false, where };
 }
 
 /** True when `host` names an address of this machine (loopback included). */
@@ -624,16 +686,26 @@ async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<st
   return Buffer.concat(chunks).toString("utf8");
 }
 
-/** The remote's error with its status, content-range and the start of its message. */
+/** The remote's error on node:http, with its status, content-range and the start of its message. */
 async function remoteError(response: IncomingMessage, where: string, remoteId?: string): Promise<RemoteError> {
   let message: string;
   try {
-    message = (await readBody(response, 64 * 1024)).slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
+    message = await readBody(response, REMOTE_BODY_LIMIT);
   } catch {
     message = "";
   }
-  const status = response.statusCode ?? 502;
-  const contentRange = response.headers["content-range"];
+  return remoteErrorOf(response.statusCode ?? 502, response.headers["content-range"], message, where, remoteId);
+}
+
+/** The remote's error with its status, content-range and the start of its message. */
+function remoteErrorOf(
+  status: number,
+  contentRange: string | undefined,
+  body: string,
+  where: string,
+  remoteId?: string,
+): RemoteError {
+  const message = body.slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
   const text = message || `Remote ${where} answered ${status}`;
   // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
   const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));

@@ -238,7 +238,8 @@ export class HttpBackend implements Backend {
     try {
       await response.receive(relay);
     } catch (error) {
-      relay.detach();
+      // What did arrive goes to the client before its response is cut; a failed sink takes nothing more.
+      if (relay.stoppedBy === undefined) relay.finish();
       // Our side stopped it (the client went away, the transfer was cancelled): say that, not "cut".
       throw relay.stoppedBy ?? error;
     }

@@ -7,7 +7,7 @@
  */
 
 import type { Socket } from "node:net";
-import { RemoteError, RemoteTimeoutError } from "../../errors.js";
+import { RemoteError, RemoteTimeoutError, RemoteUnavailableError } from "../../errors.js";
 import {
   findHeadEnd,
   parseResponseHead,
@@ -18,7 +18,10 @@ import {
 
 /** Where a response body goes. */
 export interface BodyReceiver {
-  /** A buffer for the next read, 1 to `limit` bytes long, which the receiver does not use until received(). */
+  /**
+   * A buffer for the next read, 1 to `limit` bytes long, which the receiver does not touch
+   * until received() (the read may come much later).
+   */
   space(limit: number): Buffer;
   /**
    * `bytes` (the start of the last space()) arrived. Returning false stops reading until
@@ -27,7 +30,11 @@ export interface BodyReceiver {
   received(bytes: Buffer): boolean;
 }
 
-/** What `onread` needs, created before the socket since Node takes it at connect time. */
+/**
+ * What `onread` needs, created before the socket since Node takes it at connect time. Node
+ * asks `buffer()` once at the start and after each `callback`, and reads into that buffer
+ * until the next callback: a buffer handed out before a receiver came is not the receiver's.
+ */
 export interface ReadHooks {
   buffer: () => Buffer;
   callback: (length: number, buffer: Buffer) => boolean;
@@ -59,6 +66,8 @@ export class ClientConnection {
   private exchange: Exchange | undefined;
   private body: Body | undefined;
   private early: Buffer = NO_BYTES;
+  /** Who owns the buffer Node reads into now: a receiver, or undefined for the head buffer. */
+  private readOwner: BodyReceiver | undefined;
   private failure: Error | undefined;
   /** The remote ended the connection (rather than an error or us). */
   private closedByRemote = false;
@@ -127,12 +136,8 @@ export class ClientConnection {
       body.receiver = receiver;
       const early = this.early;
       this.early = NO_BYTES;
-      for (let at = 0; at < early.length && this.body === body; ) {
-        const space = receiver.space(Math.min(body.remaining, early.length - at));
-        const taken = early.copy(space, 0, at, at + space.length);
-        at += taken;
-        this.deliver(body, space.subarray(0, taken));
-      }
+      this.deliverCopy(body, early);
+      if (this.body !== body) return;
       if (this.failure !== undefined) this.settleAfterFailure(body);
       else this.socket?.resume();
     });
@@ -151,9 +156,11 @@ export class ClientConnection {
   private nextBuffer(): Buffer {
     const body = this.body;
     if (body?.receiver !== undefined && body.remaining > 0) {
+      this.readOwner = body.receiver;
       return body.receiver.space(Math.min(body.remaining, 4 * 1024 * 1024));
     }
     // A head, or bytes nobody asked for yet (kept in `early`): the head buffer has room for both.
+    this.readOwner = undefined;
     if (this.headLength === RESPONSE_HEAD_LIMIT) this.headLength = 0;
     return this.head.subarray(this.headLength);
   }
@@ -161,7 +168,12 @@ export class ClientConnection {
   private onRead(bytes: Buffer): boolean {
     if (this.failure !== undefined) return false;
     const body = this.body;
-    if (body?.receiver !== undefined) return this.deliver(body, bytes);
+    if (body?.receiver !== undefined) {
+      if (this.readOwner === body.receiver) return this.deliver(body, bytes);
+      // Read into the head buffer, handed out before the receiver came.
+      this.deliverCopy(body, Buffer.from(bytes));
+      return this.failure === undefined;
+    }
     if (body !== undefined) {
       // The receiver is not there yet: keep the bytes and stop reading until it comes.
       this.early = Buffer.concat([this.early, bytes]);
@@ -169,7 +181,7 @@ export class ClientConnection {
       return false;
     }
     if (this.exchange === undefined) {
-      this.destroy(new RemoteError(`Remote ${this.where} sent data nobody asked for`, 502, undefined));
+      this.protocolError(new ResponseFramingError("sent data nobody asked for"));
       return false;
     }
     return this.onHeadBytes(bytes.length);
@@ -179,6 +191,13 @@ export class ClientConnection {
     const from = this.headLength;
     this.headLength += length;
     const end = findHeadEnd(this.head.subarray(0, this.headLength), from);
+    const headBytes = end === -1 ? this.headLength : end;
+    for (let lf = this.head.indexOf(10, from); lf !== -1 && lf < headBytes; lf = this.head.indexOf(10, lf + 1)) {
+      if (this.head[lf - 1] !== 13) {
+        this.protocolError(new ResponseFramingError("response head has a line ending in a bare LF"));
+        return false;
+      }
+    }
     if (end === -1) {
       if (this.headLength === RESPONSE_HEAD_LIMIT) {
         this.protocolError(new ResponseFramingError(`response head exceeds ${RESPONSE_HEAD_LIMIT} bytes`));
@@ -219,11 +238,22 @@ export class ClientConnection {
     return false;
   }
 
-  private deliver(body: Body, bytes: Buffer): boolean {
+  /** Hands bytes read elsewhere to the receiver, through its own buffers. */
+  private deliverCopy(body: Body, bytes: Buffer): void {
     if (bytes.length > body.remaining) {
-      this.protocolError(new ResponseFramingError("more bytes than content-length"));
-      return false;
+      this.protocolError(new ResponseFramingError("sent data nobody asked for after the body"));
+      return;
     }
+    const receiver = body.receiver as BodyReceiver;
+    for (let at = 0; at < bytes.length; ) {
+      const space = receiver.space(Math.min(body.remaining, bytes.length - at));
+      const taken = bytes.copy(space, 0, at, at + space.length);
+      at += taken;
+      this.deliver(body, space.subarray(0, taken));
+    }
+  }
+
+  private deliver(body: Body, bytes: Buffer): boolean {
     body.remaining -= bytes.length;
     body.received += bytes.length;
     const more = (body.receiver as BodyReceiver).received(bytes);
@@ -262,7 +292,11 @@ export class ClientConnection {
     this.failure = error;
     const exchange = this.exchange;
     this.exchange = undefined;
-    exchange?.onFailure(error);
+    exchange?.onFailure(
+      error instanceof RemoteError || error instanceof RemoteTimeoutError
+        ? error
+        : new RemoteUnavailableError(`Cannot reach remote ${this.where}: ${error.message}`, { cause: error }),
+    );
     const body = this.body;
     // Without a receiver yet, receive() settles the body when it comes.
     if (body?.receiver !== undefined) this.settleAfterFailure(body);

@@ -228,7 +228,12 @@ export class HttpBackend implements Backend {
   /** Relays a range: one remote GET of the same range, with backpressure both ways (spec [B6]). */
   async readTo(offset: number, length: number, sink: ByteSink, options: StreamOptions): Promise<void> {
     const response = await this.readResponse(offset, length);
-    sink.start();
+    try {
+      sink.start();
+    } catch (error) {
+      response.abort(error as Error);
+      throw error;
+    }
     const relay = new RelayReceiver(sink.stream, {
       highWaterMark: RELAY_HIGH_WATER_MARK,
       ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),

@@ -409,4 +409,96 @@ describe("14: relay client framing", () => {
       await other.close();
     }
   });
+
+  it("14: requests started together on one handle take turns on its one connection, each getting its bytes", async () => {
+    reset();
+    const backend = await open({ secure: true });
+    try {
+      for (let round = 0; round < 5; round++) {
+        const ranges = Array.from({ length: 8 }, (_, i) => [(round * 8 + i) * 70_001, 50_000 + i * 999] as const);
+        const results = await Promise.all(
+          ranges.map(async ([offset, length], i) => {
+            if (i % 2 === 0) {
+              const buf = Buffer.alloc(length);
+              await backend.read(buf, offset);
+              return buf;
+            }
+            const { sink, bytes } = collectingSink();
+            await backend.readTo(offset, length, sink, relayOptions);
+            return bytes();
+          }),
+        );
+        results.forEach((bytes, i) => {
+          const [offset, length] = ranges[i] as readonly [number, number];
+          expect(sha(bytes)).toBe(sha(image.subarray(offset, offset + length)));
+        });
+      }
+      expect(new Set(requests.map((request) => request.connection)).size).toBe(1);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14: a client that goes away mid-download stops the relay with its own error; the next request works", async () => {
+    reset();
+    const backend = await open();
+    try {
+      const stream = new Writable({
+        write(_chunk, _encoding, done) {
+          stream.destroy();
+          done();
+        },
+      });
+      await expect(backend.readTo(0, image.length, { start: () => undefined, stream }, relayOptions)).rejects.toThrow(
+        /receiving side closed/,
+      );
+      const buf = Buffer.alloc(100);
+      await backend.read(buf, 7);
+      expect(buf.equals(image.subarray(7, 107))).toBe(true);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14: a cancelled transfer (progress refuses) stops the relay with the cancellation", async () => {
+    reset();
+    const backend = await open();
+    try {
+      const cancelled = new Error("transfer cancelled");
+      const onProgress = (bytes: number) => {
+        if (bytes > 1_000_000) throw cancelled;
+      };
+      await expect(
+        backend.readTo(0, image.length, collectingSink().sink, { ...relayOptions, onProgress }),
+      ).rejects.toBe(cancelled);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14: a sink whose highWaterMark exceeds the relay's gets the whole body (no wait for a drain that never comes)", async () => {
+    reset();
+    const backend = await open();
+    try {
+      const chunks: Buffer[] = [];
+      let release: (() => void) | undefined;
+      const stream = new Writable({
+        highWaterMark: 64 * 1024 * 1024,
+        write(chunk: Buffer, _encoding, done) {
+          chunks.push(Buffer.from(chunk));
+          // Slow at first, so bytes pile up in the stream.
+          if (chunks.length === 1) release = done;
+          else done();
+        },
+      });
+      const relayed = backend.readTo(0, image.length, { start: () => undefined, stream }, relayOptions);
+      await expect.poll(() => stream.writableLength, { timeout: 10_000 }).toBeGreaterThan(1024 * 1024);
+      release?.();
+      await relayed;
+      await new Promise<void>((resolve) => stream.end(resolve));
+      expect(sha(Buffer.concat(chunks))).toBe(sha(image));
+    } finally {
+      await backend.close();
+    }
+  });
 });

@@ -223,7 +223,8 @@ export class ClientConnection {
       return this.onHeadBytes(rest.length);
     }
     this.exchange = undefined;
-    this.reusable &&= head.keepAlive;
+    // A refused upload leaves unknown how much of its body the remote read: framing is lost.
+    this.reusable &&= head.keepAlive && (exchange.method !== "PUT" || head.status < 300);
     const expected = head.contentLength;
     this.body = {
       remaining: expected ?? Number.POSITIVE_INFINITY,

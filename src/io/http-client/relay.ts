@@ -10,7 +10,7 @@ import type { BodyReceiver } from "./connection.js";
 
 /** Size of the relay's receive buffers: several socket reads (or TLS records) fill one. */
 const POOL_SIZE = 2 * MiB;
-/** A buffer with less room left than this is retired rather than read into in slivers. */
+/** A buffer with less room left than this is retired rather than read into in slivers; also the smallest one. */
 const MIN_READ = 64 * 1024;
 /** Bytes gathered before they are written at once, whatever the event loop does. */
 const WRITE_SIZE = 512 * 1024;
@@ -40,7 +40,8 @@ export interface RelayOptions {
  * more than the high-water mark. Call `finish` once the body is complete.
  */
 export class RelayReceiver implements BodyReceiver {
-  private pool: Pool;
+  /** Sized to what is left of the body when smaller, so short ranges take short buffers. */
+  private pool: Pool = { bytes: Buffer.alloc(0), writing: 0 };
   private readonly free: Pool[] = [];
   /** Received bytes of `pool` not yet written: [pendingStart, fill). */
   private pendingStart = 0;
@@ -56,7 +57,6 @@ export class RelayReceiver implements BodyReceiver {
     private readonly sink: Writable,
     private readonly options: RelayOptions,
   ) {
-    this.pool = { bytes: Buffer.allocUnsafeSlow(POOL_SIZE), writing: 0 };
     sink.on("drain", this.onDrain);
     sink.once("error", this.onSinkError);
     sink.once("close", this.onSinkClose);
@@ -66,8 +66,8 @@ export class RelayReceiver implements BodyReceiver {
   stoppedBy: Error | undefined;
 
   space(limit: number): Buffer {
-    if (POOL_SIZE - this.fill < MIN_READ) this.nextPool();
-    return this.pool.bytes.subarray(this.fill, this.fill + Math.min(limit, POOL_SIZE - this.fill));
+    if (this.pool.bytes.length - this.fill < Math.min(limit, MIN_READ)) this.nextPool(limit);
+    return this.pool.bytes.subarray(this.fill, this.fill + limit);
   }
 
   received(bytes: Buffer): boolean {
@@ -88,7 +88,11 @@ export class RelayReceiver implements BodyReceiver {
         this.flush();
       });
     }
-    return this.sink.writableLength + (this.fill - this.pendingStart) < this.options.highWaterMark;
+    // Hold only while a 'drain' is sure to come (a sink with a larger highWaterMark sends none).
+    return !(
+      this.sink.writableNeedDrain &&
+      this.sink.writableLength + (this.fill - this.pendingStart) >= this.options.highWaterMark
+    );
   }
 
   /** The body is complete: the rest goes out now, and the sink is left alone. */
@@ -123,11 +127,14 @@ export class RelayReceiver implements BodyReceiver {
     this.pendingStart = this.fill;
   }
 
-  private nextPool(): void {
+  private nextPool(wanted: number): void {
     this.flush();
     const old = this.pool;
-    this.pool = this.free.pop() ?? { bytes: Buffer.allocUnsafeSlow(POOL_SIZE), writing: 0 };
-    if (old.writing === 0 && this.free.length < POOLS_KEPT) this.free.push(old);
+    const size = Math.min(POOL_SIZE, Math.max(wanted, MIN_READ));
+    const reused = this.free.findIndex((pool) => pool.bytes.length >= size);
+    this.pool =
+      reused === -1 ? { bytes: Buffer.allocUnsafeSlow(size), writing: 0 } : (this.free.splice(reused, 1)[0] as Pool);
+    if (old.writing === 0 && old.bytes.length > 0 && this.free.length < POOLS_KEPT) this.free.push(old);
     this.pendingStart = 0;
     this.fill = 0;
   }

@@ -5,7 +5,7 @@
  */
 
 import type { Writable } from "node:stream";
-import { RemoteError, RemoteTimeoutError } from "../../errors.js";
+import { ClosedError, RemoteError, RemoteTimeoutError } from "../../errors.js";
 import { type Endpoint, openConnection } from "./connect.js";
 import type { BodyReceiver, ClientConnection } from "./connection.js";
 import type { ResponseHead } from "./response-head.js";
@@ -108,14 +108,14 @@ export class HttpClient {
   }
 
   private async connect(): Promise<ClientConnection> {
-    if (this.closed) throw new Error(`client of ${this.where} is closed`);
+    if (this.closed) throw new ClosedError(`Backend http ${this.where} is closed`);
     if (this.connection?.idle === true) return this.connection;
     this.connection?.destroy();
     this.connection = undefined;
     const connection = await openConnection(this.endpoint, this.timeouts.connectMs);
     if (this.closed) {
       connection.destroy();
-      throw new Error(`client of ${this.where} is closed`);
+      throw new ClosedError(`Backend http ${this.where} is closed`);
     }
     this.connection = connection;
     return connection;

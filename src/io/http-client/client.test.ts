@@ -501,4 +501,38 @@ describe("14: relay client framing", () => {
       await backend.close();
     }
   });
+
+  it("14: an error answer whose body ends with the connection passes its message on", async () => {
+    const message = "You are not allowed to access this resource: No such ticket fake";
+    reset(rawAnswer(`HTTP/1.1 403 Forbidden\r\nconnection: close\r\n\r\n${message}`, (socket) => socket.end()));
+    const backend = await open();
+    try {
+      await expect(backend.readTo(0, 10, collectingSink().sink, relayOptions)).rejects.toMatchObject({
+        code: "IMAGEIO_ERR_REMOTE",
+        status: 403,
+        message,
+      });
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14: a PUT refused after 100 Continue and interim answers reports the remote's status and message", async () => {
+    const message = "Requested range is out of the image";
+    reset((request, socket) => {
+      expect(request.method).toBe("PUT");
+      socket.write(
+        `HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: ${message.length}\r\n\r\n${message}`,
+      );
+    });
+    const backend = await open();
+    try {
+      await expect(backend.write(Buffer.alloc(100, 1), 0)).rejects.toMatchObject({ status: 416, message });
+      answer = serveImage;
+      await backend.write(Buffer.from("again"), 10);
+      expect(written.toString("latin1", 10, 15)).toBe("again");
+    } finally {
+      await backend.close();
+    }
+  });
 });

@@ -3,26 +3,16 @@
  * proxy. It verifies the daemon's certificate and hostname, keeps one keep-alive connection
  * per handle, learns features and limits with OPTIONS, and moves to the daemon's unix socket
  * when the daemon runs on this host. Downloads and uploads stream: one client request becomes
- * one remote request of the same range. Data requests (GET ranges, PUTs) go through our own
- * HTTP/1.1 client (http-client/), which reads bodies into large buffers; the rare small
- * requests (OPTIONS, PATCH, extents, checksum, a size probe) through node:http.
+ * one remote request of the same range. Requests go through our own HTTP/1.1 client
+ * (http-client/), which reads bodies straight into large buffers, over one connection per handle.
  */
 
 import { lookup } from "node:dns/promises";
 import { readFileSync } from "node:fs";
-import http, { type ClientRequest, type IncomingMessage } from "node:http";
-import https from "node:https";
-import { isIP, Socket } from "node:net";
+import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { Readable, Writable } from "node:stream";
-import {
-  BackendOpenError,
-  ClosedError,
-  NotSupportedError,
-  RemoteError,
-  RemoteTimeoutError,
-  RemoteUnavailableError,
-} from "../errors.js";
+import { BackendOpenError, ClosedError, NotSupportedError, RemoteError } from "../errors.js";
 import { shortId } from "../log.js";
 import { MiB } from "../units.js";
 import {
@@ -38,7 +28,6 @@ import {
 import { type ClientResponse, type ClientTimeouts, HttpClient } from "./http-client/client.js";
 import type { Endpoint } from "./http-client/connect.js";
 import { BufferReceiver, RelayReceiver } from "./http-client/relay.js";
-import { connectUnixStream } from "./native.js";
 import { type PumpOptions, pump } from "./pump.js";
 import { checkRemoteImageUrl } from "./remote-url.js";
 import {
@@ -75,9 +64,6 @@ export interface HttpBackendOptions {
   preferUnixSocket?: boolean;
 }
 
-/** Connections that finished connecting (and their TLS handshake): reused ones skip the connect timeout. */
-const readySockets = new WeakSet<object>();
-
 /**
  * Bytes a relay lets its sink hold before pausing its source: chunks arrive in up to 64 KiB
  * (unix socket) and leave through sockets whose own limit is 16 KiB, so without this the
@@ -92,17 +78,16 @@ const CONTINUE_WAIT_MS = 1000;
 const REMOTE_MESSAGE_LIMIT = 512;
 /** Bytes of a remote's error or empty-success body read at most (the message is cut to the limit above). */
 const REMOTE_BODY_LIMIT = 64 * 1024;
+/** Bytes of a JSON answer (OPTIONS, extents, checksums) read at most. */
+const JSON_BODY_LIMIT = 16 * MiB;
 /** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
 const ZERO_PUT_SIZE = 4 * MiB;
 
 /** How requests reach the remote: TLS or plain TCP, or its local unix socket. */
 interface Transport {
-  /** For data requests. */
   client: HttpClient;
-  /** For the small requests. */
-  agent: http.Agent;
-  options: http.RequestOptions | https.RequestOptions;
-  secure: boolean;
+  /** The remote's unix socket, when requests go there. */
+  socketPath: string | undefined;
   /** For messages: host:port or the socket path. */
   where: string;
 }
@@ -180,9 +165,12 @@ export class HttpBackend implements Backend {
     }
     // Old remotes: a GET without Range says the size in content-length; this connection is closed after.
     const response = await this.request("GET", this.url.pathname, { connection: "close" });
-    response.destroy();
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    return Number(response.headers["content-length"]);
+    if (response.status !== 200) throw await this.remoteError(response);
+    response.abort(new Error("only the size was wanted"));
+    if (response.contentLength === undefined) {
+      throw new RemoteError(`Remote ${this.transport.where} did not say the image size`, 502, undefined);
+    }
+    return response.contentLength;
   }
 
   async read(buf: Buffer, offset: number): Promise<number> {
@@ -412,12 +400,12 @@ export class HttpBackend implements Backend {
     const cached = this.extentsCache.get(context);
     if (cached !== undefined) return cached;
     const response = await this.request("GET", `${this.url.pathname}/extents?context=${context}`);
-    if (response.statusCode === 404) {
-      const message = (await readBody(response)).trim();
+    if (response.status === 404) {
+      const message = (await response.text(REMOTE_BODY_LIMIT)).trim();
       throw new NotSupportedError(`Remote ${this.transport.where} has no ${context} extents: ${message}`);
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    const extents = JSON.parse(await readBody(response)) as (ZeroExtent | DirtyExtent)[];
+    if (response.status !== 200) throw await this.remoteError(response);
+    const extents = JSON.parse(await response.text(JSON_BODY_LIMIT)) as (ZeroExtent | DirtyExtent)[];
     if (!Array.isArray(extents))
       throw new RemoteError(`Remote ${this.transport.where} sent invalid extents`, 502, undefined);
     this.extentsCache.set(context, extents);
@@ -428,14 +416,14 @@ export class HttpBackend implements Backend {
     this.checkOpen();
     const query = `algorithm=${encodeURIComponent(algorithm)}&block_size=${blockSize}`;
     const response = await this.request("GET", `${this.url.pathname}/checksum?${query}`, {}, { busy: true });
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    return JSON.parse(await readBody(response)) as ChecksumResult;
+    if (response.status !== 200) throw await this.remoteError(response);
+    return JSON.parse(await response.text(JSON_BODY_LIMIT)) as ChecksumResult;
   }
 
   async clone(): Promise<HttpBackend> {
     this.checkOpen();
-    const transport = this.transport.options.socketPath
-      ? unixTransport(this.transport.options.socketPath, this.options)
+    const transport = this.transport.socketPath
+      ? unixTransport(this.transport.socketPath, this.options)
       : tcpTransport(this.url, this.options);
     return new HttpBackend(this.url, this.options, transport, this.info);
   }
@@ -443,7 +431,6 @@ export class HttpBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.transport.agent.destroy();
     this.transport.client.close();
   }
 
@@ -452,14 +439,14 @@ export class HttpBackend implements Backend {
   private async options_(): Promise<RemoteInfo> {
     const response = await this.request("OPTIONS", this.url.pathname);
     // 405 or 204: an old daemon or proxy without OPTIONS support, hence without features.
-    if (response.statusCode === 405 || response.statusCode === 204) {
-      response.resume();
+    if (response.status === 405 || response.status === 204) {
+      await response.text(REMOTE_BODY_LIMIT);
       return emptyInfo();
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
+    if (response.status !== 200) throw await this.remoteError(response);
     let body: Record<string, unknown>;
     try {
-      body = JSON.parse(await readBody(response)) as Record<string, unknown>;
+      body = JSON.parse(await response.text(JSON_BODY_LIMIT)) as Record<string, unknown>;
     } catch (error) {
       throw new RemoteError(`Remote ${this.transport.where} sent invalid OPTIONS JSON`, 502, undefined, {
         cause: error,
@@ -476,15 +463,14 @@ export class HttpBackend implements Backend {
   }
 
   private async patch(message: Record<string, unknown>): Promise<void> {
-    const body = JSON.stringify(message);
     const response = await this.request(
       "PATCH",
       this.url.pathname,
-      { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
-      { body, busy: true },
+      { "content-type": "application/json" },
+      { body: JSON.stringify(message), busy: true },
     );
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    response.resume();
+    if (response.status !== 200) throw await this.remoteError(response);
+    await response.text(REMOTE_BODY_LIMIT);
   }
 
   /** Switches to the remote's unix socket if an OPTIONS over it works; else keeps TCP. */
@@ -493,80 +479,28 @@ export class HttpBackend implements Backend {
     this.transport = unixTransport(socketPath, this.options);
     try {
       const response = await this.request("OPTIONS", this.url.pathname);
-      response.resume();
-      if (response.statusCode !== 200) throw new Error(`status ${response.statusCode}`);
-      tcp.agent.destroy();
+      await response.text(JSON_BODY_LIMIT);
+      if (response.status !== 200) throw new Error(`status ${response.status}`);
       tcp.client.close();
     } catch {
-      this.transport.agent.destroy();
       this.transport.client.close();
       this.transport = tcp;
     }
   }
 
+  /**
+   * A request without a streamed body; the caller must read the response's body (or abort it).
+   * The read timeout covers waiting for the answer (unless `busy`: the remote is computing, as
+   * for checksums and zeroing) and stalls in the body after it.
+   */
   private async request(
     method: string,
     path: string,
-    headers: http.OutgoingHttpHeaders = {},
+    headers: Record<string, string> = {},
     options: { body?: string; busy?: boolean } = {},
-  ): Promise<IncomingMessage> {
-    const { request, response } = this.send(method, path, headers, options.busy);
-    request.end(options.body);
-    return response;
-  }
-
-  /**
-   * Starts a request. The read timeout covers waiting for the response (unless `busy`: the
-   * remote is computing, as for checksums and zeroing) and stalls in the body after it.
-   */
-  private send(
-    method: string,
-    path: string,
-    headers: http.OutgoingHttpHeaders,
-    busy = false,
-  ): { request: ClientRequest; response: Promise<IncomingMessage> } {
-    const where = this.transport.where;
-    const connectTimeout = this.options.connectTimeoutMs ?? 10_000;
-    const readTimeout = this.options.readTimeoutMs ?? 60_000;
-    const client = this.transport.secure ? https : http;
-    const request = client.request({ ...this.transport.options, method, path, headers, agent: this.transport.agent });
-    const response = new Promise<IncomingMessage>((resolve, reject) => {
-      request.once("error", (error) => reject(classify(error, where)));
-      request.once("response", (res) => {
-        request.setTimeout(readTimeout);
-        resolve(res);
-      });
-      request.once("socket", (socket) => {
-        // Small requests (PATCH, short PUTs, a relayed body's last bytes) go out at once
-        // instead of waiting for the ACK of the previous segment (Nagle).
-        socket.setNoDelay(true);
-        const connected = () => {
-          clearTimeout(connectTimer);
-          readySockets.add(socket);
-          request.setTimeout(busy ? 0 : readTimeout);
-        };
-        // A reused keep-alive connection is ready at once; a new one must be up (TCP and TLS
-        // handshake) within the connect timeout. A plain timer, since a socket timeout would
-        // only start counting once TCP is connected.
-        let connectTimer: NodeJS.Timeout | undefined;
-        if (readySockets.has(socket)) {
-          connected();
-          return;
-        }
-        connectTimer = setTimeout(
-          () =>
-            request.destroy(new RemoteTimeoutError(`Cannot connect to remote ${where} within ${connectTimeout} ms`)),
-          connectTimeout,
-        );
-        socket.once(this.transport.secure ? "secureConnect" : "connect", connected);
-        socket.once("close", () => clearTimeout(connectTimer));
-      });
-      request.on("timeout", () => {
-        request.destroy(new RemoteTimeoutError(`Remote ${where} did not answer ${method} in time`));
-      });
-    });
-    response.catch(() => undefined);
-    return { request, response };
+  ): Promise<ClientResponse> {
+    const exchange = await this.transport.client.request(method, path, { headers, ...options });
+    return exchange.response;
   }
 
   /** The remote's error answer on the data client, with its message. */
@@ -604,39 +538,24 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
   const secure = url.protocol === "https:";
   const port = Number(url.port || (secure ? 443 : 80));
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const requestOptions: https.RequestOptions = { host, port };
   const where = `${url.hostname}:${port}`;
-  let agent: http.Agent;
-  let endpoint: Endpoint;
+  let endpoint: Endpoint = { kind: "tcp", host, port, where };
   if (secure) {
-    const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1, rejectUnauthorized: !options.insecure };
+    let ca: Buffer | undefined;
     if (options.caFile) {
       try {
-        tls.ca = readFileSync(options.caFile);
+        ca = readFileSync(options.caFile);
       } catch (error) {
         throw new BackendOpenError(`Cannot read CA file ${options.caFile}: ${(error as Error).message}`, {
           cause: error,
         });
       }
     }
-    agent = new https.Agent(tls);
     // Verify the certificate against the host name in the ticket URL (not a resolved address).
-    requestOptions.servername = isIP(host) ? "" : host;
-    endpoint = {
-      kind: "tls",
-      host,
-      port,
-      where,
-      servername: requestOptions.servername,
-      ca: tls.ca as Buffer | undefined,
-      rejectUnauthorized: !options.insecure,
-    };
-  } else {
-    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-    endpoint = { kind: "tcp", host, port, where };
+    const servername = isIP(host) ? "" : host;
+    endpoint = { kind: "tls", host, port, where, servername, ca, rejectUnauthorized: !options.insecure };
   }
-  const client = new HttpClient(endpoint, url.host, clientTimeouts(options));
-  return { client, agent, options: requestOptions, secure, where };
+  return { client: new HttpClient(endpoint, url.host, clientTimeouts(options)), socketPath: undefined, where };
 }
 
 function clientTimeouts(options: HttpBackendOptions): ClientTimeouts {
@@ -646,22 +565,8 @@ function clientTimeouts(options: HttpBackendOptions): ClientTimeouts {
 function unixTransport(socketPath: string, options: HttpBackendOptions): Transport {
   const abstract = socketPath.startsWith("\0");
   const where = abstract ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  // Node pads abstract names to 108 bytes, which reaches no daemon binding the exact name
-  // (ours, upstream's): connect with the exact length, and let a net.Socket own the descriptor.
-  if (abstract) {
-    const connect = (_options: unknown, done: (error: Error) => void): Socket | undefined => {
-      try {
-        return new Socket({ fd: connectUnixStream(socketPath), readable: true, writable: true });
-      } catch (error) {
-        done(error as Error);
-        return undefined;
-      }
-    };
-    Object.assign(agent, { createConnection: connect });
-  }
   const client = new HttpClient({ kind: "unix", path: socketPath, where }, "localhost", clientTimeouts(options));
-  return { client, agent, options: { socketPath }, secure: false, where };
+  return { client, socketPath, where };
 }
 
 /** True when `host` names an address of this machine (loopback included). */
@@ -678,31 +583,6 @@ async function isThisHost(host: string): Promise<boolean> {
   }
 }
 
-async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of response as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      response.destroy();
-      throw new RemoteError(`Remote response exceeds ${limit} bytes`, 502, undefined);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
-
-/** The remote's error on node:http, with its status, content-range and the start of its message. */
-async function remoteError(response: IncomingMessage, where: string, remoteId?: string): Promise<RemoteError> {
-  let message: string;
-  try {
-    message = await readBody(response, REMOTE_BODY_LIMIT);
-  } catch {
-    message = "";
-  }
-  return remoteErrorOf(response.statusCode ?? 502, response.headers["content-range"], message, where, remoteId);
-}
-
 /** The remote's error with its status, content-range and the start of its message. */
 function remoteErrorOf(
   status: number,
@@ -716,18 +596,6 @@ function remoteErrorOf(
   // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
   const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));
   return new RemoteError(text, status, contentRange, { logMessage: logText });
-}
-
-const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);
-
-/** Turns a request failure into "cannot reach" (502) or "too slow" (504), naming the remote. */
-function classify(error: Error, where: string): Error {
-  if (error instanceof RemoteTimeoutError || error instanceof RemoteError) return error;
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code !== undefined && TIMEOUT_CODES.has(code)) {
-    return new RemoteTimeoutError(`Remote ${where} timed out: ${error.message}`, { cause: error });
-  }
-  return new RemoteUnavailableError(`Cannot reach remote ${where}: ${error.message}`, { cause: error });
 }
 
 /** How a relay pumps: with the caller's progress and room for a few chunks in the sink. */

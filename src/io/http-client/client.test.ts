@@ -267,9 +267,15 @@ describe("14: relay client framing", () => {
       /conflicting content-length/,
     ],
     [
-      "a chunked body",
+      "a chunked data range",
       "HTTP/1.1 206 P\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
-      /transfer-encoding/,
+      /without content-length/,
+    ],
+    ["an unknown transfer-encoding", "HTTP/1.1 206 P\r\ntransfer-encoding: gzip\r\n\r\n", /transfer-encoding "gzip"/],
+    [
+      "content-length beside chunked",
+      "HTTP/1.1 403 F\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+      /both transfer-encoding and content-length/,
     ],
     ["a header line without a colon", "HTTP/1.1 206 P\r\ncontent-length 10\r\n\r\n", /malformed header line/],
     ["a 206 without content-length", "HTTP/1.1 206 P\r\nconnection: close\r\n\r\n0123456789", /without content-length/],
@@ -531,6 +537,46 @@ describe("14: relay client framing", () => {
       answer = serveImage;
       await backend.write(Buffer.from("again"), 10);
       expect(written.toString("latin1", 10, 15)).toBe("again");
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14: a chunked error answer, split anywhere, passes its message on and keeps the connection", async () => {
+    const message = "You are not allowed to access this resource: No such ticket fake";
+    const encoded = `HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n7;ext=1\r\n${message.slice(0, 7)}\r\n${(message.length - 7).toString(16)}\r\n${message.slice(7)}\r\n0\r\nx-trailer: 1\r\n\r\n`;
+    for (const split of [1, 40, encoded.length - 3]) {
+      reset((_request, socket) => {
+        socket.write(encoded.slice(0, split));
+        setTimeout(() => socket.write(encoded.slice(split)), 5);
+      });
+      const backend = await open();
+      try {
+        await expect(backend.read(Buffer.alloc(10), 0)).rejects.toMatchObject({ status: 403, message });
+        answer = serveImage;
+        const buf = Buffer.alloc(10);
+        await backend.read(buf, 0);
+        expect(buf.equals(image.subarray(0, 10))).toBe(true);
+        expect(new Set(requests.map((request) => request.connection)).size).toBe(1);
+      } finally {
+        await backend.close();
+      }
+    }
+  });
+
+  it("14: an error answer with a malformed chunk keeps its status; the connection is replaced", async () => {
+    reset(rawAnswer("HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nmessage\r\n"));
+    const backend = await open();
+    try {
+      await expect(backend.read(Buffer.alloc(10), 0)).rejects.toMatchObject({
+        status: 403,
+        message: expect.stringMatching(/answered 403/),
+      });
+      answer = serveImage;
+      const buf = Buffer.alloc(10);
+      await backend.read(buf, 0);
+      expect(buf.equals(image.subarray(0, 10))).toBe(true);
+      expect(new Set(requests.map((request) => request.connection)).size).toBe(2);
     } finally {
       await backend.close();
     }

@@ -32,7 +32,7 @@ export interface ClientResponse extends ResponseHead {
   receive(receiver: BodyReceiver): Promise<number>;
   /** The body as text, at most `limit` bytes (more: RemoteError). */
   text(limit: number): Promise<string>;
-  /** Stops receiving for good: the connection is closed, receive() rejects with `error`. */
+  /** Gives up the body (or the rest of it): the connection is closed, receive() rejects with `error`. */
   abort(error: Error): void;
   /** Receiving was held (a receiver returned false): go on. */
   resume(): void;
@@ -184,10 +184,13 @@ export class HttpClient {
     return {
       ...head,
       receive,
-      abort: (error) => connection.destroy(error),
+      abort: (error) => {
+        connection.destroy(error);
+        release();
+      },
       resume: () => connection.resume(),
       text: async (limit: number) => {
-        const collector = new TextCollector(limit, () =>
+        const collector = new TextCollector(limit, head.contentLength, () =>
           connection.destroy(new RemoteError(`Remote ${where} response exceeds ${limit} bytes`, 502, undefined)),
         );
         await receive(collector);
@@ -199,17 +202,24 @@ export class HttpClient {
 
 /** Collects a small body (error messages, JSON); past `limit` bytes it gives up on the connection. */
 class TextCollector implements BodyReceiver {
-  private readonly buffer: Buffer;
+  private buffer: Buffer;
   private length = 0;
 
   constructor(
     private readonly limit: number,
+    expected: number | undefined,
     private readonly onOverflow: () => void,
   ) {
-    this.buffer = Buffer.allocUnsafe(limit + 1);
+    // One byte more than the limit, to notice a longer body.
+    this.buffer = Buffer.allocUnsafe(Math.min(limit, expected ?? 4096) + 1);
   }
 
   space(limit: number): Buffer {
+    if (this.length === this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.min(this.limit + 1, this.buffer.length * 2));
+      this.buffer.copy(grown);
+      this.buffer = grown;
+    }
     return this.buffer.subarray(this.length, this.length + Math.min(limit, this.buffer.length - this.length));
   }
 

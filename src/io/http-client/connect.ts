@@ -1,7 +1,8 @@
 /**
  * Opens the connections of the relay's client: TLS (verifying the remote's certificate and
  * host name, resuming the remote's TLS session), plain TCP, or the remote's unix socket
- * (abstract names connected with their exact length, see connectUnixStream).
+ * (abstract names connected with their exact length through connectUnixStream: Node pads
+ * them to 108 bytes, which reaches no daemon binding the exact name, ours or upstream's).
  */
 
 import net, { Socket } from "node:net";

@@ -8,6 +8,7 @@
 
 import type { Socket } from "node:net";
 import { RemoteError, RemoteTimeoutError, RemoteUnavailableError } from "../../errors.js";
+import { ChunkedDecoder } from "./chunked.js";
 import {
   findHeadEnd,
   parseResponseHead,
@@ -48,8 +49,10 @@ interface Exchange {
 }
 
 interface Body {
-  /** Bytes still to come; Infinity: until the remote closes. */
+  /** Bytes still to come; Infinity: until the remote closes or the last chunk. */
   remaining: number;
+  /** Decodes a chunked body, which is read into the head buffer and copied to the receiver. */
+  chunked: ChunkedDecoder | undefined;
   received: number;
   expected: number | undefined;
   receiver: BodyReceiver | undefined;
@@ -136,7 +139,7 @@ export class ClientConnection {
       body.receiver = receiver;
       const early = this.early;
       this.early = NO_BYTES;
-      this.deliverCopy(body, early);
+      this.consume(body, early);
       if (this.body !== body) return;
       if (this.failure !== undefined) this.settleAfterFailure(body);
       else this.socket?.resume();
@@ -155,7 +158,13 @@ export class ClientConnection {
 
   private nextBuffer(): Buffer {
     const body = this.body;
-    if (body?.receiver !== undefined && body.remaining > 0) {
+    // Node asks even after the last read of a destroyed socket: no receiver is asked then.
+    if (
+      body?.receiver !== undefined &&
+      body.chunked === undefined &&
+      body.remaining > 0 &&
+      this.socket?.destroyed !== true
+    ) {
       this.readOwner = body.receiver;
       return body.receiver.space(Math.min(body.remaining, 4 * 1024 * 1024));
     }
@@ -170,8 +179,9 @@ export class ClientConnection {
     const body = this.body;
     if (body?.receiver !== undefined) {
       if (this.readOwner === body.receiver) return this.deliver(body, bytes);
-      // Read into the head buffer, handed out before the receiver came.
-      this.deliverCopy(body, Buffer.from(bytes));
+      // Read into the head buffer: chunked, or handed out before the receiver came.
+      this.consume(body, bytes);
+      this.headLength = 0;
       return this.failure === undefined;
     }
     if (body !== undefined) {
@@ -228,6 +238,7 @@ export class ClientConnection {
     const expected = head.contentLength;
     this.body = {
       remaining: expected ?? Number.POSITIVE_INFINITY,
+      chunked: head.chunked ? new ChunkedDecoder() : undefined,
       received: 0,
       expected,
       receiver: undefined,
@@ -237,6 +248,28 @@ export class ClientConnection {
     if (expected === 0 && rest.length === 0) this.endBody(this.body);
     exchange.onHead(head);
     return false;
+  }
+
+  /** Bytes read into the head buffer: decoded when chunked, then copied to the receiver. */
+  private consume(body: Body, bytes: Buffer): void {
+    const decoder = body.chunked;
+    if (decoder === undefined) {
+      this.deliverCopy(body, bytes);
+      return;
+    }
+    let used: number;
+    try {
+      used = decoder.feed(bytes, (data) => this.deliverCopy(body, data));
+    } catch (error) {
+      this.protocolError(error as Error);
+      return;
+    }
+    if (!decoder.done) return;
+    if (used < bytes.length) {
+      this.protocolError(new ResponseFramingError("sent data nobody asked for after the body"));
+      return;
+    }
+    this.endBody(body);
   }
 
   /** Hands bytes read elsewhere to the receiver, through its own buffers. */
@@ -303,9 +336,9 @@ export class ClientConnection {
     if (body?.receiver !== undefined) this.settleAfterFailure(body);
   }
 
-  /** A body that ends with the connection is complete when the remote closed; any other is cut. */
+  /** A body that ends with the connection is complete when the remote closed; any other is cut (chunked too). */
   private settleAfterFailure(body: Body): void {
-    if (body.expected === undefined && this.closedByRemote) this.endBody(body);
+    if (body.expected === undefined && body.chunked === undefined && this.closedByRemote) this.endBody(body);
     else this.endBody(body, cutBody(this.where, body, this.failure as Error));
   }
 }

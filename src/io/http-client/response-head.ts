@@ -1,8 +1,8 @@
 /**
  * The head of an HTTP/1.1 response from a remote images service, parsed strictly: the relay
  * trusts its framing to cut the body, so anything ambiguous (two different lengths, a length
- * that is not a plain number, chunked data responses, bare LF line ends) is refused instead
- * of guessed at.
+ * that is not a plain number, a length beside chunked encoding, bare LF line ends) is refused
+ * instead of guessed at.
  */
 
 /** Longest response head accepted; images services send a few hundred bytes. */
@@ -12,8 +12,10 @@ export interface ResponseHead {
   status: number;
   /** Header values by lower-case name; repeated headers joined with ", ". */
   headers: ReadonlyMap<string, string>;
-  /** The body's length; undefined for 1xx answers and bodies that end with the connection. */
+  /** The body's length; undefined for 1xx answers, chunked bodies and bodies that end with the connection. */
   contentLength: number | undefined;
+  /** The body comes in chunks (`transfer-encoding: chunked`). */
+  chunked: boolean;
   /** The remote keeps the connection open after this response. */
   keepAlive: boolean;
 }
@@ -51,9 +53,12 @@ export function parseResponseHead(head: Buffer, method: string): ResponseHead {
     const previous = headers.get(name);
     headers.set(name, previous === undefined ? value : `${previous}, ${value}`);
   }
-  if (headers.has("transfer-encoding")) {
-    // Images services answer with content-length; a chunked relay would need a second framing.
-    throw new ResponseFramingError(`unsupported transfer-encoding ${JSON.stringify(headers.get("transfer-encoding"))}`);
+  const encoding = headers.get("transfer-encoding");
+  if (encoding !== undefined && encoding.toLowerCase() !== "chunked") {
+    throw new ResponseFramingError(`unsupported transfer-encoding ${JSON.stringify(encoding)}`);
+  }
+  if (encoding !== undefined && lengths.size > 0) {
+    throw new ResponseFramingError("both transfer-encoding and content-length");
   }
   if (lengths.size > 1) throw new ResponseFramingError(`conflicting content-length ${[...lengths].join(", ")}`);
   const [length] = lengths;
@@ -61,6 +66,7 @@ export function parseResponseHead(head: Buffer, method: string): ResponseHead {
     throw new ResponseFramingError(`invalid content-length ${JSON.stringify(length)}`);
   }
   const bodyless = status < 200 || status === 204 || status === 304 || method === "HEAD";
+  const chunked = encoding !== undefined && !bodyless;
   let contentLength = bodyless ? 0 : length === undefined ? undefined : Number(length);
   if (contentLength !== undefined && !Number.isSafeInteger(contentLength)) {
     throw new ResponseFramingError(`content-length ${length} is too large`);
@@ -68,7 +74,7 @@ export function parseResponseHead(head: Buffer, method: string): ResponseHead {
   if (status < 200) contentLength = undefined;
   const connection = (headers.get("connection") ?? "").toLowerCase();
   const keepAlive =
-    contentLength !== undefined &&
+    (contentLength !== undefined || chunked) &&
     (statusLine[1] === "1" ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection));
-  return { status, headers, contentLength, keepAlive };
+  return { status, headers, contentLength, chunked, keepAlive };
 }

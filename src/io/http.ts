@@ -3,24 +3,16 @@
  * proxy. It verifies the daemon's certificate and hostname, keeps one keep-alive connection
  * per handle, learns features and limits with OPTIONS, and moves to the daemon's unix socket
  * when the daemon runs on this host. Downloads and uploads stream: one client request becomes
- * one remote request of the same range.
+ * one remote request of the same range. Requests go through our own HTTP/1.1 client
+ * (http-client/), which reads bodies straight into large buffers, over one connection per handle.
  */
 
 import { lookup } from "node:dns/promises";
 import { readFileSync } from "node:fs";
-import http, { type ClientRequest, type IncomingMessage } from "node:http";
-import https from "node:https";
-import { isIP, Socket } from "node:net";
+import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { Readable, Writable } from "node:stream";
-import {
-  BackendOpenError,
-  ClosedError,
-  NotSupportedError,
-  RemoteError,
-  RemoteTimeoutError,
-  RemoteUnavailableError,
-} from "../errors.js";
+import { BackendOpenError, ClosedError, NotSupportedError, RemoteError } from "../errors.js";
 import { shortId } from "../log.js";
 import { MiB } from "../units.js";
 import {
@@ -33,7 +25,9 @@ import {
   type DirtyExtent,
   type ZeroExtent,
 } from "./backend.js";
-import { connectUnixStream } from "./native.js";
+import { type ClientResponse, type ClientTimeouts, HttpClient } from "./http-client/client.js";
+import type { Endpoint } from "./http-client/connect.js";
+import { BufferReceiver, RelayReceiver } from "./http-client/relay.js";
 import { type PumpOptions, pump } from "./pump.js";
 import { checkRemoteImageUrl } from "./remote-url.js";
 import {
@@ -46,6 +40,7 @@ import {
 
 /** An upload in flight to the remote. */
 interface RemoteUpload {
+  /** Where the body goes; never ended (the connection stays open for the next request). */
   body: Writable;
   /** Settles before the body should be sent: rejects when the remote refused the upload. */
   ready: Promise<void>;
@@ -69,9 +64,6 @@ export interface HttpBackendOptions {
   preferUnixSocket?: boolean;
 }
 
-/** Connections that finished connecting (and their TLS handshake): reused ones skip the connect timeout. */
-const readySockets = new WeakSet<object>();
-
 /**
  * Bytes a relay lets its sink hold before pausing its source: chunks arrive in up to 64 KiB
  * (unix socket) and leave through sockets whose own limit is 16 KiB, so without this the
@@ -84,14 +76,18 @@ const CONTINUE_WAIT_MS = 1000;
 
 /** Bytes of a remote error body passed on to our client (spec §6.4). */
 const REMOTE_MESSAGE_LIMIT = 512;
+/** Bytes of a remote's error or empty-success body read at most (the message is cut to the limit above). */
+const REMOTE_BODY_LIMIT = 64 * 1024;
+/** Bytes of a JSON answer (OPTIONS, extents, checksums) read at most. */
+const JSON_BODY_LIMIT = 16 * MiB;
 /** PUTs of zeros for remotes without the `zero` feature go in pieces of this size. */
 const ZERO_PUT_SIZE = 4 * MiB;
 
 /** How requests reach the remote: TLS or plain TCP, or its local unix socket. */
 interface Transport {
-  agent: http.Agent;
-  options: http.RequestOptions | https.RequestOptions;
-  secure: boolean;
+  client: HttpClient;
+  /** The remote's unix socket, when requests go there. */
+  socketPath: string | undefined;
   /** For messages: host:port or the socket path. */
   where: string;
 }
@@ -169,36 +165,39 @@ export class HttpBackend implements Backend {
     }
     // Old remotes: a GET without Range says the size in content-length; this connection is closed after.
     const response = await this.request("GET", this.url.pathname, { connection: "close" });
-    response.destroy();
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    return Number(response.headers["content-length"]);
+    if (response.status !== 200) throw await this.remoteError(response);
+    response.abort(new Error("only the size was wanted"));
+    if (response.contentLength === undefined) {
+      throw new RemoteError(`Remote ${this.transport.where} did not say the image size`, 502, undefined);
+    }
+    return response.contentLength;
   }
 
   async read(buf: Buffer, offset: number): Promise<number> {
     checkRange(offset, buf.length);
     const length = Math.min(buf.length, (await this.size()) - offset);
     if (length <= 0) return 0;
-    const body = await this.readStream(offset, length);
-    let done = 0;
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      chunk.copy(buf, done);
-      done += chunk.length;
-    }
-    if (done !== length) throw new RemoteError(`Remote sent ${done} of ${length} bytes`, 502, undefined);
-    return done;
+    const response = await this.readResponse(offset, length);
+    return response.receive(new BufferReceiver(buf.subarray(0, length)));
   }
 
-  /** The remote's response body for a range, once its status and length are checked. */
-  private async readStream(offset: number, length: number): Promise<IncomingMessage> {
+  /**
+   * The remote's response for a range, once its status and length are checked; the caller
+   * must receive its body.
+   */
+  private async readResponse(offset: number, length: number): Promise<ClientResponse> {
     this.checkOpen();
     checkRange(offset, length);
-    const response = await this.request("GET", this.url.pathname, { range: `bytes=${offset}-${offset + length - 1}` });
-    if (response.statusCode !== 206) throw await remoteError(response, this.transport.where, this.remoteId);
-    const got = Number(response.headers["content-length"]);
-    if (got !== length) {
-      response.destroy();
+    const client = this.transport.client;
+    const exchange = await client.request("GET", this.url.pathname, {
+      headers: { range: `bytes=${offset}-${offset + length - 1}` },
+    });
+    const response = await exchange.response;
+    if (response.status !== 206) throw await this.remoteError(response);
+    if (response.contentLength !== length) {
+      exchange.abort();
       throw new RemoteError(
-        `Remote ${this.transport.where} sent ${got} bytes for a ${length}-byte range`,
+        `Remote ${client.where} sent ${response.contentLength ?? "a body without content-length"} for a ${length}-byte range`,
         502,
         undefined,
       );
@@ -209,23 +208,35 @@ export class HttpBackend implements Backend {
   async write(buf: Buffer, offset: number): Promise<void> {
     this.checkWritable();
     checkRange(offset, buf.length);
-    const upload = this.startUpload(offset, buf.length, false, false);
-    upload.body.end(buf);
+    const upload = await this.startUpload(offset, buf.length, false, false);
+    upload.body.write(buf);
     await upload.done;
   }
 
   /** Relays a range: one remote GET of the same range, with backpressure both ways (spec [B6]). */
   async readTo(offset: number, length: number, sink: ByteSink, options: StreamOptions): Promise<void> {
-    const upstream = await this.readStream(offset, length);
+    const response = await this.readResponse(offset, length);
     try {
       sink.start();
-      const { bytes } = await pump(upstream, sink.stream, relayOptions(options));
-      if (bytes !== length) {
-        throw new RemoteError(`Remote ${this.transport.where} sent ${bytes} of ${length} bytes`, 502, undefined);
-      }
-    } finally {
-      upstream.destroy();
+    } catch (error) {
+      response.abort(error as Error);
+      throw error;
     }
+    const relay = new RelayReceiver(sink.stream, {
+      highWaterMark: RELAY_HIGH_WATER_MARK,
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      abort: (error) => response.abort(error),
+      resume: () => response.resume(),
+    });
+    try {
+      await response.receive(relay);
+    } catch (error) {
+      // What did arrive goes to the client before its response is cut; a failed sink takes nothing more.
+      if (relay.stoppedBy === undefined) relay.finish();
+      // Our side stopped it (the client went away, the transfer was cancelled): say that, not "cut".
+      throw relay.stoppedBy ?? error;
+    }
+    relay.finish();
   }
 
   /**
@@ -240,7 +251,7 @@ export class HttpBackend implements Backend {
     options: UploadOptions,
   ): Promise<UploadResult> {
     if (length === undefined) return writeThroughBuffers(this, source, offset, options);
-    const upload = this.startUpload(offset, length, options.flush, true);
+    const upload = await this.startUpload(offset, length, options.flush, true);
     try {
       await upload.ready;
     } catch (error) {
@@ -249,8 +260,14 @@ export class HttpBackend implements Backend {
     }
     options.onReady?.();
     let bytes: number;
+    let overflow: boolean;
     try {
-      ({ bytes } = await pump(source, upload.body, { ...relayOptions(options), coalesce: true }));
+      ({ bytes, overflow } = await pump(source, upload.body, {
+        ...relayOptions(options),
+        coalesce: true,
+        limit: length,
+      }));
+      if (!overflow && bytes !== length) throw new Error(`the sending side ended after ${bytes} of ${length} bytes`);
     } catch (error) {
       // The remote may have refused the upload early (416, 403) and closed, which is what
       // broke the relay: its answer, when it came, explains the failure better.
@@ -264,34 +281,35 @@ export class HttpBackend implements Backend {
       upload.abort();
       throw verdict instanceof RemoteError ? verdict : error;
     }
-    upload.body.end();
     await upload.done;
-    return { bytes, overflow: false, flushed: options.flush && this.caps.flush };
+    return { bytes, overflow, flushed: options.flush && this.caps.flush };
   }
 
   /**
-   * Starts a PUT. With `expectContinue`, the remote is asked (`Expect: 100-continue`) to
-   * refuse before the body is sent: a refusal that arrives while a large body is still on its
-   * way can be lost when the remote closes the connection, leaving only a broken pipe.
+   * Starts a PUT of `length` bytes. With `expectContinue`, the remote is asked (`Expect:
+   * 100-continue`) to refuse before the body is sent: a refusal that arrives while a large
+   * body is still on its way can be lost when the remote closes the connection, leaving only
+   * a broken pipe.
    */
-  private startUpload(
+  private async startUpload(
     offset: number,
-    length: number | undefined,
+    length: number,
     flush: boolean,
     expectContinue: boolean,
-  ): RemoteUpload {
+  ): Promise<RemoteUpload> {
     this.checkWritable();
-    const headers: http.OutgoingHttpHeaders = {
-      "content-type": "application/octet-stream",
-      "content-range": `bytes ${offset}-${length === undefined || length === 0 ? "*" : offset + length - 1}/*`,
-    };
-    if (length !== undefined) headers["content-length"] = length;
-    if (expectContinue) headers.expect = "100-continue";
     const query = this.caps.flush ? `?flush=${flush ? "y" : "n"}` : "";
-    const { request, response } = this.send("PUT", `${this.url.pathname}${query}`, headers);
-    const done = response.then(async (res) => {
-      if (res.statusCode !== 200) throw await remoteError(res, this.transport.where, this.remoteId);
-      res.resume();
+    const exchange = await this.transport.client.request("PUT", `${this.url.pathname}${query}`, {
+      headers: {
+        "content-type": "application/octet-stream",
+        "content-range": `bytes ${offset}-${length === 0 ? "*" : offset + length - 1}/*`,
+        "content-length": length,
+      },
+      expectContinue,
+    });
+    const done = exchange.response.then(async (response) => {
+      if (response.status !== 200) throw await this.remoteError(response);
+      await response.text(REMOTE_BODY_LIMIT);
     });
     done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
     // Go ahead on 100 Continue; on an early final answer, fail with it. A remote that ignores
@@ -299,11 +317,7 @@ export class HttpBackend implements Backend {
     const ready = expectContinue
       ? new Promise<void>((resolve, reject) => {
           const timer = setTimeout(resolve, CONTINUE_WAIT_MS);
-          request.once("continue", () => {
-            clearTimeout(timer);
-            resolve();
-          });
-          done.then(
+          exchange.continued.then(
             () => {
               clearTimeout(timer);
               resolve();
@@ -313,10 +327,14 @@ export class HttpBackend implements Backend {
               reject(error);
             },
           );
+          done.catch((error: unknown) => {
+            clearTimeout(timer);
+            reject(error);
+          });
         })
       : Promise.resolve();
     ready.catch(() => undefined);
-    return { body: request, ready, done, abort: () => request.destroy() };
+    return { body: exchange.body, ready, done, abort: () => exchange.abort() };
   }
 
   async zero(offset: number, length: number): Promise<void> {
@@ -382,12 +400,12 @@ export class HttpBackend implements Backend {
     const cached = this.extentsCache.get(context);
     if (cached !== undefined) return cached;
     const response = await this.request("GET", `${this.url.pathname}/extents?context=${context}`);
-    if (response.statusCode === 404) {
-      const message = (await readBody(response)).trim();
+    if (response.status === 404) {
+      const message = (await response.text(REMOTE_BODY_LIMIT)).trim();
       throw new NotSupportedError(`Remote ${this.transport.where} has no ${context} extents: ${message}`);
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    const extents = JSON.parse(await readBody(response)) as (ZeroExtent | DirtyExtent)[];
+    if (response.status !== 200) throw await this.remoteError(response);
+    const extents = JSON.parse(await response.text(JSON_BODY_LIMIT)) as (ZeroExtent | DirtyExtent)[];
     if (!Array.isArray(extents))
       throw new RemoteError(`Remote ${this.transport.where} sent invalid extents`, 502, undefined);
     this.extentsCache.set(context, extents);
@@ -398,14 +416,14 @@ export class HttpBackend implements Backend {
     this.checkOpen();
     const query = `algorithm=${encodeURIComponent(algorithm)}&block_size=${blockSize}`;
     const response = await this.request("GET", `${this.url.pathname}/checksum?${query}`, {}, { busy: true });
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    return JSON.parse(await readBody(response)) as ChecksumResult;
+    if (response.status !== 200) throw await this.remoteError(response);
+    return JSON.parse(await response.text(JSON_BODY_LIMIT)) as ChecksumResult;
   }
 
   async clone(): Promise<HttpBackend> {
     this.checkOpen();
-    const transport = this.transport.options.socketPath
-      ? unixTransport(this.transport.options.socketPath)
+    const transport = this.transport.socketPath
+      ? unixTransport(this.transport.socketPath, this.options)
       : tcpTransport(this.url, this.options);
     return new HttpBackend(this.url, this.options, transport, this.info);
   }
@@ -413,7 +431,7 @@ export class HttpBackend implements Backend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.transport.agent.destroy();
+    this.transport.client.close();
   }
 
   // Protocol helpers.
@@ -421,14 +439,14 @@ export class HttpBackend implements Backend {
   private async options_(): Promise<RemoteInfo> {
     const response = await this.request("OPTIONS", this.url.pathname);
     // 405 or 204: an old daemon or proxy without OPTIONS support, hence without features.
-    if (response.statusCode === 405 || response.statusCode === 204) {
-      response.resume();
+    if (response.status === 405 || response.status === 204) {
+      await response.text(REMOTE_BODY_LIMIT);
       return emptyInfo();
     }
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
+    if (response.status !== 200) throw await this.remoteError(response);
     let body: Record<string, unknown>;
     try {
-      body = JSON.parse(await readBody(response)) as Record<string, unknown>;
+      body = JSON.parse(await response.text(JSON_BODY_LIMIT)) as Record<string, unknown>;
     } catch (error) {
       throw new RemoteError(`Remote ${this.transport.where} sent invalid OPTIONS JSON`, 502, undefined, {
         cause: error,
@@ -445,95 +463,61 @@ export class HttpBackend implements Backend {
   }
 
   private async patch(message: Record<string, unknown>): Promise<void> {
-    const body = JSON.stringify(message);
     const response = await this.request(
       "PATCH",
       this.url.pathname,
-      { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
-      { body, busy: true },
+      { "content-type": "application/json" },
+      { body: JSON.stringify(message), busy: true },
     );
-    if (response.statusCode !== 200) throw await remoteError(response, this.transport.where, this.remoteId);
-    response.resume();
+    if (response.status !== 200) throw await this.remoteError(response);
+    await response.text(REMOTE_BODY_LIMIT);
   }
 
   /** Switches to the remote's unix socket if an OPTIONS over it works; else keeps TCP. */
   private async tryUnixSocket(socketPath: string): Promise<void> {
     const tcp = this.transport;
-    this.transport = unixTransport(socketPath);
+    this.transport = unixTransport(socketPath, this.options);
     try {
       const response = await this.request("OPTIONS", this.url.pathname);
-      response.resume();
-      if (response.statusCode !== 200) throw new Error(`status ${response.statusCode}`);
-      tcp.agent.destroy();
+      await response.text(JSON_BODY_LIMIT);
+      if (response.status !== 200) throw new Error(`status ${response.status}`);
+      tcp.client.close();
     } catch {
-      this.transport.agent.destroy();
+      this.transport.client.close();
       this.transport = tcp;
     }
   }
 
+  /**
+   * A request without a streamed body; the caller must read the response's body (or abort it).
+   * The read timeout covers waiting for the answer (unless `busy`: the remote is computing, as
+   * for checksums and zeroing) and stalls in the body after it.
+   */
   private async request(
     method: string,
     path: string,
-    headers: http.OutgoingHttpHeaders = {},
+    headers: Record<string, string> = {},
     options: { body?: string; busy?: boolean } = {},
-  ): Promise<IncomingMessage> {
-    const { request, response } = this.send(method, path, headers, options.busy);
-    request.end(options.body);
-    return response;
+  ): Promise<ClientResponse> {
+    const exchange = await this.transport.client.request(method, path, { headers, ...options });
+    return exchange.response;
   }
 
-  /**
-   * Starts a request. The read timeout covers waiting for the response (unless `busy`: the
-   * remote is computing, as for checksums and zeroing) and stalls in the body after it.
-   */
-  private send(
-    method: string,
-    path: string,
-    headers: http.OutgoingHttpHeaders,
-    busy = false,
-  ): { request: ClientRequest; response: Promise<IncomingMessage> } {
-    const where = this.transport.where;
-    const connectTimeout = this.options.connectTimeoutMs ?? 10_000;
-    const readTimeout = this.options.readTimeoutMs ?? 60_000;
-    const client = this.transport.secure ? https : http;
-    const request = client.request({ ...this.transport.options, method, path, headers, agent: this.transport.agent });
-    const response = new Promise<IncomingMessage>((resolve, reject) => {
-      request.once("error", (error) => reject(classify(error, where)));
-      request.once("response", (res) => {
-        request.setTimeout(readTimeout);
-        resolve(res);
-      });
-      request.once("socket", (socket) => {
-        // Small requests (PATCH, short PUTs, a relayed body's last bytes) go out at once
-        // instead of waiting for the ACK of the previous segment (Nagle).
-        socket.setNoDelay(true);
-        const connected = () => {
-          clearTimeout(connectTimer);
-          readySockets.add(socket);
-          request.setTimeout(busy ? 0 : readTimeout);
-        };
-        // A reused keep-alive connection is ready at once; a new one must be up (TCP and TLS
-        // handshake) within the connect timeout. A plain timer, since a socket timeout would
-        // only start counting once TCP is connected.
-        let connectTimer: NodeJS.Timeout | undefined;
-        if (readySockets.has(socket)) {
-          connected();
-          return;
-        }
-        connectTimer = setTimeout(
-          () =>
-            request.destroy(new RemoteTimeoutError(`Cannot connect to remote ${where} within ${connectTimeout} ms`)),
-          connectTimeout,
-        );
-        socket.once(this.transport.secure ? "secureConnect" : "connect", connected);
-        socket.once("close", () => clearTimeout(connectTimer));
-      });
-      request.on("timeout", () => {
-        request.destroy(new RemoteTimeoutError(`Remote ${where} did not answer ${method} in time`));
-      });
-    });
-    response.catch(() => undefined);
-    return { request, response };
+  /** The remote's error answer on the data client, with its message. */
+  private async remoteError(response: ClientResponse): Promise<RemoteError> {
+    let message: string;
+    try {
+      message = await response.text(REMOTE_BODY_LIMIT);
+    } catch {
+      message = "";
+    }
+    return remoteErrorOf(
+      response.status,
+      response.headers.get("content-range"),
+      message,
+      this.transport.where,
+      this.remoteId,
+    );
   }
 
   private checkOpen(): void {
@@ -554,46 +538,35 @@ function tcpTransport(url: URL, options: HttpBackendOptions): Transport {
   const secure = url.protocol === "https:";
   const port = Number(url.port || (secure ? 443 : 80));
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const requestOptions: https.RequestOptions = { host, port };
-  let agent: http.Agent;
+  const where = `${url.hostname}:${port}`;
+  let endpoint: Endpoint = { kind: "tcp", host, port, where };
   if (secure) {
-    const tls: https.AgentOptions = { keepAlive: true, maxSockets: 1, rejectUnauthorized: !options.insecure };
+    let ca: Buffer | undefined;
     if (options.caFile) {
       try {
-        tls.ca = readFileSync(options.caFile);
+        ca = readFileSync(options.caFile);
       } catch (error) {
         throw new BackendOpenError(`Cannot read CA file ${options.caFile}: ${(error as Error).message}`, {
           cause: error,
         });
       }
     }
-    agent = new https.Agent(tls);
     // Verify the certificate against the host name in the ticket URL (not a resolved address).
-    requestOptions.servername = isIP(host) ? "" : host;
-  } else {
-    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const servername = isIP(host) ? "" : host;
+    endpoint = { kind: "tls", host, port, where, servername, ca, rejectUnauthorized: !options.insecure };
   }
-  return { agent, options: requestOptions, secure, where: `${url.hostname}:${port}` };
+  return { client: new HttpClient(endpoint, url.host, clientTimeouts(options)), socketPath: undefined, where };
 }
 
-function unixTransport(socketPath: string): Transport {
+function clientTimeouts(options: HttpBackendOptions): ClientTimeouts {
+  return { connectMs: options.connectTimeoutMs ?? 10_000, readMs: options.readTimeoutMs ?? 60_000 };
+}
+
+function unixTransport(socketPath: string, options: HttpBackendOptions): Transport {
   const abstract = socketPath.startsWith("\0");
   const where = abstract ? `unix:@${socketPath.slice(1)}` : `unix:${socketPath}`;
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  // Node pads abstract names to 108 bytes, which reaches no daemon binding the exact name
-  // (ours, upstream's): connect with the exact length, and let a net.Socket own the descriptor.
-  if (abstract) {
-    const connect = (_options: unknown, done: (error: Error) => void): Socket | undefined => {
-      try {
-        return new Socket({ fd: connectUnixStream(socketPath), readable: true, writable: true });
-      } catch (error) {
-        done(error as Error);
-        return undefined;
-      }
-    };
-    Object.assign(agent, { createConnection: connect });
-  }
-  return { agent, options: { socketPath }, secure: false, where };
+  const client = new HttpClient({ kind: "unix", path: socketPath, where }, "localhost", clientTimeouts(options));
+  return { client, socketPath, where };
 }
 
 /** True when `host` names an address of this machine (loopback included). */
@@ -610,46 +583,19 @@ async function isThisHost(host: string): Promise<boolean> {
   }
 }
 
-async function readBody(response: IncomingMessage, limit = 16 * MiB): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of response as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      response.destroy();
-      throw new RemoteError(`Remote response exceeds ${limit} bytes`, 502, undefined);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
-
 /** The remote's error with its status, content-range and the start of its message. */
-async function remoteError(response: IncomingMessage, where: string, remoteId?: string): Promise<RemoteError> {
-  let message: string;
-  try {
-    message = (await readBody(response, 64 * 1024)).slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
-  } catch {
-    message = "";
-  }
-  const status = response.statusCode ?? 502;
-  const contentRange = response.headers["content-range"];
+function remoteErrorOf(
+  status: number,
+  contentRange: string | undefined,
+  body: string,
+  where: string,
+  remoteId?: string,
+): RemoteError {
+  const message = body.slice(0, REMOTE_MESSAGE_LIMIT).trimEnd();
   const text = message || `Remote ${where} answered ${status}`;
   // The remote's messages name its ticket ("No such ticket <id>"): logs get it shortened (D11).
   const logText = remoteId === undefined ? text : text.replaceAll(remoteId, shortId(remoteId));
   return new RemoteError(text, status, contentRange, { logMessage: logText });
-}
-
-const TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT"]);
-
-/** Turns a request failure into "cannot reach" (502) or "too slow" (504), naming the remote. */
-function classify(error: Error, where: string): Error {
-  if (error instanceof RemoteTimeoutError || error instanceof RemoteError) return error;
-  const code = (error as NodeJS.ErrnoException).code;
-  if (code !== undefined && TIMEOUT_CODES.has(code)) {
-    return new RemoteTimeoutError(`Remote ${where} timed out: ${error.message}`, { cause: error });
-  }
-  return new RemoteUnavailableError(`Cannot reach remote ${where}: ${error.message}`, { cause: error });
 }
 
 /** How a relay pumps: with the caller's progress and room for a few chunks in the sink. */

@@ -42,7 +42,7 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
   });
   const operation = ticket.begin(offset);
   try {
-    const result = await writeFrom(context.backend, ctx.req, offset, length, {
+    const result = await writeFrom(context.backend, ctx.req.body(), offset, length, {
       buffers: () => ctx.connection.ioBuffers(context.bufferSize),
       flush,
       limit: ticketSize - offset,

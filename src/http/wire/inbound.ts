@@ -1,0 +1,120 @@
+/**
+ * The bytes a connection receives: read by the socket into a staging area this connection
+ * owns, or straight into the buffer a body reader names. The staging area always has room
+ * (a TLS socket may still deliver decrypted records after it was paused), and the socket is
+ * paused while more than HIGH_WATER bytes wait in it.
+ */
+import type { Socket } from "node:net";
+import type { Staged } from "./body.js";
+import { MAX_HEAD_BYTES } from "./head.js";
+import { readIntoUserBuffers } from "./user-buffer.js";
+
+/** Staged bytes past which reading pauses: more than a whole head, so an overlong one is seen. */
+const HIGH_WATER = MAX_HEAD_BYTES + 16 * 1024;
+const INITIAL_STAGING = 2 * HIGH_WATER;
+
+export interface InboundConsumer {
+  /** The buffer the next read may fill directly, or undefined for the staging area. */
+  directRegion(): Buffer | undefined;
+  /** `count` bytes were read into the region directRegion() gave last. */
+  directRead(count: number): void;
+  /** Bytes were staged. */
+  wake(): void;
+}
+
+export class Inbound implements Staged {
+  private staging = Buffer.allocUnsafe(INITIAL_STAGING);
+  private start = 0;
+  private end = 0;
+  /** The last buffer handed to the socket was a consumer's region. */
+  private direct = false;
+  private paused = false;
+  private ended = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly consumer: InboundConsumer,
+  ) {}
+
+  /** Starts reading: from now on the socket's bytes all come here. @throws when the mechanism is missing. */
+  begin(): void {
+    readIntoUserBuffers(this.socket, {
+      early: (chunk) => this.stage(chunk),
+      next: () => this.nextBuffer(),
+      read: (count) => this.received(count),
+    });
+    this.socket.resume();
+    if (this.end > this.start) this.consumer.wake();
+  }
+
+  /** Nothing more will be read (end of stream, or the socket closed). */
+  markEnded(): void {
+    this.ended = true;
+  }
+
+  exhausted(): boolean {
+    return this.ended && this.start === this.end;
+  }
+
+  bytes(): Buffer {
+    return this.staging.subarray(this.start, this.end);
+  }
+
+  consume(count: number): void {
+    // Positions move only in nextBuffer: the socket may hold a view past `end` until its next read.
+    this.start += count;
+    if (this.paused && this.end - this.start <= HIGH_WATER && !this.socket.destroyed) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** Called by the socket after every read (and once at the start): nothing else holds a buffer now. */
+  private nextBuffer(): Buffer {
+    if (this.start === this.end) {
+      this.start = 0;
+      this.end = 0;
+      const region = this.consumer.directRegion();
+      if (region !== undefined) {
+        this.direct = true;
+        return region;
+      }
+    }
+    this.direct = false;
+    return this.room();
+  }
+
+  private received(count: number): boolean {
+    if (this.direct) {
+      this.consumer.directRead(count);
+    } else {
+      this.end += count;
+      this.consumer.wake();
+    }
+    if (this.end - this.start > HIGH_WATER) this.paused = true;
+    return !this.paused;
+  }
+
+  /** Free space after the staged bytes: compacted, or grown when full. */
+  private room(): Buffer {
+    if (this.end === this.staging.length) {
+      const backlog = this.end - this.start;
+      const target = backlog * 2 > this.staging.length ? Buffer.allocUnsafe(this.staging.length * 2) : this.staging;
+      this.staging.copy(target, 0, this.start, this.end);
+      this.staging = target;
+      this.start = 0;
+      this.end = backlog;
+    }
+    return this.staging.subarray(this.end);
+  }
+
+  private stage(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length) {
+      const room = this.room();
+      const n = chunk.copy(room, 0, at);
+      this.end += n;
+      at += n;
+    }
+  }
+}

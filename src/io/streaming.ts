@@ -40,6 +40,8 @@ export interface UploadOptions extends StreamOptions {
   limit: number;
   /** Called once the backend is ready for the body (a remote accepted the upload). */
   onReady?: () => void;
+  /** Aborted when the transfer is cancelled: a wait for the source's bytes ends at once. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -51,9 +53,10 @@ export interface FillingSource {
   /**
    * Fills `dest` with the next bytes: resolves with `dest.length`, or fewer at the end (0 once
    * ended); a source that fails after some bytes arrived resolves with those first.
+   * @param signal when aborted, resolves at once with what it has and `dest` is the caller's again.
    * @throws the source's failure when nothing arrived before it.
    */
-  fill(dest: Buffer): Promise<number>;
+  fill(dest: Buffer, signal?: AbortSignal): Promise<number>;
 }
 
 function isFillingSource(source: Readable): source is Readable & FillingSource {
@@ -352,16 +355,17 @@ async function writeByFilling(
       }
       let count: number;
       try {
-        count = await source.fill(writer.room().subarray(0, want));
+        count = await source.fill(writer.room().subarray(0, want), options.signal);
       } catch (error) {
         // The sender went away mid-body: what did arrive is written first.
         await writer.finish();
         throw error;
       }
-      if (count === 0) break;
       received += count;
       writer.advance(count);
+      // A cancelled transfer stops here (onProgress throws), also when the fill was cut short.
       options.onProgress?.(writer.done);
+      if (count === 0) break;
     }
     await writer.finish();
   } catch (error) {

@@ -48,6 +48,7 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
       limit: ticketSize - offset,
       // Validated, authorized and the backend ready: now the client may send the body.
       onReady: () => ctx.askForBody(),
+      signal: operation.signal,
       onProgress: (done) => {
         operation.checkCancelled();
         operation.done = done;

@@ -42,6 +42,8 @@ export class BodyReader {
     private readonly staged: Staged,
     /** The body can never complete: its sender stopped sending before its end. */
     private readonly onTruncated: () => void,
+    /** A fill given up while a read could still go straight into its buffer. */
+    private readonly onAbandoned: () => void,
   ) {
     this.chunked = framing.kind === "chunked";
     this.remaining = framing.kind === "length" ? framing.length : 0;
@@ -52,14 +54,35 @@ export class BodyReader {
    * Fills `dest` with the body's next bytes.
    * @returns the count: `dest.length`, or fewer at the body's end (0 once ended). A body that
    *   fails after some bytes arrived resolves with those first.
+   * @param signal when aborted, the fill resolves at once with what it has: `dest` is the
+   *   caller's again (a cancelled transfer must not wait for bytes that may never come).
    * @throws the failure (the sender went away, bad chunked framing) when nothing arrived before it.
    */
-  fill(dest: Buffer): Promise<number> {
+  fill(dest: Buffer, signal?: AbortSignal): Promise<number> {
     if (this.pending !== undefined) return Promise.reject(new Error("a body read is already waiting"));
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.ended || dest.length === 0) return Promise.resolve(0);
+    if (this.ended || dest.length === 0 || signal?.aborted) return Promise.resolve(0);
     return new Promise((resolve, reject) => {
-      this.pending = { dest, filled: 0, resolve, reject };
+      const pending: PendingFill = { dest, filled: 0, resolve, reject };
+      this.pending = pending;
+      if (signal !== undefined) {
+        const abandon = () => {
+          if (this.pending !== pending) return;
+          this.pending = undefined;
+          this.onAbandoned();
+          resolve(pending.filled);
+        };
+        signal.addEventListener("abort", abandon, { once: true });
+        const settled = () => signal.removeEventListener("abort", abandon);
+        pending.resolve = (count) => {
+          settled();
+          resolve(count);
+        };
+        pending.reject = (error) => {
+          settled();
+          reject(error);
+        };
+      }
       this.pump();
     });
   }
@@ -204,8 +227,8 @@ export class BodyStream extends Readable {
     super({ highWaterMark: STREAM_PIECE });
   }
 
-  fill(dest: Buffer): Promise<number> {
-    return this.reader.fill(dest);
+  fill(dest: Buffer, signal?: AbortSignal): Promise<number> {
+    return this.reader.fill(dest, signal);
   }
 
   override _read(): void {

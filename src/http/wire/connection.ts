@@ -114,30 +114,43 @@ export class WireConnection {
   private async run(head: RequestHead): Promise<void> {
     // A FIN in the middle of a body (RFC 9112 §9.6): the request cannot complete, and the
     // connection is cut, its handler writing what did arrive.
-    const body = new BodyReader(head.framing, this.inbound, () => this.socket.destroy());
+    const body = new BodyReader(
+      head.framing,
+      this.inbound,
+      () => this.socket.destroy(),
+      () => this.inbound.withdrawDirect(),
+    );
     this.body = body;
     const response = new WireResponse(this.socket, head.method === "HEAD");
     await this.serve(wireRequest(head, body), response);
     if (this.finished || this.socket.destroyed) return;
     if (response.closesConnection || !response.writableFinished || this.options.stopping()) {
       this.end();
+      // The rest of a body still coming is read and dropped until the client closes: closing
+      // with unread bytes would reset the connection, and the client could lose the answer.
+      void this.discard(body);
       return;
     }
     // A body its handler did not read (a GET with a body, a refusal that kept the connection):
     // read and dropped, so that the next head is found where it starts.
-    if (!body.ended) {
-      const scratch = Buffer.allocUnsafe(DISCARD_PIECE);
-      try {
-        while ((await body.fill(scratch)) > 0) {}
-      } catch {
-        // The client left, or the framing broke: nothing more can be read here.
-        this.socket.destroy();
-        return;
-      }
-    }
+    if (!(await this.discard(body))) return;
     this.body = undefined;
     this.awaitingHead = true;
     this.wake();
+  }
+
+  /** Reads `body` to its end, dropping it. @returns false when it cannot end (the connection is cut then). */
+  private async discard(body: BodyReader): Promise<boolean> {
+    if (body.ended) return true;
+    const scratch = Buffer.allocUnsafe(DISCARD_PIECE);
+    try {
+      while ((await body.fill(scratch)) > 0) {}
+      return true;
+    } catch {
+      // The client left, or the framing broke: nothing more can be read here.
+      this.socket.destroy();
+      return false;
+    }
   }
 
   /** Ends our side once everything written has gone out. */

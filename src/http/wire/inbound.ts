@@ -7,7 +7,7 @@
 import type { Socket } from "node:net";
 import type { Staged } from "./body.js";
 import { MAX_HEAD_BYTES } from "./head.js";
-import { readIntoUserBuffers } from "./user-buffer.js";
+import { readIntoUserBuffers, redirectNextRead } from "./user-buffer.js";
 
 /** Staged bytes past which reading pauses: more than a whole head, so an overlong one is seen. */
 const HIGH_WATER = MAX_HEAD_BYTES + 16 * 1024;
@@ -67,6 +67,15 @@ export class Inbound implements Staged {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /**
+   * The region last given for a direct read is no longer the consumer's: the next read goes
+   * to the staging area instead.
+   */
+  withdrawDirect(): void {
+    if (!this.direct || this.socket.destroyed) return;
+    redirectNextRead(this.socket, this.nextBuffer());
   }
 
   /** Called by the socket after every read (and once at the start): nothing else holds a buffer now. */

@@ -95,3 +95,16 @@ export function readIntoUserBuffers(socket: Socket, reader: UserBufferReader): v
   target[fields.buffer] = first;
   handle.useUserBuffer(first);
 }
+
+/**
+ * Makes the next read of a socket already in user-buffer mode go to `buffer` instead of the
+ * buffer its generator gave last: that one is no longer ours to fill (a body read abandoned
+ * mid-way). Node keeps one listener per call until the socket is destroyed: for rare use.
+ */
+export function redirectNextRead(socket: Socket, buffer: Buffer): void {
+  const fields = cachedInternals();
+  const handle = (socket as unknown as { _handle: UserBufferHandle | null })._handle;
+  if (fields === undefined || handle === null || typeof handle.useUserBuffer !== "function") return;
+  (socket as unknown as Record<symbol, unknown>)[fields.buffer] = buffer;
+  handle.useUserBuffer(buffer);
+}

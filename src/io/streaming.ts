@@ -40,7 +40,7 @@ export interface UploadOptions extends StreamOptions {
   limit: number;
   /** Called once the backend is ready for the body (a remote accepted the upload). */
   onReady?: () => void;
-  /** Aborted when the transfer is cancelled: a wait for the source's bytes ends at once. */
+  /** Aborted when the transfer is cancelled: a filling source stops at its next bytes. */
   signal?: AbortSignal;
 }
 
@@ -53,7 +53,7 @@ export interface FillingSource {
   /**
    * Fills `dest` with the next bytes: resolves with `dest.length`, or fewer at the end (0 once
    * ended); a source that fails after some bytes arrived resolves with those first.
-   * @param signal when aborted, resolves at once with what it has and `dest` is the caller's again.
+   * @param signal once aborted, resolves with what it has when the next bytes arrive.
    * @throws the source's failure when nothing arrived before it.
    */
   fill(dest: Buffer, signal?: AbortSignal): Promise<number>;

@@ -20,6 +20,7 @@ export interface Staged {
 interface PendingFill {
   dest: Buffer;
   filled: number;
+  signal: AbortSignal | undefined;
   resolve: (count: number) => void;
   reject: (error: unknown) => void;
 }
@@ -54,8 +55,9 @@ export class BodyReader {
    * Fills `dest` with the body's next bytes.
    * @returns the count: `dest.length`, or fewer at the body's end (0 once ended). A body that
    *   fails after some bytes arrived resolves with those first.
-   * @param signal when aborted, the fill resolves at once with what it has: `dest` is the
-   *   caller's again (a cancelled transfer must not wait for bytes that may never come).
+   * @param signal once aborted, the fill ends with what it has as soon as more bytes arrive
+   *   (a cancelled transfer stops at its client's next bytes, not at the end of a buffer);
+   *   `dest` is the caller's again.
    * @throws the failure (the sender went away, bad chunked framing) when nothing arrived before it.
    */
   fill(dest: Buffer, signal?: AbortSignal): Promise<number> {
@@ -63,26 +65,7 @@ export class BodyReader {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (this.ended || dest.length === 0 || signal?.aborted) return Promise.resolve(0);
     return new Promise((resolve, reject) => {
-      const pending: PendingFill = { dest, filled: 0, resolve, reject };
-      this.pending = pending;
-      if (signal !== undefined) {
-        const abandon = () => {
-          if (this.pending !== pending) return;
-          this.pending = undefined;
-          this.onAbandoned();
-          resolve(pending.filled);
-        };
-        signal.addEventListener("abort", abandon, { once: true });
-        const settled = () => signal.removeEventListener("abort", abandon);
-        pending.resolve = (count) => {
-          settled();
-          resolve(count);
-        };
-        pending.reject = (error) => {
-          settled();
-          reject(error);
-        };
-      }
+      this.pending = { dest, filled: 0, resolve, reject, signal };
       this.pump();
     });
   }
@@ -105,11 +88,25 @@ export class BodyReader {
     const pending = this.pending as PendingFill;
     pending.filled += count;
     this.remaining -= count;
+    if (this.abandonIfAborted(pending)) return;
     this.pump();
+  }
+
+  /**
+   * Ends a fill whose signal was aborted, with what it has. The socket may still hold a view of
+   * its buffer for the next read: `onAbandoned` takes it back.
+   */
+  private abandonIfAborted(pending: PendingFill): boolean {
+    if (pending.signal?.aborted !== true || this.ended) return false;
+    this.pending = undefined;
+    this.onAbandoned();
+    pending.resolve(pending.filled);
+    return true;
   }
 
   /** New bytes were staged. */
   wake(): void {
+    if (this.pending !== undefined && this.abandonIfAborted(this.pending)) return;
     this.pump();
   }
 

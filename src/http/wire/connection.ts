@@ -126,9 +126,6 @@ export class WireConnection {
     if (this.finished || this.socket.destroyed) return;
     if (response.closesConnection || !response.writableFinished || this.options.stopping()) {
       this.end();
-      // The rest of a body still coming is read and dropped until the client closes: closing
-      // with unread bytes would reset the connection, and the client could lose the answer.
-      void this.discard(body);
       return;
     }
     // A body its handler did not read (a GET with a body, a refusal that kept the connection):
@@ -153,11 +150,18 @@ export class WireConnection {
     }
   }
 
-  /** Ends our side once everything written has gone out. */
+  /**
+   * Ends the connection once everything written has gone out, as node:http did: FIN, then
+   * closed without waiting for the client's (whatever it still sends is not read).
+   */
   private end(): void {
     this.finished = true;
     this.clearHeadTimer();
-    if (!this.socket.destroyed) this.socket.end();
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    socket.end();
+    if (socket.writableFinished) socket.destroy();
+    else socket.once("finish", () => socket.destroy());
   }
 
   private startHeadTimer(): void {

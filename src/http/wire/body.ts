@@ -12,6 +12,8 @@ import { type BodyFraming, MAX_FRAMING_LINE } from "./head.js";
 export interface Staged {
   /** The staged bytes (a view, valid until the next consume or read). */
   bytes(): Buffer;
+  /** How many bytes are staged (without making a view). */
+  stagedLength(): number;
   consume(count: number): void;
   /** Nothing is staged and nothing more will come (the client half-closed or left). */
   exhausted(): boolean;
@@ -74,12 +76,12 @@ export class BodyReader {
    * Where the next read may go directly: the waiting fill's free part, bounded by the body
    * (or chunk) so that no byte of what follows lands in it. Undefined while bytes are staged.
    */
-  directRegion(): Buffer | undefined {
+  directRegion(most: number): Buffer | undefined {
     const pending = this.pending;
     if (pending === undefined || this.failure !== undefined || this.ended) return undefined;
     if (this.chunked && this.state !== "data") return undefined;
-    if (this.staged.bytes().length > 0) return undefined;
-    const size = Math.min(pending.dest.length - pending.filled, this.remaining);
+    if (this.staged.stagedLength() > 0) return undefined;
+    const size = Math.min(pending.dest.length - pending.filled, this.remaining, most);
     return size > 0 ? pending.dest.subarray(pending.filled, pending.filled + size) : undefined;
   }
 
@@ -144,17 +146,17 @@ export class BodyReader {
       this.settle(true);
       return false;
     }
-    const bytes = this.staged.bytes();
     if (!this.chunked || this.state === "data") {
       if (this.remaining === 0) return this.endOfData();
-      const take = Math.min(this.remaining, pending.dest.length - pending.filled, bytes.length);
+      const take = Math.min(this.remaining, pending.dest.length - pending.filled, this.staged.stagedLength());
       if (take === 0) return false;
-      bytes.copy(pending.dest, pending.filled, 0, take);
+      this.staged.bytes().copy(pending.dest, pending.filled, 0, take);
       this.staged.consume(take);
       pending.filled += take;
       this.remaining -= take;
       return true;
     }
+    const bytes = this.staged.bytes();
     if (this.state === "data-end") {
       if (bytes.length < 2) return false;
       if (bytes[0] !== 0x0d || bytes[1] !== 0x0a) throw chunkError("chunk data not followed by CRLF");

@@ -46,7 +46,7 @@ export class WireConnection {
     private readonly options: WireOptions,
   ) {
     this.inbound = new Inbound(socket, {
-      directRegion: () => this.body?.directRegion(),
+      directRegion: (most) => this.body?.directRegion(most),
       directRead: (count) => this.body?.directRead(count),
       wake: () => this.wake(),
     });
@@ -73,7 +73,7 @@ export class WireConnection {
 
   /** True between requests with nothing received of the next one: the connection may be closed. */
   get idle(): boolean {
-    return this.awaitingHead && this.inbound.bytes().length === 0;
+    return this.awaitingHead && this.inbound.stagedLength() === 0;
   }
 
   private wake(): void {

@@ -11,8 +11,6 @@ import { readIntoUserBuffers, redirectNextRead } from "./user-buffer.js";
 
 /** Staged bytes past which reading pauses: more than a whole head, so an overlong one is seen. */
 const HIGH_WATER = MAX_HEAD_BYTES + 16 * 1024;
-const INITIAL_STAGING = 2 * HIGH_WATER;
-
 /**
  * Most bytes one read asks for. libuv reads again at once (up to 32 times) only after a read
  * filled its whole buffer, else it goes back to epoll: asking for the size a peer's writes
@@ -20,6 +18,9 @@ const INITIAL_STAGING = 2 * HIGH_WATER;
  * wake-up per read (measured: 15 times the epoll calls, and more system time than node:http).
  */
 const READ_SIZE = 64 * 1024;
+
+/** A connection's staging area to start with (a head and a read); it grows only while more waits. */
+const INITIAL_STAGING = READ_SIZE;
 
 export interface InboundConsumer {
   /** The buffer (of at most `most` bytes) the next read may fill directly, or undefined for the staging area. */

@@ -1,11 +1,11 @@
 /**
  * The three listeners (remote HTTPS, local unix socket, control) over one dispatcher: exact
- * routes, one catch site that turns errors into responses, connection bookkeeping, and the
- * parser errors Node reports before a request exists.
+ * routes, one catch site that turns errors into responses, connection bookkeeping. The images
+ * services run on imageio's own HTTP/1.1 framing (wire/); the control service on node:http,
+ * whose parser errors are answered here before a request exists.
  */
 import { chmodSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import https from "node:https";
 import net, { type AddressInfo, type Socket } from "node:net";
 import tls, { type SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
@@ -212,9 +212,10 @@ export function createService(
   tls?: TlsFiles,
   limits: ListenLimits = {},
 ): Service {
-  return kind === "control"
-    ? createNodeService(app, kind, unix, tls, limits)
-    : createWireService(app, kind, unix, tls, limits);
+  if (kind !== "control") return createWireService(app, kind, unix, tls, limits);
+  // Vdsm's way in listens on a unix socket or localhost, without TLS.
+  if (tls !== undefined) throw new Error("the control service is served without TLS");
+  return createNodeService(app, kind, unix, limits);
 }
 
 /** The images services: imageio's own framing over a plain or TLS server. */
@@ -295,13 +296,7 @@ function openConnection(app: App, socket: Socket, unix: boolean, endOnClientFin:
 }
 
 /** The control service: node:http. */
-function createNodeService(
-  app: App,
-  kind: ServiceKind,
-  unix: boolean,
-  tls: TlsFiles | undefined,
-  limits: ListenLimits,
-): Service {
+function createNodeService(app: App, kind: ServiceKind, unix: boolean, limits: ListenLimits): Service {
   const log = app.log;
   const deadlineMs = limits.deadlineMs ?? REQUEST_DEADLINE_MS;
   const serverOptions: http.ServerOptions = {
@@ -317,13 +312,7 @@ function createNodeService(
     maxHeaderSize: 64 * 1024,
   };
   const onRequest = (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, kind, req, res, false);
-  // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
-  const server = tls
-    ? https.createServer(
-        { ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs, allowHalfOpen: true },
-        onRequest,
-      )
-    : http.createServer(serverOptions, onRequest);
+  const server = http.createServer(serverOptions, onRequest);
   server.keepAliveTimeout = 0;
   // A client that sends its last request and then half-closes (FIN) still gets its answers
   // (RFC 9112 §9.6): Node would drop the requests instead; ClientConnection ends our side
@@ -333,7 +322,7 @@ function createNodeService(
 
   // Every accepted socket, before TLS or HTTP sees it: an error handler, and a slot.
   server.on("connection", (socket: Socket) => admitConnection(socket, kind, log, limits.slots));
-  server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
+  server.on("connection", (socket: Socket) => {
     if (socket.destroyed) return;
     connections.set(socket, openConnection(app, socket, unix, true));
   });
@@ -353,13 +342,6 @@ function createNodeService(
     socket.on("error", () => socket.destroy());
     socket.end(rawErrorResponse(405, "Method Not Allowed", `Invalid method '${req.method ?? "CONNECT"}'`));
   });
-  if (tls) {
-    enforceHandshakeDeadline(server, deadlineMs, log);
-    server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
-      logHandshakeFailure(log, error, socket),
-    );
-  }
-
   return server;
 }
 
@@ -406,9 +388,9 @@ export function describeAddress(address: AddressInfo | string): string {
   return address.family === "IPv6" ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
 }
 
-function tlsOptions(files: TlsFiles): https.ServerOptions {
+function tlsOptions(files: TlsFiles): tls.TlsOptions {
   const { key, cert, ca } = files.contents ?? tlsFileContents(files);
-  const options: https.ServerOptions = {
+  const options: tls.TlsOptions = {
     key,
     cert,
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.

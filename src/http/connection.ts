@@ -2,8 +2,8 @@
  * Per-connection state: the client's name for logs, the inactivity timeout (spec §3.4), and
  * the backend contexts opened for tickets on this connection (spec §6.1).
  */
-import type { ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import type { Writable } from "node:stream";
 import type { Backend } from "../io/backend.js";
 import { BUFFER_ALIGNMENT, type BufferLease, type BufferPool } from "../io/buffers.js";
 import type { Logger } from "../log.js";
@@ -78,6 +78,12 @@ export class ClientConnection {
     readonly client: string,
     private readonly log: Logger,
     private readonly pool: BufferPool,
+    /**
+     * node:http queues every request of a connection as soon as it is parsed, so a FIN ends
+     * our side after the last queued one; imageio's own framing reads heads one at a time and
+     * ends the connection itself.
+     */
+    endOnClientFin = true,
   ) {
     socket.setTimeout(this.timeoutMs);
     socket.on("timeout", () => {
@@ -86,11 +92,13 @@ export class ClientConnection {
     });
     // The client half-closed: every request it sent was already queued, so once they are
     // answered our side ends too. (A FIN before a body is complete is a parser error instead.)
-    socket.once("end", () => {
-      this.turn = this.turn.then(() => {
-        if (!socket.destroyed) socket.end();
+    if (endOnClientFin) {
+      socket.once("end", () => {
+        this.turn = this.turn.then(() => {
+          if (!socket.destroyed) socket.end();
+        });
       });
-    });
+    }
     socket.once("close", () => {
       this.gone.abort(new Error("client disconnected"));
       // The request running now may still write what its client sent before it went away
@@ -115,8 +123,9 @@ export class ClientConnection {
    * sent in full, and never after a response that closes the connection. Pipelined requests
    * would otherwise share this connection's buffers and backends while they run.
    * @param handle answers the request; resolves true when the connection must close after it.
+   * @returns settles once this request's turn is over (answered, or skipped).
    */
-  serve(res: ServerResponse, handle: () => Promise<boolean>): void {
+  serve(res: Writable, handle: () => Promise<boolean>): Promise<void> {
     const run = async () => {
       if (this.closing || this.socket.destroyed) return;
       try {
@@ -131,6 +140,7 @@ export class ClientConnection {
       this.log.error("ERROR request queue", { connection: this.id }, error);
       this.socket.destroy();
     });
+    return this.turn;
   }
 
   /**
@@ -202,7 +212,7 @@ export class ClientConnection {
 }
 
 /** Resolves once `res` was handed to the socket in full, or the connection went away. */
-function responseSent(res: ServerResponse): Promise<void> {
+function responseSent(res: Writable): Promise<void> {
   if (res.writableFinished || res.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {

@@ -2,10 +2,10 @@
  * One request as handlers see it: decoded path, query, CORS headers to add, and the body
  * readers with their limits.
  */
-import type { IncomingMessage, ServerResponse } from "node:http";
 import { parseJsonLikePython } from "../pyformat.js";
 import type { ClientConnection } from "./connection.js";
 import { type HeaderList, HttpError } from "./errors.js";
+import type { IncomingRequest, OutgoingResponse } from "./exchange.js";
 
 /** JSON bodies (PATCH, control API) are small; anything larger is refused (spec §3.3). */
 export const MAX_JSON_BODY = 64 * 1024;
@@ -25,8 +25,8 @@ export class RequestContext {
   bytesMoved = 0;
 
   constructor(
-    readonly req: IncomingMessage,
-    readonly res: ServerResponse,
+    readonly req: IncomingRequest,
+    readonly res: OutgoingResponse,
     readonly connection: ClientConnection,
     readonly path: string,
     readonly query: ReadonlyMap<string, string>,
@@ -35,13 +35,13 @@ export class RequestContext {
   }
 
   get method(): string {
-    return this.req.method ?? "";
+    return this.req.method;
   }
 
   /** True when the request is framed with a body (chunked, or a non-zero Content-Length). */
   get hasBody(): boolean {
-    const length = this.req.headers["content-length"];
-    return this.req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+    const length = this.req.header("content-length");
+    return this.req.header("transfer-encoding") !== undefined || (length !== undefined && length !== "0");
   }
 
   /** The body has not been read to its end, so the connection cannot be reused. */
@@ -55,7 +55,7 @@ export class RequestContext {
    */
   bodyChunks(): AsyncIterable<Buffer> {
     this.askForBody();
-    return this.req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+    return this.req.body().iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
   }
 
   /**
@@ -70,8 +70,7 @@ export class RequestContext {
   }
 
   header(name: string): string | undefined {
-    const value = this.req.headers[name];
-    return Array.isArray(value) ? value.join(", ") : value;
+    return this.req.header(name);
   }
 
   /**

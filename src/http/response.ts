@@ -3,26 +3,23 @@
  * first, always a `content-length`, never chunked; JSON like Python's json.dumps plus "\n";
  * errors as text/plain.
  */
-import type { ServerResponse } from "node:http";
 import { pythonJson } from "../pyformat.js";
 import { VERSION } from "../version.js";
 import type { HeaderList, HttpError } from "./errors.js";
+import type { OutgoingResponse } from "./exchange.js";
 import type { RequestContext } from "./request.js";
 
 export const SERVER_HEADER = `imageio/${VERSION}`;
 
 /** Starts a response with a body of `length` bytes to be written by the caller. */
 export function writeHead(ctx: RequestContext, status: number, length: number, headers: HeaderList = []): void {
-  const { res } = ctx;
-  res.sendDate = false;
   const flat: string[] = ["server", SERVER_HEADER, "date", new Date().toUTCString()];
   for (const [name, value] of headers) flat.push(name, value);
   flat.push("content-length", String(length));
   for (const [name, value] of ctx.extraHeaders) flat.push(name, value);
+  // Keep-alive is HTTP/1.1's default: only a closing response says anything.
   if (ctx.closeAfter) flat.push("connection", "close");
-  // Keep-alive is HTTP/1.1's default; without this Node adds a capitalized "Connection" header.
-  else res.removeHeader("connection");
-  res.writeHead(status, flat);
+  ctx.res.writeHead(status, flat);
 }
 
 /** Sends a complete response. */
@@ -41,7 +38,7 @@ export function sendError(ctx: RequestContext, error: HttpError): void {
   send(ctx, error.status, `${error.message}\n`, [...error.headers, ["content-type", "text/plain; charset=UTF-8"]]);
 }
 
-/** A complete raw response for errors found before Node parsed a request (clientError). */
+/** A complete raw response for errors found before a request exists (a head that cannot be read). */
 export function rawErrorResponse(status: number, reason: string, message: string): string {
   const body = `${message}\n`;
   return (
@@ -56,7 +53,7 @@ export function rawErrorResponse(status: number, reason: string, message: string
 }
 
 /** Writes a chunk and resolves once the socket has taken it (so the buffer may be reused). */
-export function writeChunk(res: ServerResponse, chunk: Buffer): Promise<void> {
+export function writeChunk(res: OutgoingResponse, chunk: Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
     const onClose = () => reject(new Error("client disconnected during the response"));
     res.once("close", onClose);

@@ -1,13 +1,13 @@
 /**
  * The three listeners (remote HTTPS, local unix socket, control) over one dispatcher: exact
- * routes, one catch site that turns errors into responses, connection bookkeeping, and the
- * parser errors Node reports before a request exists.
+ * routes, one catch site that turns errors into responses, connection bookkeeping. The images
+ * services run on imageio's own HTTP/1.1 framing (wire/); the control service on node:http,
+ * whose parser errors are answered here before a request exists.
  */
 import { chmodSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import https from "node:https";
 import net, { type AddressInfo, type Socket } from "node:net";
-import type { SecureVersion } from "node:tls";
+import tls, { type SecureVersion } from "node:tls";
 import type { Config } from "../config.js";
 import { ImageioError, RemoteError } from "../errors.js";
 import { bindUnixStream } from "../io/native.js";
@@ -15,6 +15,7 @@ import type { Logger } from "../log.js";
 import type { App } from "./app.js";
 import { ClientConnection } from "./connection.js";
 import { HttpError, toHttpError } from "./errors.js";
+import { type IncomingRequest, nodeRequest, nodeResponse, type OutgoingResponse } from "./exchange.js";
 import { algorithms, checksum } from "./handlers/checksum.js";
 import { applyCors } from "./handlers/common.js";
 import { get, head } from "./handlers/download.js";
@@ -30,6 +31,8 @@ import { rawErrorResponse, sendError } from "./response.js";
 import { matchRoute, type Route, redactPath } from "./router.js";
 import { operationName } from "./stats.js";
 import { serverCiphers } from "./tls-ciphers.js";
+import { WireConnection } from "./wire/connection.js";
+import { userBufferSupport } from "./wire/user-buffer.js";
 
 export type ServiceKind = "remote" | "local" | "control";
 
@@ -186,9 +189,21 @@ async function startListener(
 }
 
 /**
- * One service's HTTP server, configured but not listening: `listen` binds it, and a data-plane
+ * A service's server, configured but not listening: `listen` binds it, and a data-plane
  * worker hands it the sockets the main thread accepted (`adoptConnection`), so every thread
- * serves a connection by the same code. `unix`: clients are named "local" in logs.
+ * serves a connection by the same code.
+ */
+export type Service = net.Server & {
+  /** Closes the connections waiting for a request; the others end after their running one. */
+  closeIdleConnections(): void;
+  closeAllConnections(): void;
+};
+
+/**
+ * One service, configured but not listening. The images services (remote, local) are served
+ * by imageio's own HTTP/1.1 framing (src/http/wire/): their bodies go straight into the
+ * aligned buffers; the control service by node:http. `unix`: clients are named "local" in logs.
+ * @throws Error when this Node cannot run the images services' framing (see userBufferSupport).
  */
 export function createService(
   app: App,
@@ -196,7 +211,92 @@ export function createService(
   unix: boolean,
   tls?: TlsFiles,
   limits: ListenLimits = {},
-): http.Server {
+): Service {
+  if (kind !== "control") return createWireService(app, kind, unix, tls, limits);
+  // Vdsm's way in listens on a unix socket or localhost, without TLS.
+  if (tls !== undefined) throw new Error("the control service is served without TLS");
+  return createNodeService(app, kind, unix, limits);
+}
+
+/** The images services: imageio's own framing over a plain or TLS server. */
+function createWireService(
+  app: App,
+  kind: ServiceKind,
+  unix: boolean,
+  files: TlsFiles | undefined,
+  limits: ListenLimits,
+): Service {
+  const unsupported = userBufferSupport();
+  if (unsupported !== undefined) throw new Error(`cannot serve the ${kind} service: ${unsupported}`);
+  const log = app.log;
+  const deadlineMs = limits.deadlineMs ?? REQUEST_DEADLINE_MS;
+  // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
+  // Half-open: a client that sends its last request and then FIN still gets its answers.
+  const server = files
+    ? tls.createServer({ ...tlsOptions(files), handshakeTimeout: deadlineMs, allowHalfOpen: true, noDelay: true })
+    : net.createServer({ allowHalfOpen: true, noDelay: true });
+  const live = new Map<Socket, WireConnection>();
+  let stopping = false;
+
+  server.on("connection", (socket: Socket) => admitConnection(socket, kind, log, limits.slots));
+  server.on(files ? "secureConnection" : "connection", (socket: Socket) => {
+    if (socket.destroyed) return;
+    // The TCP socket under a TLS one has its handler already; this one needs its own.
+    if (files) socket.on("error", (error: NodeJS.ErrnoException) => logSocketError(log, kind, socket, error));
+    const connection = openConnection(app, socket, unix, false);
+    const wire = new WireConnection(
+      socket,
+      (request, response) =>
+        connection.serve(response, () => dispatch(app, kind, request, response, expectsContinue(request), connection)),
+      { deadlineMs, log, client: connection.client, stopping: () => stopping },
+    );
+    live.set(socket, wire);
+    socket.once("close", () => live.delete(socket));
+    try {
+      wire.start();
+    } catch (error) {
+      log.error("ERROR cannot read the connection", { connection: connection.id }, error);
+      socket.destroy();
+    }
+  });
+  if (files) {
+    enforceHandshakeDeadline(server, deadlineMs, log);
+    server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
+      logHandshakeFailure(log, error, socket),
+    );
+  }
+  return Object.assign(server, {
+    closeIdleConnections: () => {
+      stopping = true;
+      for (const [socket, wire] of live) if (wire.idle) socket.destroy();
+    },
+    closeAllConnections: () => {
+      for (const socket of live.keys()) socket.destroy();
+    },
+  });
+}
+
+/** `Expect: 100-continue` on an HTTP/1.1 request: the client waits for a 100 before its body. */
+function expectsContinue(request: IncomingRequest): boolean {
+  if (request.versionMajor !== 1 || request.versionMinor !== 1) return false;
+  return /(?:^|\W)100-continue(?:$|\W)/i.test(request.header("expect") ?? "");
+}
+
+/**
+ * The connection's bookkeeping, once it is ready for HTTP (after TLS): its state, and its
+ * OPEN and CLOSE log lines.
+ */
+function openConnection(app: App, socket: Socket, unix: boolean, endOnClientFin: boolean): ClientConnection {
+  const log = app.log;
+  const client = unix ? "local" : peerAddress(socket);
+  const connection = new ClientConnection(socket, client, log, app.buffers, endOnClientFin);
+  log.info("OPEN", { connection: connection.id, client, worker: app.worker });
+  socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
+  return connection;
+}
+
+/** The control service: node:http. */
+function createNodeService(app: App, kind: ServiceKind, unix: boolean, limits: ListenLimits): Service {
   const log = app.log;
   const deadlineMs = limits.deadlineMs ?? REQUEST_DEADLINE_MS;
   const serverOptions: http.ServerOptions = {
@@ -212,13 +312,7 @@ export function createService(
     maxHeaderSize: 64 * 1024,
   };
   const onRequest = (req: IncomingMessage, res: ServerResponse) => serveInOrder(app, kind, req, res, false);
-  // Node's handshake timeout closes a silent peer; enforceHandshakeDeadline a trickling one.
-  const server = tls
-    ? https.createServer(
-        { ...serverOptions, ...tlsOptions(tls), handshakeTimeout: deadlineMs, allowHalfOpen: true },
-        onRequest,
-      )
-    : http.createServer(serverOptions, onRequest);
+  const server = http.createServer(serverOptions, onRequest);
   server.keepAliveTimeout = 0;
   // A client that sends its last request and then half-closes (FIN) still gets its answers
   // (RFC 9112 §9.6): Node would drop the requests instead; ClientConnection ends our side
@@ -228,13 +322,9 @@ export function createService(
 
   // Every accepted socket, before TLS or HTTP sees it: an error handler, and a slot.
   server.on("connection", (socket: Socket) => admitConnection(socket, kind, log, limits.slots));
-  server.on(tls ? "secureConnection" : "connection", (socket: Socket) => {
+  server.on("connection", (socket: Socket) => {
     if (socket.destroyed) return;
-    const client = unix ? "local" : peerAddress(socket);
-    const connection = new ClientConnection(socket, client, log, app.buffers);
-    connections.set(socket, connection);
-    log.info("OPEN", { connection: connection.id, client, worker: app.worker });
-    socket.once("close", () => log.info("CLOSE", { connection: connection.id, client, ...connection.stats.fields() }));
+    connections.set(socket, openConnection(app, socket, unix, true));
   });
   server.on("clientError", (error: Error & { code?: string; rawPacket?: Buffer }, socket: Socket) =>
     answerParserError(error, socket, log),
@@ -252,13 +342,6 @@ export function createService(
     socket.on("error", () => socket.destroy());
     socket.end(rawErrorResponse(405, "Method Not Allowed", `Invalid method '${req.method ?? "CONNECT"}'`));
   });
-  if (tls) {
-    enforceHandshakeDeadline(server, deadlineMs, log);
-    server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
-      logHandshakeFailure(log, error, socket),
-    );
-  }
-
   return server;
 }
 
@@ -266,7 +349,7 @@ export function createService(
  * Serves a connection another thread accepted: `fd` is this thread's to own from now on.
  * The socket takes the path a listening server's accepted socket takes.
  */
-export function adoptConnection(server: http.Server, fd: number, tcp: boolean): Socket {
+export function adoptConnection(server: Service, fd: number, tcp: boolean): Socket {
   const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
   if (tcp) socket.setNoDelay(true);
   server.emit("connection", socket);
@@ -305,9 +388,9 @@ export function describeAddress(address: AddressInfo | string): string {
   return address.family === "IPv6" ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
 }
 
-function tlsOptions(files: TlsFiles): https.ServerOptions {
+function tlsOptions(files: TlsFiles): tls.TlsOptions {
   const { key, cert, ca } = files.contents ?? tlsFileContents(files);
-  const options: https.ServerOptions = {
+  const options: tls.TlsOptions = {
     key,
     cert,
     // [D6]: TLS 1.2 minimum, 1.1 only on request; 1.3 is offered and preferred.
@@ -332,10 +415,12 @@ function tlsOptions(files: TlsFiles): https.ServerOptions {
 function admitConnection(socket: Socket, kind: ServiceKind, log: Logger, slots: ConnectionSlots | undefined): void {
   // Read now: Node caches the peer address, which a reset socket could no longer tell.
   socket.remoteAddress;
-  socket.on("error", (error: NodeJS.ErrnoException) =>
-    log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message }),
-  );
+  socket.on("error", (error: NodeJS.ErrnoException) => logSocketError(log, kind, socket, error));
   slots?.admit(socket, kind);
+}
+
+function logSocketError(log: Logger, kind: ServiceKind, socket: Socket, error: NodeJS.ErrnoException): void {
+  log.debug("socket error", { service: kind, client: peerAddress(socket), reason: error.code ?? error.message });
 }
 
 /** A peer that closes or resets before finishing its handshake: health checks and port scanners. */
@@ -442,30 +527,32 @@ function serveInOrder(
     req.socket.destroy();
     return;
   }
-  connection.serve(res, () => dispatch(app, kind, req, res, expectsContinue, connection));
+  const request = nodeRequest(req, res);
+  const response = nodeResponse(res);
+  void connection.serve(res, () => dispatch(app, kind, request, response, expectsContinue, connection));
 }
 
 /** Handles one request; resolves true when the connection closes after its response. */
 async function dispatch(
   app: App,
   kind: ServiceKind,
-  req: IncomingMessage,
-  res: ServerResponse,
+  req: IncomingRequest,
+  res: OutgoingResponse,
   expectsContinue: boolean,
   connection: ClientConnection,
 ): Promise<boolean> {
-  const target = req.url ?? "/";
+  const target = req.target;
   const { path, query } = splitTarget(target);
   const ctx = new RequestContext(req, res, connection, path, query);
   ctx.expectsContinue = expectsContinue;
   // `Connection: close` (or HTTP/1.0 without keep-alive): the response says so too.
-  if (!res.shouldKeepAlive) ctx.closeAfter = true;
-  const method = req.method ?? "";
+  if (!req.keepAlive) ctx.closeAfter = true;
+  const method = req.method;
   const started = performance.now();
   let pattern: string | undefined;
   try {
     checkHttpVersion(req);
-    if (`${method} ${target} HTTP/${req.httpVersion}`.length > MAX_REQUEST_LINE) {
+    if (`${method} ${target} HTTP/${req.versionMajor}.${req.versionMinor}`.length > MAX_REQUEST_LINE) {
       throw new HttpError(414, "Request line too long", { close: true });
     }
     checkHeaderCount(req);
@@ -505,8 +592,8 @@ async function dispatch(
  * answer it as plain HTTP (RFC 9110 §7.8 lets a server ignore the header), but Node's parser
  * stops reading the connection after it, so the answer must close the connection.
  */
-function isUpgradeRequest(req: IncomingMessage): boolean {
-  return req.headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.headers.connection ?? "");
+function isUpgradeRequest(req: IncomingRequest): boolean {
+  return req.header("upgrade") !== undefined && /(^|,)\s*upgrade\s*(,|$)/i.test(req.header("connection") ?? "");
 }
 
 /**
@@ -515,15 +602,16 @@ function isUpgradeRequest(req: IncomingMessage): boolean {
  * answer's head as image bytes).
  * @throws HttpError 505 (closing) for any version but 1.0 and 1.1.
  */
-function checkHttpVersion(req: IncomingMessage): void {
-  if (req.httpVersionMajor === 1 && (req.httpVersionMinor === 0 || req.httpVersionMinor === 1)) return;
-  const version = req.httpVersionMajor === 0 ? "none (HTTP/0.9 request line)" : `HTTP/${req.httpVersion}`;
+function checkHttpVersion(req: IncomingRequest): void {
+  if (req.versionMajor === 1 && (req.versionMinor === 0 || req.versionMinor === 1)) return;
+  const version =
+    req.versionMajor === 0 ? "none (HTTP/0.9 request line)" : `HTTP/${req.versionMajor}.${req.versionMinor}`;
   throw new HttpError(505, `HTTP version not supported: ${version}`, { close: true });
 }
 
-/** @throws HttpError 431 (closing) when the request has more header lines than Node records. */
-function checkHeaderCount(req: IncomingMessage): void {
-  if (req.rawHeaders.length / 2 > MAX_HEADER_LINES) {
+/** @throws HttpError 431 (closing) when the request has more header lines than MAX_HEADER_LINES. */
+function checkHeaderCount(req: IncomingRequest): void {
+  if (req.headerLines > MAX_HEADER_LINES) {
     throw new HttpError(431, `Too many header lines: more than ${MAX_HEADER_LINES}`, { close: true });
   }
 }

@@ -40,6 +40,27 @@ export interface UploadOptions extends StreamOptions {
   limit: number;
   /** Called once the backend is ready for the body (a remote accepted the upload). */
   onReady?: () => void;
+  /** Aborted when the transfer is cancelled: a filling source stops at its next bytes. */
+  signal?: AbortSignal;
+}
+
+/**
+ * A source that places its bytes straight into the caller's buffers (an HTTP body read by
+ * imageio's own framing): the default upload fills the aligned buffers with it, in bulk,
+ * instead of copying chunk after chunk out of 'data' events.
+ */
+export interface FillingSource {
+  /**
+   * Fills `dest` with the next bytes: resolves with `dest.length`, or fewer at the end (0 once
+   * ended); a source that fails after some bytes arrived resolves with those first.
+   * @param signal once aborted, resolves with what it has when the next bytes arrive.
+   * @throws the source's failure when nothing arrived before it.
+   */
+  fill(dest: Buffer, signal?: AbortSignal): Promise<number>;
+}
+
+function isFillingSource(source: Readable): source is Readable & FillingSource {
+  return typeof (source as Partial<FillingSource>).fill === "function";
 }
 
 export interface UploadResult {
@@ -165,6 +186,7 @@ async function writeThroughBuffers(
   offset: number,
   options: UploadOptions,
 ): Promise<UploadResult> {
+  if (isFillingSource(source)) return writeByFilling(backend, source, offset, options);
   const writer = new DoubleBufferedWriter(backend, await options.buffers(), offset, options.onProgress);
   options.onReady?.();
   let received = 0;
@@ -308,6 +330,51 @@ async function writeThroughBuffers(
   return { bytes: received, overflow, flushed: false };
 }
 
+/**
+ * The default upload from a source that fills buffers itself: each aligned buffer is filled
+ * whole by one call (its reads land in it directly), then written while the other fills.
+ */
+async function writeByFilling(
+  backend: Backend,
+  source: FillingSource,
+  offset: number,
+  options: UploadOptions,
+): Promise<UploadResult> {
+  const writer = new DoubleBufferedWriter(backend, await options.buffers(), offset, options.onProgress);
+  options.onReady?.();
+  let received = 0;
+  let overflow = false;
+  try {
+    for (;;) {
+      await writer.free();
+      const want = Math.min(writer.room().length, options.limit - received);
+      if (want === 0) {
+        // At the limit: one more byte tells whether the source goes on past it.
+        overflow = (await source.fill(Buffer.allocUnsafe(1))) > 0;
+        break;
+      }
+      let count: number;
+      try {
+        count = await source.fill(writer.room().subarray(0, want), options.signal);
+      } catch (error) {
+        // The sender went away mid-body: what did arrive is written first.
+        await writer.finish();
+        throw error;
+      }
+      received += count;
+      writer.advance(count);
+      // A cancelled transfer stops here (onProgress throws), also when the fill was cut short.
+      options.onProgress?.(writer.done);
+      if (count === 0) break;
+    }
+    await writer.finish();
+  } catch (error) {
+    await writer.settle();
+    throw error;
+  }
+  return { bytes: received, overflow, flushed: false };
+}
+
 /** One buffer's write on its way to the backend. */
 interface WriteInFlight {
   write: Promise<void>;
@@ -360,6 +427,18 @@ class DoubleBufferedWriter {
       if (this.fill === buf.length) this.submit();
     }
     return used;
+  }
+
+  /** The free part of the buffer being filled; only after free() resolved. */
+  room(): Buffer {
+    this.retireIfDone(this.index);
+    return (this.buffers[this.index as 0 | 1] as Buffer).subarray(this.fill);
+  }
+
+  /** `count` bytes were placed at the start of room(): a full buffer goes to the backend. */
+  advance(count: number): void {
+    this.fill += count;
+    if (this.fill === this.buffers[this.index as 0 | 1].length) this.submit();
   }
 
   /** Resolves once the buffer to fill next is free. @throws a write's failure. */

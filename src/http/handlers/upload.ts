@@ -42,12 +42,13 @@ export async function put(ctx: RequestContext, app: App, id: string): Promise<vo
   });
   const operation = ticket.begin(offset);
   try {
-    const result = await writeFrom(context.backend, ctx.req, offset, length, {
+    const result = await writeFrom(context.backend, ctx.req.body(), offset, length, {
       buffers: () => ctx.connection.ioBuffers(context.bufferSize),
       flush,
       limit: ticketSize - offset,
       // Validated, authorized and the backend ready: now the client may send the body.
       onReady: () => ctx.askForBody(),
+      signal: operation.signal,
       onProgress: (done) => {
         operation.checkCancelled();
         operation.done = done;

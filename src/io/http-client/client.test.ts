@@ -582,3 +582,33 @@ describe("14: relay client framing", () => {
     }
   });
 });
+
+/** Waits until `done()` holds or `ms` passed (then the test's own assertions tell what went wrong). */
+async function waitFor(done: () => boolean, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+describe("14.client: review of the relay client", () => {
+  it("14.client: a kept connection the remote closes while idle after an empty answer is replaced for the next PUT", async () => {
+    // Daemons with an idle timeout (and proxies in between) close kept connections; an upload
+    // after that must go on a new connection, not fail on the dead one.
+    reset((request, socket, body) => {
+      serveImage(request, socket, body);
+      socket.end();
+    });
+    const backend = await open();
+    try {
+      for (let round = 0; round < 3; round++) {
+        const data = image.subarray(round * 5000, round * 5000 + 4000);
+        await backend.write(data, round * 5000);
+        expect(sha(written.subarray(round * 5000, round * 5000 + 4000))).toBe(sha(data));
+        // The remote's close reached us before the next upload starts.
+        await waitFor(() => sockets.size === 0);
+      }
+      expect(new Set(requests.map((request) => request.connection)).size).toBe(3);
+    } finally {
+      await backend.close();
+    }
+  });
+});

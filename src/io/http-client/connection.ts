@@ -245,7 +245,15 @@ export class ClientConnection {
       done: () => undefined,
     };
     this.early = rest;
-    if (expected === 0 && rest.length === 0) this.endBody(this.body);
+    if (expected === 0 && rest.length === 0) {
+      exchange.onHead(head);
+      // After onHead, which sets the read timeout for a body: an idle connection has none.
+      this.endBody(this.body);
+      // Nothing more to read for this answer: an idle kept connection goes on reading, so that
+      // the remote closing it (its idle timeout) is noticed before the next request, which
+      // would otherwise be sent on it and fail (uploads cannot be sent again).
+      return this.reusable;
+    }
     exchange.onHead(head);
     return false;
   }

@@ -589,7 +589,82 @@ async function waitFor(done: () => boolean, ms = 2000): Promise<void> {
   while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
+/**
+ * A raw daemon for one test: OPTIONS gets the image's info, every other request head goes to
+ * `onRequest` as soon as it arrives (before any body), with the socket to answer on.
+ */
+async function rawDaemon(
+  onRequest: (line: string, socket: Socket) => void,
+): Promise<{ url: URL; close: () => Promise<void> }> {
+  const open = new Set<Socket>();
+  const server = net.createServer((socket) => {
+    open.add(socket);
+    socket.on("close", () => open.delete(socket));
+    socket.on("error", () => undefined);
+    let pending = "";
+    socket.on("data", (chunk: Buffer) => {
+      pending += chunk.toString("latin1");
+      for (let end = pending.indexOf("\r\n\r\n"); end !== -1; end = pending.indexOf("\r\n\r\n")) {
+        const line = pending.slice(0, pending.indexOf("\r\n"));
+        pending = pending.slice(end + 4);
+        if (line.startsWith("OPTIONS ")) {
+          const info = JSON.stringify({ features: [], size: image.length, max_readers: 1, max_writers: 1 });
+          socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${info.length}\r\n\r\n${info}`);
+        } else {
+          onRequest(line, socket);
+          // Whatever else comes is a body: this daemon reads no further heads.
+          socket.removeAllListeners("data");
+          socket.resume();
+          return;
+        }
+      }
+    });
+  });
+  const port = await listen(server);
+  return {
+    url: new URL(`http://127.0.0.1:${port}/images/fake`),
+    close: async () => {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 describe("14.client: review of the relay client", () => {
+  it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
+    // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
+    // refuse its client's upload with that answer, not send 100 Continue and take the body.
+    const daemon = await rawDaemon((_line, socket) => {
+      socket.write("HTTP/1.1 403 Forbidden\r\ncontent-length: 14\r\n\r\nno such ticket");
+    });
+    const backend = await HttpBackend.open(daemon.url, { preferUnixSocket: false, readTimeoutMs: 10_000 });
+    try {
+      let told = false;
+      let pulled = 0;
+      const source = (async function* () {
+        for (let i = 0; i < 4; i++) {
+          pulled++;
+          yield image.subarray(i * 65536, (i + 1) * 65536);
+        }
+      })();
+      await expect(
+        backend.writeFrom((await import("node:stream")).Readable.from(source), 0, 4 * 65536, {
+          ...relayOptions,
+          flush: false,
+          limit: 4 * 65536,
+          onReady: () => {
+            told = true;
+          },
+        }),
+      ).rejects.toMatchObject({ status: 403, message: "no such ticket" });
+      expect(told).toBe(false);
+      expect(pulled).toBe(0);
+    } finally {
+      await backend.close();
+      await daemon.close();
+    }
+  });
+
   it("14.client: a kept connection the remote closes while idle after an empty answer is replaced for the next PUT", async () => {
     // Daemons with an idle timeout (and proxies in between) close kept connections; an upload
     // after that must go on a new connection, not fail on the dead one.

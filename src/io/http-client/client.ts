@@ -41,8 +41,12 @@ export interface ClientResponse extends ResponseHead {
 export interface ClientExchange {
   /** Where the request body goes (`content-length` bytes, not ended: the connection stays open). */
   body: Writable;
-  /** Settles on 100 Continue, or on the final answer (resolving) or a failure (rejecting). */
-  continued: Promise<void>;
+  /**
+   * Settles on 100 Continue (true), on a final answer that came without it (false: the body
+   * was not asked for, the response says what the remote made of the request) or on a failure
+   * (rejecting).
+   */
+  continued: Promise<boolean>;
   response: Promise<ClientResponse>;
   /** Abandons the exchange: the connection is closed, the next request opens another. */
   abort(): void;
@@ -133,10 +137,10 @@ export class HttpClient {
     if (options.body !== undefined) head += `content-length: ${Buffer.byteLength(options.body)}\r\n`;
     if (options.expectContinue) head += "expect: 100-continue\r\n";
     head += `\r\n${options.body ?? ""}`;
-    let onContinue!: () => void;
+    let settleContinued!: (continue_: boolean) => void;
     let onContinueFailure!: (error: Error) => void;
-    const continued = new Promise<void>((resolve, reject) => {
-      onContinue = resolve;
+    const continued = new Promise<boolean>((resolve, reject) => {
+      settleContinued = resolve;
       onContinueFailure = reject;
     });
     continued.catch(() => undefined);
@@ -145,9 +149,9 @@ export class HttpClient {
         method,
         head,
         {
-          onContinue,
+          onContinue: () => settleContinued(true),
           onHead: (answer) => {
-            onContinue();
+            settleContinued(false);
             connection.setTimeout(this.timeouts.readMs);
             resolve(this.response(connection, answer, release));
           },

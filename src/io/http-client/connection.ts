@@ -140,9 +140,12 @@ export class ClientConnection {
       const early = this.early;
       this.early = NO_BYTES;
       this.consume(body, early);
-      if (this.body !== body) return;
-      if (this.failure !== undefined) this.settleAfterFailure(body);
-      else this.socket?.resume();
+      // Complete already (read with its head): the idle connection goes on reading all the same,
+      // to notice the remote closing it or sending what nobody asked for.
+      if (this.body !== body && !this.reusable) return;
+      if (this.failure !== undefined) {
+        if (this.body === body) this.settleAfterFailure(body);
+      } else this.socket?.resume();
     });
   }
 

@@ -631,6 +631,33 @@ async function rawDaemon(
 }
 
 describe("14.client: review of the relay client", () => {
+  it("14.client: bytes a remote sent past the end of a response are never taken as the next request's answer", async () => {
+    // A broken daemon answers a range with more bytes than its content-length: here a whole
+    // second 206 of the same length, as a daemon that answers a request twice would send.
+    // The next GET must not get those bytes (sent before it was asked) as its range.
+    const bogus = Buffer.from("HTTP/1.1 206 P\r\ncontent-length: 10\r\n\r\nNOT-MINE!!");
+    for (let round = 0; round < 10; round++) {
+      reset((_request, socket) => {
+        socket.write("HTTP/1.1 206 P\r\ncontent-length: 200000\r\n\r\n");
+        // The body and what follows it come in a later read than the head, straight into the receiver.
+        setTimeout(() => socket.write(Buffer.concat([image.subarray(0, 200000), bogus])), 10);
+      });
+      const backend = await open();
+      try {
+        const first = Buffer.alloc(200000);
+        await backend.read(first, 0);
+        expect(sha(first)).toBe(sha(image.subarray(0, 200000)));
+        answer = serveImage;
+        const second = Buffer.alloc(10);
+        await backend.read(second, 500);
+        expect(second.toString("latin1")).toBe(image.toString("latin1", 500, 510));
+        expect(requests).toHaveLength(2);
+      } finally {
+        await backend.close();
+      }
+    }
+  });
+
   it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
     // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
     // refuse its client's upload with that answer, not send 100 Continue and take the body.

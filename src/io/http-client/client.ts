@@ -80,6 +80,10 @@ export class HttpClient {
     });
     await previous;
     try {
+      // Bytes a broken remote sent past the end of the last response may already wait in the
+      // kernel: the socket reads them in the same poll turn, while nothing is asked, and the
+      // connection refuses them. Sent now, the request would take them as its answer.
+      if (this.connection?.idle === true) await new Promise((resolve) => setImmediate(resolve));
       for (let attempt = 0; ; attempt++) {
         let retryable = method === "GET" && attempt === 0 && this.connection?.idle === true;
         const connection = await this.connect();

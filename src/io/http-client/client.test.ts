@@ -658,6 +658,41 @@ describe("14.client: review of the relay client", () => {
     }
   });
 
+  it("14.client: a PUT the remote says it took before it had the body fails, and no later request rides its connection", async () => {
+    // A broken daemon answers 200 to an upload's head: the bytes still to come were not
+    // taken, so the upload must not be reported done, and the next request must not be sent
+    // into the middle of the body still being written on that connection.
+    let heads = 0;
+    const daemon = await rawDaemon((_line, socket) => {
+      heads++;
+      socket.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    });
+    const backend = await HttpBackend.open(daemon.url, { preferUnixSocket: false, readTimeoutMs: 10_000 });
+    try {
+      const { Readable } = await import("node:stream");
+      const source = (async function* () {
+        for (let i = 0; i < 4; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          yield image.subarray(i * 65536, (i + 1) * 65536);
+        }
+      })();
+      const upload = backend.writeFrom(Readable.from(source), 0, 4 * 65536, {
+        ...relayOptions,
+        flush: false,
+        limit: 4 * 65536,
+      });
+      await expect(upload).rejects.toMatchObject({
+        status: 502,
+        message: expect.stringMatching(/answered 200 before/),
+      });
+      await backend.write(Buffer.from("tail"), 5);
+      expect(heads).toBe(2);
+    } finally {
+      await backend.close();
+      await daemon.close();
+    }
+  });
+
   it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
     // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
     // refuse its client's upload with that answer, not send 100 Continue and take the body.

@@ -141,6 +141,10 @@ export class HttpClient {
     if (options.body !== undefined) head += `content-length: ${Buffer.byteLength(options.body)}\r\n`;
     if (options.expectContinue) head += "expect: 100-continue\r\n";
     head += `\r\n${options.body ?? ""}`;
+    // A body the caller streams: the remote cannot take it before it had all of it.
+    const streamed = options.body === undefined ? Number(options.headers?.["content-length"] ?? 0) : 0;
+    const sentBefore = connection.writable.bytesWritten;
+    const requestBytes = Buffer.byteLength(head, "latin1") + streamed;
     let settleContinued!: (continue_: boolean) => void;
     let onContinueFailure!: (error: Error) => void;
     const continued = new Promise<boolean>((resolve, reject) => {
@@ -156,6 +160,19 @@ export class HttpClient {
           onContinue: () => settleContinued(true),
           onHead: (answer) => {
             settleContinued(false);
+            if (answer.status < 300 && connection.writable.bytesWritten - sentBefore < requestBytes) {
+              // A success for bytes not even sent yet is no success, and the rest of the body
+              // would go on down this connection while the next request is sent on it.
+              const error = new RemoteError(
+                `Remote ${this.where} answered ${answer.status} before it had the request's body`,
+                502,
+                undefined,
+              );
+              connection.destroy(error);
+              release();
+              reject(error);
+              return;
+            }
             connection.setTimeout(this.timeouts.readMs);
             resolve(this.response(connection, answer, release));
           },

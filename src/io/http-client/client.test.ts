@@ -693,6 +693,38 @@ describe("14.client: review of the relay client", () => {
     }
   });
 
+  it("14.client: a TLS session from a connection refused for its host name never lets a later one skip the check", async () => {
+    // Node checks the host name only on full handshakes: a session kept from a handshake whose
+    // certificate did not name the host would let the next connection resume without a check.
+    const certs = await testCerts();
+    const open = new Set<Socket>();
+    const server = tls.createServer(
+      { key: readFileSync(certs.keyFile), cert: readFileSync(certs.certFile), maxVersion: "TLSv1.2" },
+      (socket) => {
+        open.add(socket);
+        socket.on("close", () => open.delete(socket));
+        handleConnection(socket, ++connections);
+      },
+    );
+    // The certificate names localhost, 127.0.0.1 and ::1: not 127.0.0.2.
+    const port = await new Promise<number>((resolve) =>
+      server.listen(0, "127.0.0.2", () => resolve((server.address() as AddressInfo).port)),
+    );
+    reset();
+    try {
+      const url = new URL(`https://127.0.0.2:${port}/images/fake`);
+      for (let round = 0; round < 3; round++) {
+        await expect(HttpBackend.open(url, { caFile, preferUnixSocket: false })).rejects.toMatchObject({
+          code: "IMAGEIO_ERR_REMOTE_UNAVAILABLE",
+          message: expect.stringMatching(/127\.0\.0\.2/),
+        });
+      }
+    } finally {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
     // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
     // refuse its client's upload with that answer, not send 100 Continue and take the body.

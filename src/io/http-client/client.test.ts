@@ -725,6 +725,33 @@ describe("14.client: review of the relay client", () => {
     }
   });
 
+  it("14.client: a chunked error answer longer than the message limit fails the request instead of hanging the process", async () => {
+    // A remote (or something in front of it) answers with a large chunked error page: past
+    // the limit the body is given up, and the bytes already read must not be pushed forever
+    // into a collector that has no room left.
+    const page = Buffer.alloc(300 * 1024, "x");
+    const chunks = [0, 1, 2].map((i) => page.subarray(i * 100 * 1024, (i + 1) * 100 * 1024));
+    const encoded = Buffer.concat([
+      ...chunks.flatMap((chunk) => [Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]),
+      Buffer.from("0\r\n\r\n"),
+    ]);
+    reset(
+      rawAnswer(
+        Buffer.concat([Buffer.from("HTTP/1.1 500 Internal Error\r\ntransfer-encoding: chunked\r\n\r\n"), encoded]),
+      ),
+    );
+    const backend = await open();
+    try {
+      await expect(backend.read(Buffer.alloc(10), 0)).rejects.toMatchObject({ status: 500 });
+      answer = serveImage;
+      const buf = Buffer.alloc(10);
+      await backend.read(buf, 0);
+      expect(buf.equals(image.subarray(0, 10))).toBe(true);
+    } finally {
+      await backend.close();
+    }
+  });
+
   it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
     // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
     // refuse its client's upload with that answer, not send 100 Continue and take the body.

@@ -76,6 +76,8 @@ export class ClientConnection {
   private closedByRemote = false;
   /** The remote may take another request on this connection. */
   private reusable = true;
+  /** We gave up on the connection (destroy()): bytes already read go nowhere. */
+  private abandoned = false;
 
   constructor(
     /** For messages: host:port or the unix socket. */
@@ -156,6 +158,7 @@ export class ClientConnection {
 
   destroy(error?: Error): void {
     this.reusable = false;
+    this.abandoned = true;
     this.socket?.destroy(error);
   }
 
@@ -275,7 +278,8 @@ export class ClientConnection {
       this.protocolError(error as Error);
       return;
     }
-    if (!decoder.done) return;
+    // Not done when the receiver gave up meanwhile: the failure settles the body.
+    if (!decoder.done || this.abandoned) return;
     if (used < bytes.length) {
       this.protocolError(new ResponseFramingError("sent data nobody asked for after the body"));
       return;
@@ -291,6 +295,9 @@ export class ClientConnection {
     }
     const receiver = body.receiver as BodyReceiver;
     for (let at = 0; at < bytes.length; ) {
+      // The receiver gave up (a text collector past its limit destroys the connection, and
+      // has no room left): the rest of what was read goes nowhere.
+      if (this.abandoned) return;
       const space = receiver.space(Math.min(body.remaining, bytes.length - at));
       const taken = bytes.copy(space, 0, at, at + space.length);
       at += taken;

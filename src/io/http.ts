@@ -312,15 +312,17 @@ export class HttpBackend implements Backend {
       await response.text(REMOTE_BODY_LIMIT);
     });
     done.catch(() => undefined); // the caller awaits it; do not report it unhandled meanwhile
-    // Go ahead on 100 Continue; on an early final answer, fail with it. A remote that ignores
-    // Expect gets the body after a short wait anyway (RFC 9110 §10.1.1).
+    // Go ahead on 100 Continue; on an early final answer, go by it (a refusal fails the upload
+    // before our client is told to send its body). A remote that ignores Expect gets the body
+    // after a short wait anyway (RFC 9110 §10.1.1).
     const ready = expectContinue
       ? new Promise<void>((resolve, reject) => {
           const timer = setTimeout(resolve, CONTINUE_WAIT_MS);
           exchange.continued.then(
-            () => {
+            (continue_) => {
               clearTimeout(timer);
-              resolve();
+              if (continue_) resolve();
+              else done.then(resolve, reject);
             },
             (error: unknown) => {
               clearTimeout(timer);

@@ -582,3 +582,235 @@ describe("14: relay client framing", () => {
     }
   });
 });
+
+/** Waits until `done()` holds or `ms` passed (then the test's own assertions tell what went wrong). */
+async function waitFor(done: () => boolean, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+/**
+ * A raw daemon for one test: OPTIONS gets the image's info, every other request head goes to
+ * `onRequest` as soon as it arrives (before any body), with the socket to answer on.
+ */
+async function rawDaemon(
+  onRequest: (line: string, socket: Socket) => void,
+): Promise<{ url: URL; close: () => Promise<void> }> {
+  const open = new Set<Socket>();
+  const server = net.createServer((socket) => {
+    open.add(socket);
+    socket.on("close", () => open.delete(socket));
+    socket.on("error", () => undefined);
+    let pending = "";
+    socket.on("data", (chunk: Buffer) => {
+      pending += chunk.toString("latin1");
+      for (let end = pending.indexOf("\r\n\r\n"); end !== -1; end = pending.indexOf("\r\n\r\n")) {
+        const line = pending.slice(0, pending.indexOf("\r\n"));
+        pending = pending.slice(end + 4);
+        if (line.startsWith("OPTIONS ")) {
+          const info = JSON.stringify({ features: [], size: image.length, max_readers: 1, max_writers: 1 });
+          socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${info.length}\r\n\r\n${info}`);
+        } else {
+          onRequest(line, socket);
+          // Whatever else comes is a body: this daemon reads no further heads.
+          socket.removeAllListeners("data");
+          socket.resume();
+          return;
+        }
+      }
+    });
+  });
+  const port = await listen(server);
+  return {
+    url: new URL(`http://127.0.0.1:${port}/images/fake`),
+    close: async () => {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+describe("14.client: review of the relay client", () => {
+  it("14.client: bytes a remote sent past the end of a response are never taken as the next request's answer", async () => {
+    // A broken daemon answers a range with more bytes than its content-length: here a whole
+    // second 206 of the same length, as a daemon that answers a request twice would send.
+    // The next GET must not get those bytes (sent before it was asked) as its range.
+    const bogus = Buffer.from("HTTP/1.1 206 P\r\ncontent-length: 10\r\n\r\nNOT-MINE!!");
+    for (let round = 0; round < 10; round++) {
+      reset((_request, socket) => {
+        socket.write("HTTP/1.1 206 P\r\ncontent-length: 200000\r\n\r\n");
+        // The body and what follows it come in a later read than the head, straight into the receiver.
+        setTimeout(() => socket.write(Buffer.concat([image.subarray(0, 200000), bogus])), 10);
+      });
+      const backend = await open();
+      try {
+        const first = Buffer.alloc(200000);
+        await backend.read(first, 0);
+        expect(sha(first)).toBe(sha(image.subarray(0, 200000)));
+        answer = serveImage;
+        const second = Buffer.alloc(10);
+        await backend.read(second, 500);
+        expect(second.toString("latin1")).toBe(image.toString("latin1", 500, 510));
+        expect(requests).toHaveLength(2);
+      } finally {
+        await backend.close();
+      }
+    }
+  });
+
+  it("14.client: a PUT the remote says it took before it had the body fails, and no later request rides its connection", async () => {
+    // A broken daemon answers 200 to an upload's head: the bytes still to come were not
+    // taken, so the upload must not be reported done, and the next request must not be sent
+    // into the middle of the body still being written on that connection.
+    let heads = 0;
+    const daemon = await rawDaemon((_line, socket) => {
+      heads++;
+      socket.write("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    });
+    const backend = await HttpBackend.open(daemon.url, { preferUnixSocket: false, readTimeoutMs: 10_000 });
+    try {
+      const { Readable } = await import("node:stream");
+      const source = (async function* () {
+        for (let i = 0; i < 4; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          yield image.subarray(i * 65536, (i + 1) * 65536);
+        }
+      })();
+      const upload = backend.writeFrom(Readable.from(source), 0, 4 * 65536, {
+        ...relayOptions,
+        flush: false,
+        limit: 4 * 65536,
+      });
+      await expect(upload).rejects.toMatchObject({
+        status: 502,
+        message: expect.stringMatching(/answered 200 before/),
+      });
+      await backend.write(Buffer.from("tail"), 5);
+      expect(heads).toBe(2);
+    } finally {
+      await backend.close();
+      await daemon.close();
+    }
+  });
+
+  it("14.client: a TLS session from a connection refused for its host name never lets a later one skip the check", async () => {
+    // Node checks the host name only on full handshakes: a session kept from a handshake whose
+    // certificate did not name the host would let the next connection resume without a check.
+    const certs = await testCerts();
+    const open = new Set<Socket>();
+    const server = tls.createServer(
+      { key: readFileSync(certs.keyFile), cert: readFileSync(certs.certFile), maxVersion: "TLSv1.2" },
+      (socket) => {
+        open.add(socket);
+        socket.on("close", () => open.delete(socket));
+        handleConnection(socket, ++connections);
+      },
+    );
+    // The certificate names localhost, 127.0.0.1 and ::1: not 127.0.0.2.
+    const port = await new Promise<number>((resolve) =>
+      server.listen(0, "127.0.0.2", () => resolve((server.address() as AddressInfo).port)),
+    );
+    reset();
+    try {
+      const url = new URL(`https://127.0.0.2:${port}/images/fake`);
+      for (let round = 0; round < 3; round++) {
+        await expect(HttpBackend.open(url, { caFile, preferUnixSocket: false })).rejects.toMatchObject({
+          code: "IMAGEIO_ERR_REMOTE_UNAVAILABLE",
+          message: expect.stringMatching(/127\.0\.0\.2/),
+        });
+      }
+    } finally {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("14.client: a chunked error answer longer than the message limit fails the request instead of hanging the process", async () => {
+    // A remote (or something in front of it) answers with a large chunked error page: past
+    // the limit the body is given up, and the bytes already read must not be pushed forever
+    // into a collector that has no room left.
+    const page = Buffer.alloc(300 * 1024, "x");
+    const chunks = [0, 1, 2].map((i) => page.subarray(i * 100 * 1024, (i + 1) * 100 * 1024));
+    const encoded = Buffer.concat([
+      ...chunks.flatMap((chunk) => [Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]),
+      Buffer.from("0\r\n\r\n"),
+    ]);
+    reset(
+      rawAnswer(
+        Buffer.concat([Buffer.from("HTTP/1.1 500 Internal Error\r\ntransfer-encoding: chunked\r\n\r\n"), encoded]),
+      ),
+    );
+    const backend = await open();
+    try {
+      await expect(backend.read(Buffer.alloc(10), 0)).rejects.toMatchObject({ status: 500 });
+      answer = serveImage;
+      const buf = Buffer.alloc(10);
+      await backend.read(buf, 0);
+      expect(buf.equals(image.subarray(0, 10))).toBe(true);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it("14.client: a PUT refused at once (no 100 Continue) fails with the remote's answer before the client is told to send", async () => {
+    // The remote answers 403 to the head of an `Expect: 100-continue` upload: the proxy must
+    // refuse its client's upload with that answer, not send 100 Continue and take the body.
+    const daemon = await rawDaemon((_line, socket) => {
+      socket.write("HTTP/1.1 403 Forbidden\r\ncontent-length: 14\r\n\r\nno such ticket");
+    });
+    const backend = await HttpBackend.open(daemon.url, { preferUnixSocket: false, readTimeoutMs: 10_000 });
+    try {
+      let told = false;
+      let pulled = 0;
+      const source = (async function* () {
+        for (let i = 0; i < 4; i++) {
+          pulled++;
+          yield image.subarray(i * 65536, (i + 1) * 65536);
+        }
+      })();
+      await expect(
+        backend.writeFrom((await import("node:stream")).Readable.from(source), 0, 4 * 65536, {
+          ...relayOptions,
+          flush: false,
+          limit: 4 * 65536,
+          onReady: () => {
+            told = true;
+          },
+        }),
+      ).rejects.toMatchObject({ status: 403, message: "no such ticket" });
+      expect(told).toBe(false);
+      expect(pulled).toBe(0);
+    } finally {
+      await backend.close();
+      await daemon.close();
+    }
+  });
+
+  for (const [what, reply] of [
+    ["an empty answer", "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+    ["a short answer read with its head", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+  ] as const) {
+    it(`14.client: a kept connection the remote closes while idle after ${what} is replaced for the next PUT`, async () => {
+      // Daemons with an idle timeout (and proxies in between) close kept connections; an upload
+      // after that must go on a new connection, not fail on the dead one.
+      reset((request, socket, body) => {
+        const offset = Number(/^bytes (\d+)-/.exec(request.headers.get("content-range") ?? "")?.[1]);
+        body.copy(written, offset);
+        socket.end(reply);
+      });
+      const backend = await open();
+      try {
+        for (let round = 0; round < 3; round++) {
+          const data = image.subarray(round * 5000, round * 5000 + 4000);
+          await backend.write(data, round * 5000);
+          expect(sha(written.subarray(round * 5000, round * 5000 + 4000))).toBe(sha(data));
+          // The remote's close reached us before the next upload starts.
+          await waitFor(() => sockets.size === 0);
+        }
+        expect(new Set(requests.map((request) => request.connection)).size).toBe(3);
+      } finally {
+        await backend.close();
+      }
+    });
+  }
+});

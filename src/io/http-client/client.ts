@@ -41,8 +41,12 @@ export interface ClientResponse extends ResponseHead {
 export interface ClientExchange {
   /** Where the request body goes (`content-length` bytes, not ended: the connection stays open). */
   body: Writable;
-  /** Settles on 100 Continue, or on the final answer (resolving) or a failure (rejecting). */
-  continued: Promise<void>;
+  /**
+   * Settles on 100 Continue (true), on a final answer that came without it (false: the body
+   * was not asked for, the response says what the remote made of the request) or on a failure
+   * (rejecting).
+   */
+  continued: Promise<boolean>;
   response: Promise<ClientResponse>;
   /** Abandons the exchange: the connection is closed, the next request opens another. */
   abort(): void;
@@ -76,6 +80,10 @@ export class HttpClient {
     });
     await previous;
     try {
+      // Bytes a broken remote sent past the end of the last response may already wait in the
+      // kernel: the socket reads them in the same poll turn, while nothing is asked, and the
+      // connection refuses them. Sent now, the request would take them as its answer.
+      if (this.connection?.idle === true) await new Promise((resolve) => setImmediate(resolve));
       for (let attempt = 0; ; attempt++) {
         let retryable = method === "GET" && attempt === 0 && this.connection?.idle === true;
         const connection = await this.connect();
@@ -133,10 +141,14 @@ export class HttpClient {
     if (options.body !== undefined) head += `content-length: ${Buffer.byteLength(options.body)}\r\n`;
     if (options.expectContinue) head += "expect: 100-continue\r\n";
     head += `\r\n${options.body ?? ""}`;
-    let onContinue!: () => void;
+    // A body the caller streams: the remote cannot take it before it had all of it.
+    const streamed = options.body === undefined ? Number(options.headers?.["content-length"] ?? 0) : 0;
+    const sentBefore = connection.writable.bytesWritten;
+    const requestBytes = Buffer.byteLength(head, "latin1") + streamed;
+    let settleContinued!: (continue_: boolean) => void;
     let onContinueFailure!: (error: Error) => void;
-    const continued = new Promise<void>((resolve, reject) => {
-      onContinue = resolve;
+    const continued = new Promise<boolean>((resolve, reject) => {
+      settleContinued = resolve;
       onContinueFailure = reject;
     });
     continued.catch(() => undefined);
@@ -145,9 +157,22 @@ export class HttpClient {
         method,
         head,
         {
-          onContinue,
+          onContinue: () => settleContinued(true),
           onHead: (answer) => {
-            onContinue();
+            settleContinued(false);
+            if (answer.status < 300 && connection.writable.bytesWritten - sentBefore < requestBytes) {
+              // A success for bytes not even sent yet is no success, and the rest of the body
+              // would go on down this connection while the next request is sent on it.
+              const error = new RemoteError(
+                `Remote ${this.where} answered ${answer.status} before it had the request's body`,
+                502,
+                undefined,
+              );
+              connection.destroy(error);
+              release();
+              reject(error);
+              return;
+            }
             connection.setTimeout(this.timeouts.readMs);
             resolve(this.response(connection, answer, release));
           },

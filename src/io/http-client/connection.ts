@@ -76,6 +76,8 @@ export class ClientConnection {
   private closedByRemote = false;
   /** The remote may take another request on this connection. */
   private reusable = true;
+  /** We gave up on the connection (destroy()): bytes already read go nowhere. */
+  private abandoned = false;
 
   constructor(
     /** For messages: host:port or the unix socket. */
@@ -140,9 +142,12 @@ export class ClientConnection {
       const early = this.early;
       this.early = NO_BYTES;
       this.consume(body, early);
-      if (this.body !== body) return;
-      if (this.failure !== undefined) this.settleAfterFailure(body);
-      else this.socket?.resume();
+      // Complete already (read with its head): the idle connection goes on reading all the same,
+      // to notice the remote closing it or sending what nobody asked for.
+      if (this.body !== body && !this.reusable) return;
+      if (this.failure !== undefined) {
+        if (this.body === body) this.settleAfterFailure(body);
+      } else this.socket?.resume();
     });
   }
 
@@ -153,6 +158,7 @@ export class ClientConnection {
 
   destroy(error?: Error): void {
     this.reusable = false;
+    this.abandoned = true;
     this.socket?.destroy(error);
   }
 
@@ -245,7 +251,15 @@ export class ClientConnection {
       done: () => undefined,
     };
     this.early = rest;
-    if (expected === 0 && rest.length === 0) this.endBody(this.body);
+    if (expected === 0 && rest.length === 0) {
+      exchange.onHead(head);
+      // After onHead, which sets the read timeout for a body: an idle connection has none.
+      this.endBody(this.body);
+      // Nothing more to read for this answer: an idle kept connection goes on reading, so that
+      // the remote closing it (its idle timeout) is noticed before the next request, which
+      // would otherwise be sent on it and fail (uploads cannot be sent again).
+      return this.reusable;
+    }
     exchange.onHead(head);
     return false;
   }
@@ -264,7 +278,8 @@ export class ClientConnection {
       this.protocolError(error as Error);
       return;
     }
-    if (!decoder.done) return;
+    // Not done when the receiver gave up meanwhile: the failure settles the body.
+    if (!decoder.done || this.abandoned) return;
     if (used < bytes.length) {
       this.protocolError(new ResponseFramingError("sent data nobody asked for after the body"));
       return;
@@ -280,6 +295,9 @@ export class ClientConnection {
     }
     const receiver = body.receiver as BodyReceiver;
     for (let at = 0; at < bytes.length; ) {
+      // The receiver gave up (a text collector past its limit destroys the connection, and
+      // has no room left): the rest of what was read goes nowhere.
+      if (this.abandoned) return;
       const space = receiver.space(Math.min(body.remaining, bytes.length - at));
       const taken = bytes.copy(space, 0, at, at + space.length);
       at += taken;

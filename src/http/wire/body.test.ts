@@ -151,3 +151,37 @@ describe("14: request bodies read by imageio's own framing", () => {
     await expect(cut.fill(dest)).rejects.toThrow("the sending side closed before the end of the data");
   });
 });
+
+describe("14.wire: the body as a stream", () => {
+  it("14.wire: a body stream its relay abandoned fails quietly when the client leaves, never crashing the process", async () => {
+    const feed = new Feed();
+    const reader = new BodyReader(
+      { kind: "length", length: 4 * 1024 * 1024 },
+      feed,
+      () => undefined,
+      () => undefined,
+    );
+    const stream = reader.stream();
+    // A relay starts reading, then gives up on the body (its remote answered first).
+    const relay = (error: Error) => expect.unreachable(`the relay stopped listening: ${error.message}`);
+    stream.on("error", relay);
+    stream.resume();
+    feed.push(Buffer.alloc(1000, 1));
+    reader.wake();
+    await new Promise((resolve) => setImmediate(resolve));
+    stream.off("error", relay);
+    const uncaught: unknown[] = [];
+    const onUncaught = (error: unknown) => uncaught.push(error);
+    process.on("uncaughtException", onUncaught);
+    try {
+      reader.fail(new Error("the sending side closed before the end of the data"));
+      await new Promise((resolve) => stream.once("close", resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off("uncaughtException", onUncaught);
+    }
+    expect(uncaught).toEqual([]);
+    expect(stream.destroyed).toBe(true);
+    expect(stream.errored?.message).toMatch(/closed before the end/);
+  });
+});

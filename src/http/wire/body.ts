@@ -224,6 +224,11 @@ const STREAM_PIECE = 64 * 1024;
 export class BodyStream extends Readable {
   constructor(private readonly reader: BodyReader) {
     super({ highWaterMark: STREAM_PIECE });
+    // A relay that gave up on the body (the remote answered first, the relay failed) stops
+    // listening, but a read it started still ends when the client leaves: that failure is no
+    // news to anyone, and an 'error' nobody listens to would take the whole process down.
+    // Consumers that listen still get it.
+    this.on("error", () => undefined);
   }
 
   fill(dest: Buffer, signal?: AbortSignal): Promise<number> {

@@ -31,7 +31,7 @@ export class WireResponse extends Writable implements OutgoingResponse {
 
   /**
    * Starts the response: `headers` is a flat name, value list, written as given.
-   * @throws Error when a head was already written.
+   * @throws Error when a head was already written, or a name or value holds CR or LF.
    */
   writeHead(status: number, headers: string[]): this {
     if (this.headersSent) throw new Error("response head already written");
@@ -39,6 +39,9 @@ export class WireResponse extends Writable implements OutgoingResponse {
     for (let i = 0; i + 1 < headers.length; i += 2) {
       const name = headers[i] as string;
       const value = headers[i + 1] as string;
+      // node:http refused these too: a CR or LF would let a value (a remote's message, say)
+      // start a header or a response of its own.
+      if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) throw new Error(`invalid character in header '${name}'`);
       head += `${name}: ${value}\r\n`;
       if (name.toLowerCase() === "connection" && value.toLowerCase() === "close") this.closesConnection = true;
     }

@@ -28,10 +28,11 @@ import {
 import { type ClientResponse, type ClientTimeouts, HttpClient } from "./http-client/client.js";
 import type { Endpoint } from "./http-client/connect.js";
 import { BufferReceiver, RelayReceiver } from "./http-client/relay.js";
-import { type PumpOptions, pump } from "./pump.js";
+import { type PumpOptions, pump, relayByFilling } from "./pump.js";
 import { checkRemoteImageUrl } from "./remote-url.js";
 import {
   type ByteSink,
+  isFillingSource,
   type StreamOptions,
   type UploadOptions,
   type UploadResult,
@@ -262,11 +263,14 @@ export class HttpBackend implements Backend {
     let bytes: number;
     let overflow: boolean;
     try {
-      ({ bytes, overflow } = await pump(source, upload.body, {
-        ...relayOptions(options),
-        coalesce: true,
-        limit: length,
-      }));
+      // The images services' request bodies fill our buffers directly (no Buffer per TLS record).
+      ({ bytes, overflow } = isFillingSource(source)
+        ? await relayByFilling(source, upload.body, length, {
+            ...relayOptions(options),
+            pieceSize: RELAY_HIGH_WATER_MARK,
+            ...(options.signal === undefined ? {} : { signal: options.signal }),
+          })
+        : await pump(source, upload.body, { ...relayOptions(options), coalesce: true, limit: length }));
       if (!overflow && bytes !== length) throw new Error(`the sending side ended after ${bytes} of ${length} bytes`);
     } catch (error) {
       // The remote may have refused the upload early (416, 403) and closed, which is what

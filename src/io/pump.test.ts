@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { PassThrough, Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { pump } from "./pump.js";
+import { type Filler, pump, relayByFilling } from "./pump.js";
 
 /**
  * A sink that takes one chunk per event-loop turn, with a 16 KiB highWaterMark as sockets
@@ -97,5 +97,90 @@ describe("pump", () => {
     // 128 chunks: written one by one, against one batch per turn.
     expect(plain.writes).toBe(128);
     expect(coalesced.writes).toBeLessThanOrEqual(4);
+  });
+});
+
+/**
+ * A source that fills the caller's buffers from `body` in random pieces, one per event-loop
+ * turn, as the images services' request bodies do; it fails with `failure` after `failAt` bytes.
+ */
+function fillingSource(body: Buffer, options: { failAt?: number; failure?: Error } = {}): Filler {
+  let at = 0;
+  return {
+    async fill(dest: Buffer, signal?: AbortSignal): Promise<number> {
+      let filled = 0;
+      while (filled < dest.length && at < body.length) {
+        await new Promise((resolve) => setImmediate(resolve));
+        if (options.failAt !== undefined && at >= options.failAt) {
+          if (filled > 0) return filled;
+          throw options.failure ?? new Error("the sending side closed before the end of the data");
+        }
+        const count = Math.min(dest.length - filled, body.length - at, 1 + Math.floor(Math.random() * 40_000));
+        body.copy(dest, filled, at, at + count);
+        at += count;
+        filled += count;
+        if (signal?.aborted) break;
+      }
+      return filled;
+    },
+  };
+}
+
+describe("14: relayByFilling (proxied uploads from the images services' bodies)", () => {
+  it("14: moves every byte in order through two pieces, reusing a piece only after the sink took it", async () => {
+    for (const size of [1, 1000, 256 * 1024, 1024 * 1024 + 7]) {
+      const body = randomBytes(size);
+      const { sink, bytes } = slowSink();
+      const progress: number[] = [];
+      const result = await relayByFilling(fillingSource(body), sink, size, {
+        pieceSize: 64 * 1024,
+        onProgress: (done) => progress.push(done),
+      });
+      expect(result).toEqual({ bytes: size, overflow: false });
+      expect(bytes().equals(body)).toBe(true);
+      expect(progress.at(-1)).toBe(size);
+    }
+  });
+
+  it("14: a source that ends early gives the bytes that came; one that fails rejects after writing them", async () => {
+    const body = randomBytes(300_000);
+    const short = slowSink();
+    expect(await relayByFilling(fillingSource(body), short.sink, 400_000, { pieceSize: 64 * 1024 })).toEqual({
+      bytes: 300_000,
+      overflow: false,
+    });
+    const failing = slowSink();
+    await expect(
+      relayByFilling(fillingSource(body, { failAt: 100_000 }), failing.sink, 300_000, { pieceSize: 64 * 1024 }),
+    ).rejects.toThrow(/closed before the end/);
+  });
+
+  it("14: a sink that closes, a cancel and a throwing onProgress each stop the relay", async () => {
+    const body = randomBytes(2 * 1024 * 1024);
+    const closing = slowSink();
+    setTimeout(() => closing.sink.destroy(), 5);
+    await expect(
+      relayByFilling(fillingSource(body), closing.sink, body.length, { pieceSize: 64 * 1024 }),
+    ).rejects.toThrow(/receiving side closed|destroyed/);
+
+    const cancel = new AbortController();
+    const cancelled = slowSink();
+    const moved = await relayByFilling(fillingSource(body), cancelled.sink, body.length, {
+      pieceSize: 64 * 1024,
+      signal: cancel.signal,
+      onProgress: (done) => {
+        if (done > 100_000) cancel.abort();
+      },
+    });
+    expect(moved.bytes).toBeLessThan(body.length);
+
+    await expect(
+      relayByFilling(fillingSource(body), slowSink().sink, body.length, {
+        pieceSize: 64 * 1024,
+        onProgress: () => {
+          throw new Error("cancelled");
+        },
+      }),
+    ).rejects.toThrow("cancelled");
   });
 });

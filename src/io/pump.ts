@@ -102,3 +102,79 @@ export function pump(source: Readable, sink: Writable, options: PumpOptions = {}
     source.resume();
   });
 }
+
+/** A source that reads into the caller's buffers (see FillingSource in streaming.ts). */
+export interface Filler {
+  fill(dest: Buffer, signal?: AbortSignal): Promise<number>;
+}
+
+export interface RelayByFillingOptions {
+  /** Called after each piece with the bytes moved so far; may throw to stop (cancellation). */
+  onProgress?: (bytes: number) => void;
+  /** Once aborted, the relay stops at the source's next bytes (a cancelled transfer). */
+  signal?: AbortSignal;
+  /** Bytes per piece (two pieces are used in turn). */
+  pieceSize: number;
+}
+
+/**
+ * Copies `length` bytes of `source` into `sink` (without ending it) through two buffers used
+ * in turn: one fills while the other is on its way, and a buffer is filled again only once
+ * the sink took it. Against pump() over the source's stream view, no Buffer is made per chunk
+ * and the sink gets one write per piece (proxied uploads: the client's TLS records land in
+ * the piece as they arrive).
+ * @returns the bytes moved (fewer than `length` when the source ended early); never overflow.
+ * @throws the source's or the sink's error, an Error when the sink closes first, or what
+ *   onProgress throws.
+ */
+export async function relayByFilling(
+  source: Filler,
+  sink: Writable,
+  length: number,
+  options: RelayByFillingOptions,
+): Promise<PumpResult> {
+  const size = Math.max(1, Math.min(options.pieceSize, length));
+  const pieces = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
+  const writes: (Promise<void> | undefined)[] = [undefined, undefined];
+  // A sink that fails while the source is still filling stops the fill at its next bytes.
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  let sinkFailure: Error | undefined;
+  const onSinkFailure = (error?: Error) => {
+    sinkFailure ??= error ?? new Error("the receiving side closed before the end of the data");
+    stop.abort();
+  };
+  const onSinkClose = () => onSinkFailure();
+  sink.once("error", onSinkFailure);
+  sink.once("close", onSinkClose);
+  let bytes = 0;
+  let index = 0;
+  try {
+    while (bytes < length) {
+      await writes[index];
+      if (sinkFailure !== undefined) throw sinkFailure;
+      const piece = (pieces[index] as Buffer).subarray(0, Math.min(size, length - bytes));
+      const count = await source.fill(piece, stop.signal);
+      if (sinkFailure !== undefined) throw sinkFailure;
+      if (count === 0) break;
+      bytes += count;
+      options.onProgress?.(bytes);
+      if (stop.signal.aborted) break;
+      const written = piece.subarray(0, count);
+      writes[index] = new Promise<void>((resolve, reject) =>
+        sink.write(written, (error) => (error ? reject(error) : resolve())),
+      );
+      // Awaited before this buffer is filled again, or at the end; not unhandled meanwhile.
+      writes[index]?.catch(() => undefined);
+      index ^= 1;
+    }
+    await Promise.all(writes);
+    if (sinkFailure !== undefined) throw sinkFailure;
+    return { bytes, overflow: false };
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+    sink.off("error", onSinkFailure);
+    sink.off("close", onSinkClose);
+  }
+}

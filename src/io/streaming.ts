@@ -59,7 +59,7 @@ export interface FillingSource {
   fill(dest: Buffer, signal?: AbortSignal): Promise<number>;
 }
 
-function isFillingSource(source: Readable): source is Readable & FillingSource {
+export function isFillingSource(source: Readable): source is Readable & FillingSource {
   return typeof (source as Partial<FillingSource>).fill === "function";
 }
 

@@ -7,11 +7,12 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { open, stat, truncate, writeFile } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MiB, TiB } from "../src/units.js";
 import { imageio } from "./helpers/cli.js";
+import { emptySparseFile } from "./helpers/images.js";
 import { makeTempDir, type TempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -22,11 +23,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await tmp.remove();
 });
-
-async function sparseFile(path: string, size: number): Promise<void> {
-  await writeFile(path, "");
-  await truncate(path, size);
-}
 
 /** SHA-256 of `length` bytes at `offset`. */
 async function hashOf(path: string, offset: number, length: number): Promise<string> {
@@ -44,7 +40,7 @@ const zerosHash = (length: number) => createHash("sha256").update(Buffer.alloc(l
 
 /** An existing destination: `size` bytes with 4 MiB of random data at the start and the end. */
 async function destinationWithData(path: string, size: number): Promise<void> {
-  await sparseFile(path, size);
+  await emptySparseFile(path, size);
   const handle = await open(path, "r+");
   await handle.write(Buffer.alloc(4 * MiB, 0x5a), 0, 4 * MiB, 0);
   await handle.write(Buffer.alloc(4 * MiB, 0xa5), 0, 4 * MiB, size - 4 * MiB);
@@ -68,8 +64,8 @@ describe("copy of an empty image", () => {
     const size = TiB;
     const fast = tmp.file("empty.raw");
     const general = tmp.file("empty-walked.raw");
-    await sparseFile(fast, size);
-    await sparseFile(general, size);
+    await emptySparseFile(fast, size);
+    await emptySparseFile(general, size);
     try {
       await run("fallocate", ["--keep-size", "--offset", String(size), "--length", String(MiB), general]);
     } catch (error) {

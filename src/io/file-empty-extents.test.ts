@@ -5,9 +5,10 @@
  * of this process are counted.
  */
 import { execFile } from "node:child_process";
-import { open, stat, truncate, writeFile } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { emptySparseFile } from "../../test/helpers/images.js";
 import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
 import { MiB, TiB } from "../units.js";
 import type { ByteRange, ZeroExtent } from "./backend.js";
@@ -26,8 +27,7 @@ afterAll(async () => {
 
 async function sparseFile(name: string, size: number): Promise<string> {
   const path = tmp.file(name);
-  await writeFile(path, "");
-  await truncate(path, size);
+  await emptySparseFile(path, size);
   return path;
 }
 

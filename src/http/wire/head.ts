@@ -57,8 +57,8 @@ const FIRST_WINS = new Set([
 ]);
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** True when `text` holds a control character other than HTAB, which no field value or target may hold. */
-function hasControl(text: string): boolean {
+/** True when `text` holds a control character other than HTAB, which no field value, target or chunked framing line may hold. */
+export function hasControl(text: string): boolean {
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
     if ((code < 0x20 && code !== 0x09) || code === 0x7f) return true;

@@ -1,0 +1,96 @@
+/**
+ * Issue 14, review of the images services' own HTTP/1.1 framing (src/http/wire/): hostile
+ * clients on the local unix socket of an in-process daemon, bytes of the image checked after.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import net from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { addTicket, type InProcessDaemon, startInProcess } from "./helpers/daemon.js";
+
+let daemon: InProcessDaemon;
+let counter = 0;
+
+beforeAll(async () => {
+  daemon = await startInProcess();
+}, 30_000);
+afterAll(async () => {
+  await daemon?.stop();
+});
+
+async function imageWithTicket(size = 64): Promise<{ id: string; path: string; data: Buffer }> {
+  const path = daemon.tmp.file(`attack-${counter++}.raw`);
+  const data = randomBytes(size);
+  await writeFile(path, data);
+  const id = randomUUID();
+  await addTicket(daemon, { uuid: id, size, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+  return { id, path, data };
+}
+
+/** Sends `pieces` one write at a time (each after the previous was flushed), then collects until close or `waitMs`. */
+async function send(pieces: Buffer[], waitMs = 1500, halfClose = true): Promise<{ text: string; closed: boolean }> {
+  const socket = net.connect({ path: daemon.localSocket as string });
+  socket.setNoDelay(true);
+  let text = "";
+  let closed = false;
+  socket.on("data", (chunk: Buffer) => {
+    text += chunk.toString("latin1");
+  });
+  socket.on("error", () => undefined);
+  const done = new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, waitMs);
+    socket.on("close", () => {
+      closed = true;
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  await new Promise((resolve) => socket.once("connect", resolve));
+  for (const piece of pieces) {
+    await new Promise<void>((resolve) => socket.write(piece, () => resolve()));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  if (halfClose) socket.end();
+  await done;
+  socket.destroy();
+  return { text, closed };
+}
+
+const statuses = (text: string) => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+
+describe("14.wire: chunked framing lines", () => {
+  it("14.wire: a bare LF or CR, or any control byte, in a trailer or chunk extension is a 400 that closes; nothing after it runs", async () => {
+    for (const tail of [
+      "4\r\nAAAA\r\n0\r\nX: a\n\r\n",
+      "4\r\nAAAA\r\n0\r\nX: a\rb\r\n\r\n",
+      "4\r\nAAAA\r\n0\r\nnot a field\r\n\r\n",
+      "4;a\nb\r\nAAAA\r\n0\r\n\r\n",
+      "4;a\x00\r\nAAAA\r\n0\r\n\r\n",
+    ]) {
+      const { id, path, data } = await imageWithTicket();
+      // A front end taking the bare LF as a line end sees the body end there, and the PUT
+      // after it as the next request: we must neither swallow it as trailers nor run it.
+      const smuggled = `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 8-11/*\r\nContent-Length: 4\r\n\r\nZZZZ`;
+      const r = await send([
+        Buffer.from(
+          `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 0-3/*\r\nTransfer-Encoding: chunked\r\n\r\n${tail}${smuggled}`,
+          "latin1",
+        ),
+      ]);
+      expect(statuses(r.text), JSON.stringify(tail)).toEqual([400]);
+      expect(r.text).toContain("Invalid chunked body");
+      expect(r.closed).toBe(true);
+      expect((await readFile(path)).subarray(8, 12).equals(data.subarray(8, 12)), JSON.stringify(tail)).toBe(true);
+    }
+  });
+  it("14.wire: extensions and trailers that are well formed still work", async () => {
+    const { id, path } = await imageWithTicket();
+    const r = await send([
+      Buffer.from(
+        `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 0-3/*\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\t;c="d e"\r\nAA\r\n2\r\nBB\r\n0\r\nX-T: 1\tz\r\nY:\r\n\r\n`,
+      ),
+    ]);
+    expect(statuses(r.text)).toEqual([200]);
+    expect((await readFile(path)).subarray(0, 4).toString()).toBe("AABB");
+  });
+});

@@ -11,7 +11,7 @@ import type { Readable } from "node:stream";
 import type { Logger } from "../../log.js";
 import type { IncomingRequest } from "../exchange.js";
 import { BodyReader } from "./body.js";
-import { parseHead, type RequestHead } from "./head.js";
+import { freshScan, parseHead, type RequestHead } from "./head.js";
 import { Inbound } from "./inbound.js";
 import { WireResponse } from "./response.js";
 
@@ -39,6 +39,8 @@ export class WireConnection {
   private eof = false;
   private headTimer: NodeJS.Timeout | undefined;
   private finished = false;
+  /** What was examined of the head being awaited. */
+  private headScan = freshScan();
 
   constructor(
     private readonly socket: Socket,
@@ -88,7 +90,7 @@ export class WireConnection {
       if (this.eof) this.end();
       return;
     }
-    const result = parseHead(staged);
+    const result = parseHead(staged, this.headScan);
     if (result.kind === "incomplete") {
       if (this.eof) {
         // A head cut short by the client's FIN: nothing to answer.
@@ -99,6 +101,7 @@ export class WireConnection {
       return;
     }
     this.clearHeadTimer();
+    this.headScan = freshScan();
     if (result.kind === "refused") {
       this.awaitingHead = false;
       this.finished = true;

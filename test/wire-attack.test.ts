@@ -94,3 +94,33 @@ describe("14.wire: chunked framing lines", () => {
     expect((await readFile(path)).subarray(0, 4).toString()).toBe("AABB");
   });
 });
+
+describe("14.wire: HTTP/1.0", () => {
+  it("14.wire: an HTTP/1.0 keep-alive request with Transfer-Encoding is served, then the connection closes (RFC 9112 §6.1)", async () => {
+    const { id, path } = await imageWithTicket();
+    const r = await send(
+      [
+        Buffer.from(
+          `PUT /images/${id} HTTP/1.0\r\nConnection: keep-alive\r\nContent-Range: bytes 0-3/*\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nCCCC\r\n0\r\n\r\n` +
+            `PUT /images/${id} HTTP/1.0\r\nConnection: keep-alive\r\nContent-Range: bytes 4-7/*\r\nContent-Length: 4\r\n\r\nDDDD`,
+        ),
+      ],
+      1500,
+      false,
+    );
+    expect(statuses(r.text)).toEqual([200]);
+    expect(r.text).toContain("\r\nconnection: close\r\n");
+    expect(r.closed).toBe(true);
+    const image = await readFile(path);
+    expect(image.subarray(0, 4).toString()).toBe("CCCC");
+    expect(image.subarray(4, 8).toString()).not.toBe("DDDD");
+  });
+
+  it("14.wire: an HTTP/1.0 keep-alive request without Transfer-Encoding keeps its connection", async () => {
+    const { id, data } = await imageWithTicket();
+    const get = `GET /images/${id} HTTP/1.0\r\nConnection: keep-alive\r\nRange: bytes=0-3\r\n\r\n`;
+    const r = await send([Buffer.from(get + get)], 1500, true);
+    expect(statuses(r.text)).toEqual([206, 206]);
+    expect(r.text.endsWith(data.subarray(0, 4).toString("latin1"))).toBe(true);
+  });
+});

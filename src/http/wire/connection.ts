@@ -187,8 +187,12 @@ export class WireConnection {
 function wireRequest(head: RequestHead, body: BodyReader): IncomingRequest {
   const connection = head.headers.get("connection")?.toLowerCase() ?? "";
   const tokens = connection.split(",").map((token) => token.trim());
-  const keepAlive =
-    head.versionMajor === 1 && head.versionMinor === 1 ? !tokens.includes("close") : tokens.includes("keep-alive");
+  const http11 = head.versionMajor === 1 && head.versionMinor === 1;
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (a 1.0 proxy
+  // in front may not have read it as chunked): served, then the connection closes.
+  const keepAlive = http11
+    ? !tokens.includes("close")
+    : tokens.includes("keep-alive") && head.framing.kind !== "chunked";
   return {
     method: head.method,
     target: head.target,

@@ -124,3 +124,17 @@ describe("14.wire: HTTP/1.0", () => {
     expect(r.text.endsWith(data.subarray(0, 4).toString("latin1"))).toBe(true);
   });
 });
+
+describe("14.wire: refused heads", () => {
+  it("14.wire: a head refused as unreadable is answered and the connection closed, also while the client keeps it open", async () => {
+    for (const head of [
+      "GET / HTTP/1.1\r\nbad line\r\n\r\n",
+      "GET / HTTP/1.1\r\nX: a\nY: b\r\n\r\n",
+      "PUT / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ]) {
+      const r = await send([Buffer.from(head)], 1500, false);
+      expect(statuses(r.text), JSON.stringify(head)).toEqual([400]);
+      expect(r.closed, JSON.stringify(head)).toBe(true);
+    }
+  });
+});

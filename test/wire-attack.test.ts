@@ -138,3 +138,41 @@ describe("14.wire: refused heads", () => {
     }
   });
 });
+
+describe("14.wire: Expect: 100-continue", () => {
+  it("14.wire: a final answer to a request still waiting for its 100 Continue closes the connection; the next request is never read as its body", async () => {
+    const { id, data } = await imageWithTicket();
+    const socket = net.connect({ path: daemon.localSocket as string });
+    socket.on("error", () => undefined);
+    let text = "";
+    socket.on("data", (chunk: Buffer) => {
+      text += chunk.toString("latin1");
+    });
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    // The client waits for a 100 that never comes, gets the final answer, and sends no body:
+    // its next request on the connection must not be taken for the 5 announced bytes.
+    socket.write(`GET /images/${id} HTTP/1.1\r\nRange: bytes=0-3\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`);
+    const deadline = Date.now() + 5000;
+    while (!text.endsWith(data.subarray(0, 4).toString("latin1")) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    if (!socket.destroyed) socket.write(`GET /images/${id} HTTP/1.1\r\nRange: bytes=4-7\r\n\r\n`);
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1500))]);
+    socket.destroy();
+    expect(statuses(text)).toEqual([206]);
+    expect(text).toContain("\r\nconnection: close\r\n");
+  });
+
+  it("14.wire: after its 100 Continue and body, a request keeps its connection", async () => {
+    const { id, path } = await imageWithTicket();
+    const r = await send([
+      Buffer.from(
+        `PUT /images/${id} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Range: bytes 0-3/*\r\nContent-Length: 4\r\n\r\nEEEE` +
+          `GET /images/${id} HTTP/1.1\r\nRange: bytes=0-3\r\n\r\n`,
+      ),
+    ]);
+    expect(statuses(r.text)).toEqual([100, 200, 206]);
+    expect(r.text.endsWith("EEEE")).toBe(true);
+    expect((await readFile(path)).subarray(0, 4).toString()).toBe("EEEE");
+  });
+});

@@ -176,3 +176,24 @@ describe("14.wire: Expect: 100-continue", () => {
     expect((await readFile(path)).subarray(0, 4).toString()).toBe("EEEE");
   });
 });
+
+describe("14.wire: a body nobody reads any more", () => {
+  it("14.wire: a PATCH body refused as too large, then cut by the client, never takes the daemon down", async () => {
+    const { id } = await imageWithTicket();
+    for (let round = 0; round < 5; round++) {
+      // The refusal comes while the body is still arriving; the connection then closes under
+      // the body stream's last read.
+      const r = await send(
+        [
+          Buffer.from(`PATCH /images/${id} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${1 << 20}\r\n\r\n`),
+          Buffer.alloc(200 * 1024, 0x20),
+        ],
+        1500,
+        false,
+      );
+      expect(statuses(r.text)).toEqual([413]);
+    }
+    const after = await send([Buffer.from(`OPTIONS /images/${id} HTTP/1.1\r\n\r\n`)]);
+    expect(statuses(after.text)).toEqual([200]);
+  });
+});

@@ -185,7 +185,9 @@ describe("14.wire: a body nobody reads any more", () => {
       // the body stream's last read.
       const r = await send(
         [
-          Buffer.from(`PATCH /images/${id} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${1 << 20}\r\n\r\n`),
+          Buffer.from(
+            `PATCH /images/${id} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${1 << 20}\r\n\r\n`,
+          ),
           Buffer.alloc(200 * 1024, 0x20),
         ],
         1500,

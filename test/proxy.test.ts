@@ -13,6 +13,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testCerts } from "./helpers/certs.js";
 import { addTicket, type DaemonProcess, type Endpoints, request, startDaemon, ticketStatus } from "./helpers/daemon.js";
+import { exchange, tlsTarget } from "./helpers/raw.js";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -500,5 +501,38 @@ describe("a proxy whose own CA file cannot be read", () => {
     } finally {
       await broken.stop();
     }
+  });
+});
+
+describe("14.wire: the proxy's own framing", () => {
+  it("14.wire: an upload the daemon refuses while its client is still sending, then cut, never takes the proxy down", async () => {
+    const image = await proxiedImage({ contents: Buffer.alloc(MiB, 3) });
+    // The proxy's ticket is larger than the daemon's: the proxy relays, the daemon refuses.
+    await addTicket(proxy, {
+      uuid: image.id,
+      size: 8 * MiB,
+      url: `https://localhost:${daemon.remotePort}/images/${image.remoteId}`,
+      timeout: 300,
+      ops: ["read", "write"],
+    });
+    const target = tlsTarget("proxy", proxy.remotePort, proxy.certs.caFile);
+    for (let round = 0; round < 3; round++) {
+      // Past the daemon's ticket's end: it answers 416 while the proxy relays the body; the
+      // proxy passes it on and closes under its body stream's read.
+      const answer = await exchange(
+        target,
+        Buffer.concat([
+          Buffer.from(
+            `PUT ${image.proxyUrl} HTTP/1.1\r\nContent-Range: bytes ${MiB - 10}-*/*\r\nContent-Length: ${4 * MiB}\r\n\r\n`,
+          ),
+          Buffer.alloc(512 * 1024, 7),
+        ]),
+        3000,
+      );
+      expect(answer.text).toMatch(/^HTTP\/1\.1 416 /);
+    }
+    const after = await request(proxy, { path: image.proxyUrl, headers: { range: "bytes=0-3" } });
+    expect(after.status).toBe(206);
+    expect(after.body.equals(Buffer.alloc(4, 3))).toBe(true);
   });
 });

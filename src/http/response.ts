@@ -17,6 +17,9 @@ export function writeHead(ctx: RequestContext, status: number, length: number, h
   for (const [name, value] of headers) flat.push(name, value);
   flat.push("content-length", String(length));
   for (const [name, value] of ctx.extraHeaders) flat.push(name, value);
+  // A client still waiting for its 100 Continue may send the body after this answer or never:
+  // no byte after it can be taken for the body or for the next request (node:http closes too).
+  if (ctx.expectsContinue && ctx.bodyUnread) ctx.closeAfter = true;
   // Keep-alive is HTTP/1.1's default: only a closing response says anything.
   if (ctx.closeAfter) flat.push("connection", "close");
   ctx.res.writeHead(status, flat);

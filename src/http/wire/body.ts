@@ -6,7 +6,7 @@
  */
 import { Readable } from "node:stream";
 import { HttpError } from "../errors.js";
-import { type BodyFraming, MAX_FRAMING_LINE } from "./head.js";
+import { type BodyFraming, hasControl, MAX_FRAMING_LINE } from "./head.js";
 
 /** The bytes the connection has received and not yet consumed. */
 export interface Staged {
@@ -166,9 +166,13 @@ export class BodyReader {
     }
     const line = framingLine(bytes);
     if (line === undefined) return false;
+    // A bare LF or CR (or any control byte) in these lines is where a lenient front end and
+    // we would disagree on where the body ends: the rest of the connection is not trusted.
+    if (hasControl(line)) throw chunkError("control character in a chunk size or trailer line");
     this.staged.consume(line.length + 2);
     if (this.state === "trailers") {
       if (line === "") this.ended = true;
+      else if (!TRAILER_FIELD.test(line)) throw chunkError(`invalid trailer line '${line.slice(0, 40)}'`);
       return true;
     }
     const size = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
@@ -198,6 +202,9 @@ export class BodyReader {
     else pending.resolve(pending.filled);
   }
 }
+
+/** A trailer field line: a token name, a colon, its value (control bytes refused apart). */
+const TRAILER_FIELD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:/;
 
 /** A CRLF-ended line at the start of `bytes` (without the CRLF), or undefined until complete. */
 function framingLine(bytes: Buffer): string | undefined {
@@ -239,7 +246,13 @@ export class BodyStream extends Readable {
     const piece = Buffer.allocUnsafe(STREAM_PIECE);
     this.reader.fill(piece).then(
       (count) => this.push(count === 0 ? null : piece.subarray(0, count)),
-      (error: unknown) => this.destroy(error instanceof Error ? error : new Error(String(error))),
+      (error: unknown) => {
+        // As node:http's requests do: the failure is an 'error' event only for a consumer still
+        // listening. A relay that already answered (the remote refused the upload) has let go
+        // of the stream, and an 'error' nobody listens to would take the whole process down.
+        const failure = error instanceof Error ? error : new Error(String(error));
+        this.destroy(this.listenerCount("error") > 0 ? failure : undefined);
+      },
     );
   }
 }

@@ -11,7 +11,7 @@ import type { Readable } from "node:stream";
 import type { Logger } from "../../log.js";
 import type { IncomingRequest } from "../exchange.js";
 import { BodyReader } from "./body.js";
-import { parseHead, type RequestHead } from "./head.js";
+import { freshScan, parseHead, type RequestHead } from "./head.js";
 import { Inbound } from "./inbound.js";
 import { WireResponse } from "./response.js";
 
@@ -39,6 +39,8 @@ export class WireConnection {
   private eof = false;
   private headTimer: NodeJS.Timeout | undefined;
   private finished = false;
+  /** What was examined of the head being awaited. */
+  private headScan = freshScan();
 
   constructor(
     private readonly socket: Socket,
@@ -88,7 +90,7 @@ export class WireConnection {
       if (this.eof) this.end();
       return;
     }
-    const result = parseHead(staged);
+    const result = parseHead(staged, this.headScan);
     if (result.kind === "incomplete") {
       if (this.eof) {
         // A head cut short by the client's FIN: nothing to answer.
@@ -99,6 +101,7 @@ export class WireConnection {
       return;
     }
     this.clearHeadTimer();
+    this.headScan = freshScan();
     if (result.kind === "refused") {
       this.awaitingHead = false;
       this.finished = true;
@@ -184,8 +187,12 @@ export class WireConnection {
 function wireRequest(head: RequestHead, body: BodyReader): IncomingRequest {
   const connection = head.headers.get("connection")?.toLowerCase() ?? "";
   const tokens = connection.split(",").map((token) => token.trim());
-  const keepAlive =
-    head.versionMajor === 1 && head.versionMinor === 1 ? !tokens.includes("close") : tokens.includes("keep-alive");
+  const http11 = head.versionMajor === 1 && head.versionMinor === 1;
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (a 1.0 proxy
+  // in front may not have read it as chunked): served, then the connection closes.
+  const keepAlive = http11
+    ? !tokens.includes("close")
+    : tokens.includes("keep-alive") && head.framing.kind !== "chunked";
   return {
     method: head.method,
     target: head.target,

@@ -246,13 +246,9 @@ export class BodyStream extends Readable {
     const piece = Buffer.allocUnsafe(STREAM_PIECE);
     this.reader.fill(piece).then(
       (count) => this.push(count === 0 ? null : piece.subarray(0, count)),
-      (error: unknown) => {
-        // As node:http's requests do: the failure is an 'error' event only for a consumer still
-        // listening. A relay that already answered (the remote refused the upload) has let go
-        // of the stream, and an 'error' nobody listens to would take the whole process down.
-        const failure = error instanceof Error ? error : new Error(String(error));
-        this.destroy(this.listenerCount("error") > 0 ? failure : undefined);
-      },
+      // Consumers still listening get the failure; the constructor's listener keeps one that
+      // let go from taking the process down.
+      (error: unknown) => this.destroy(error instanceof Error ? error : new Error(String(error))),
     );
   }
 }

@@ -157,11 +157,15 @@ describe("14: relayByFilling (proxied uploads from the images services' bodies)"
 
   it("14: a sink that closes, a cancel and a throwing onProgress each stop the relay", async () => {
     const body = randomBytes(2 * 1024 * 1024);
-    const closing = slowSink();
-    setTimeout(() => closing.sink.destroy(), 5);
-    await expect(
-      relayByFilling(fillingSource(body), closing.sink, body.length, { pieceSize: 64 * 1024 }),
-    ).rejects.toThrow(/receiving side closed|destroyed/);
+    // A sink that goes away with its first piece still unwritten (a remote that hung up).
+    const closing = new Writable({
+      write(_chunk: Buffer, _encoding, _callback) {
+        setImmediate(() => closing.destroy());
+      },
+    });
+    await expect(relayByFilling(fillingSource(body), closing, body.length, { pieceSize: 64 * 1024 })).rejects.toThrow(
+      /receiving side closed|destroyed/,
+    );
 
     const cancel = new AbortController();
     const cancelled = slowSink();

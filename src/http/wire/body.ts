@@ -6,7 +6,7 @@
  */
 import { Readable } from "node:stream";
 import { HttpError } from "../errors.js";
-import { type BodyFraming, hasControl, MAX_FRAMING_LINE } from "./head.js";
+import { type BodyFraming, FIELD_NAME_COLON, hasControl, MAX_FRAMING_LINE } from "./head.js";
 
 /** The bytes the connection has received and not yet consumed. */
 export interface Staged {
@@ -172,7 +172,7 @@ export class BodyReader {
     this.staged.consume(line.length + 2);
     if (this.state === "trailers") {
       if (line === "") this.ended = true;
-      else if (!TRAILER_FIELD.test(line)) throw chunkError(`invalid trailer line '${line.slice(0, 40)}'`);
+      else if (!FIELD_NAME_COLON.test(line)) throw chunkError(`invalid trailer line '${line.slice(0, 40)}'`);
       return true;
     }
     const size = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
@@ -202,9 +202,6 @@ export class BodyReader {
     else pending.resolve(pending.filled);
   }
 }
-
-/** A trailer field line: a token name, a colon, its value (control bytes refused apart). */
-const TRAILER_FIELD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:/;
 
 /** A CRLF-ended line at the start of `bytes` (without the CRLF), or undefined until complete. */
 function framingLine(bytes: Buffer): string | undefined {

@@ -56,7 +56,11 @@ const FIRST_WINS = new Set([
   "user-agent",
 ]);
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** One character of an RFC 9110 token (a method, a field name). */
+const TOKEN_CHAR = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]";
+const TOKEN = new RegExp(`^${TOKEN_CHAR}+$`);
+/** The start of a field line (a header or a chunked body's trailer): a token name, then a colon. */
+export const FIELD_NAME_COLON = new RegExp(`^${TOKEN_CHAR}+:`);
 /** True when `text` holds a control character other than HTAB, which no field value, target or chunked framing line may hold. */
 export function hasControl(text: string): boolean {
   for (let i = 0; i < text.length; i++) {

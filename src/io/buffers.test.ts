@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { residentPageCount } from "../../test/helpers/memory.js";
 import { type BufferLease, BufferPool, isZero, zeroBuffer } from "./buffers.js";
 import { isAligned } from "./native.js";
 
@@ -75,6 +76,25 @@ describe("BufferPool", () => {
     reused.buffer.fill(1);
     expect(reused.buffer.every((byte) => byte === 1)).toBe(true);
     reused.release();
+    again.release();
+  });
+
+  it("14: a new buffer, and one whose pages were given back, is resident before it is lent", async () => {
+    const pool = new BufferPool(2, 2, 20);
+    const size = 8 * 1024 * 1024;
+    const pages = size / 4096;
+    const first = await pool.lease(size);
+    // Faulted in on a native thread: the first writer (a socket read on the event loop) never
+    // waits for the kernel to find and clear memory.
+    expect(await residentPageCount(first.buffer)).toBe(pages);
+    const buffer = first.buffer;
+    first.release();
+    const deadline = Date.now() + 5_000;
+    while (pool.residentIdle > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(await residentPageCount(buffer)).toBe(0);
+    const again = await pool.lease(size);
+    expect(again.buffer).toBe(buffer);
+    expect(await residentPageCount(again.buffer)).toBe(pages);
     again.release();
   });
 });

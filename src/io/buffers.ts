@@ -4,7 +4,7 @@
  * connections and workers, never by image size.
  */
 import { MiB } from "../units.js";
-import { allocAligned, releasePages } from "./native.js";
+import { allocAligned, populatePages, releasePages } from "./native.js";
 
 export { isZero } from "./zeros.js";
 
@@ -46,6 +46,8 @@ interface IdleBuffer {
  * dropped buffer only at its next full collection, which an idle daemon may not run for a long
  * time. A buffer left idle for between `idleMs` and twice that has its pages given back to the
  * kernel (releasePages), so the daemon's resident memory falls back once a burst is over.
+ * A new buffer, or one whose pages were given back, has its pages faulted in on a native
+ * thread before it is lent (populatePages): its first writer never waits on the kernel.
  */
 export class BufferPool {
   private leased = 0;
@@ -96,7 +98,9 @@ export class BufferPool {
       });
     }
     this.leased++;
-    const buffer = this.idle.get(size)?.pop()?.buffer ?? allocAligned(size, BUFFER_ALIGNMENT);
+    const kept = this.idle.get(size)?.pop();
+    const buffer = kept?.buffer ?? allocAligned(size, BUFFER_ALIGNMENT);
+    if (kept === undefined || kept.released) await residentPages(buffer);
     let released = false;
     return {
       buffer,
@@ -150,5 +154,14 @@ export class BufferPool {
     };
     releaseNext();
     if (pending) this.scheduleSweep();
+  }
+}
+
+/** Faults a buffer's pages in off the event loop; a failure only leaves them to fault in on first use. */
+async function residentPages(buffer: Buffer): Promise<void> {
+  try {
+    await populatePages(buffer);
+  } catch {
+    // Best effort (the native thread could not start): the buffer is as usable as before.
   }
 }

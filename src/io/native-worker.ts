@@ -1,6 +1,7 @@
 /**
  * The thread where native.ts runs system calls that can take long: fallocate, the block
- * device zero and discard ioctls, and runs of lseek(SEEK_DATA/SEEK_HOLE). Each call is
+ * device zero and discard ioctls, runs of lseek(SEEK_DATA/SEEK_HOLE), and faulting in the
+ * pages of fresh I/O buffers (which may wait for the kernel to compact memory). Each call is
  * synchronous here, so errno is read right after it, and the main thread's event loop keeps
  * running meanwhile. Owned by native.ts: nothing else posts to it.
  *
@@ -14,7 +15,9 @@ import { serveTasks } from "./worker-pool.js";
 export type NativeTask =
   | { op: "fallocate"; fd: number; mode: number; offset: number; length: number }
   | { op: "rangeIoctl"; fd: number; request: number; offset: number; length: number }
-  | { op: "sparseMap"; fd: number; start: number; end: number; maxSeeks: number };
+  | { op: "sparseMap"; fd: number; start: number; end: number; maxSeeks: number }
+  /** The caller keeps the buffer at `address` referenced until the answer is back. */
+  | { op: "populate"; address: bigint; length: number };
 
 /** errno 0 when the call succeeded, else the failed call's errno and name. */
 export interface NativeCallResult {
@@ -39,6 +42,10 @@ const libc = koffi.load("libc.so.6");
 const libcLseek = libc.func("int64_t lseek(int fd, int64_t offset, int whence)");
 const libcFallocate = libc.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)");
 const libcIoctl = libc.func("int ioctl(int fd, unsigned long request, ...)");
+const libcMadvise = libc.func("int madvise(uintptr_t addr, size_t length, int advice)");
+
+/** madvise(2) advice, from linux/mman.h (Linux 5.14). */
+const MADV_POPULATE_WRITE = 23;
 
 function outcome(result: number | bigint, syscall: string): NativeCallResult {
   return { errno: Number(result) === -1 ? koffi.errno() : 0, syscall };
@@ -89,5 +96,7 @@ serveTasks((task: NativeTask) => {
       return { value: rangeIoctl(task.fd, task.request, task.offset, task.length) };
     case "sparseMap":
       return { value: sparseMap(task.fd, task.start, task.end, task.maxSeeks) };
+    case "populate":
+      return { value: outcome(libcMadvise(task.address, task.length, MADV_POPULATE_WRITE) as number, "madvise") };
   }
 });

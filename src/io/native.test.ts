@@ -2,8 +2,10 @@ import { spawn } from "node:child_process";
 import { closeSync } from "node:fs";
 import { open, truncate, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hugePageEligible, residentPageCount, transparentHugePageMode } from "../../test/helpers/memory.js";
 import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
 import { MiB } from "../units.js";
+import { isZero } from "./buffers.js";
 import {
   allocAligned,
   blockDeviceSize,
@@ -12,8 +14,10 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   fallocate,
+  HUGE_PAGE_SIZE,
   isAligned,
   keepFreedHeapMemory,
+  populatePages,
   sparseMap,
 } from "./native.js";
 
@@ -38,7 +42,27 @@ describe("native", () => {
     const held = allocAligned(8 * MiB);
     // V8 sees the memory (posix_memalign behind koffi.view was invisible to it).
     expect(process.memoryUsage().arrayBuffers - before).toBeGreaterThanOrEqual(8 * MiB);
-    expect(held.buffer.byteLength).toBeLessThanOrEqual(8 * MiB + 4096);
+    // A huge page of alignment at most: address space, never resident memory (see below).
+    expect(held.buffer.byteLength).toBeLessThanOrEqual(8 * MiB + HUGE_PAGE_SIZE);
+  });
+
+  it("14: a buffer of a huge page or more starts on a huge-page boundary, may use huge pages, and is faulted in off the event loop", async (test) => {
+    const buf = allocAligned(8 * MiB);
+    expect(bufferAddress(buf) % BigInt(HUGE_PAGE_SIZE)).toBe(0n);
+    // Nothing wrote it yet: the wider alignment costs no memory.
+    expect(await residentPageCount(buf)).toBe(0);
+    await populatePages(buf);
+    expect(await residentPageCount(buf)).toBe((8 * MiB) / 4096);
+    expect(isZero(buf)).toBe(true);
+    const mode = transparentHugePageMode();
+    // Smaller buffers keep ordinary pages where huge ones are given only on request.
+    if (mode === "madvise") expect(hugePageEligible(allocAligned(MiB))).toBe(false);
+    if (mode === undefined || mode === "never") {
+      test.skip(
+        `transparent huge pages are ${mode === undefined ? "not built into this kernel" : "disabled on this host"}`,
+      );
+    }
+    expect(hugePageEligible(buf)).toBe(true);
   });
 
   it("allocates page-aligned memory shared zero-copy with a Buffer", () => {

@@ -146,9 +146,9 @@ function readHead(lines: string[], size: number): HeadResult {
   const [requestLine = "", ...fieldLines] = lines;
   const parts = requestLine.split(" ");
   const [method = "", target = "", version] = parts;
-  if (!TOKEN.test(method)) {
-    return { kind: "refused", response: rawErrorResponse(405, "Method Not Allowed", `Invalid method '${method}'`) };
-  }
+  // RFC 9112 §3: the method is a token. Anything else is a request line we cannot read (400,
+  // not echoed); a token naming no method we serve is the dispatcher's 405 (spec §3.2).
+  if (!TOKEN.test(method)) return badRequest("invalid method");
   if (parts.length > 3 || target === "" || hasControl(target)) return badRequest("invalid request target");
   // A line without a version is HTTP/0.9: read, so that the dispatcher refuses it as such.
   let versionMajor = 0;

@@ -1,0 +1,58 @@
+/**
+ * Issue 14, the defects its last review noticed and left ("14.left"): raw bytes against the
+ * real daemon process on its TLS port and its unix local socket.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { addTicket, type DaemonProcess, startDaemon } from "./helpers/daemon.js";
+import { exchange, type RawTarget, tlsTarget, unixTarget } from "./helpers/raw.js";
+
+let daemon: DaemonProcess;
+let counter = 0;
+
+beforeAll(async () => {
+  daemon = await startDaemon();
+}, 30_000);
+afterAll(async () => {
+  await daemon?.stop();
+});
+
+function services(): RawTarget[] {
+  return [
+    tlsTarget("remote (TLS)", daemon.remotePort, daemon.certs.caFile),
+    unixTarget("local (unix)", daemon.localSocket as string),
+  ];
+}
+
+function statusOf(text: string): number {
+  return Number(/^HTTP\/1\.1 (\d{3}) /.exec(text)?.[1] ?? 0);
+}
+
+/** A small image of random bytes with a read-write ticket. */
+async function imageWithTicket(): Promise<{ id: string; path: string; data: Buffer }> {
+  const path = daemon.tmp.file(`left-${counter++}.raw`);
+  const data = randomBytes(4096);
+  await writeFile(path, data);
+  const id = randomUUID();
+  await addTicket(daemon, { uuid: id, size: data.length, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+  return { id, path, data };
+}
+
+describe("14.left: request lines", () => {
+  it("14.left: (2) a method that is not a token (a control byte in it) is a malformed request line: 400, closed", async () => {
+    for (const target of services()) {
+      for (const method of ["GE\x01T", "GE\x7fT", "G@T", "GET\t"]) {
+        const answer = await exchange(target, `${method} /info/ HTTP/1.1\r\nHost: x\r\n\r\n`);
+        expect(statusOf(answer.text), `${target.name} ${JSON.stringify(method)}`).toBe(400);
+        expect(answer.text).toContain("Invalid request: invalid method");
+        // The answer never echoes the bytes it refused.
+        expect(answer.text).not.toMatch(/[\x01\x7f@]/);
+        expect(answer.closed).toBe(true);
+      }
+      // A token naming no method we know stays 405 (spec §3.2).
+      const unknown = await exchange(target, "FOO /info/ HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(statusOf(unknown.text), target.name).toBe(405);
+    }
+  });
+});

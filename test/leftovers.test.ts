@@ -56,3 +56,23 @@ describe("14.left: request lines", () => {
     }
   });
 });
+
+describe("14.left: chunked bodies", () => {
+  it("14.left: (3) a chunk size followed by spaces is 400 and writes nothing; spaces before an extension stay allowed", async () => {
+    for (const target of services()) {
+      const { id, path, data } = await imageWithTicket();
+      const head = `PUT /images/${id} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n`;
+      // RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where only a chunk-ext starts with BWS.
+      for (const size of ["5  ", "5\t", "5 \t"]) {
+        const refused = await exchange(target, `${head}${size}\r\nhello\r\n0\r\n\r\n`);
+        expect(statusOf(refused.text), `${target.name} ${JSON.stringify(size)}`).toBe(400);
+        expect(refused.text).toContain("Invalid chunked body: invalid chunk size line");
+        expect(refused.closed).toBe(true);
+        expect((await readFile(path)).equals(data)).toBe(true);
+      }
+      const accepted = await exchange(target, `${head}5 ;name=value\r\nhello\r\n0\r\n\r\n`, 1500, { halfClose: true });
+      expect(statusOf(accepted.text), target.name).toBe(200);
+      expect((await readFile(path)).subarray(0, 5).toString()).toBe("hello");
+    }
+  });
+});

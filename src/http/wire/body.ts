@@ -175,7 +175,10 @@ export class BodyReader {
       else if (!FIELD_NAME_COLON.test(line)) throw chunkError(`invalid trailer line '${line.slice(0, 40)}'`);
       return true;
     }
-    const size = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
+    // RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF. Whitespace (BWS) may only precede an
+    // extension's ";": after a bare size it is framing a lenient peer might read otherwise.
+    // Real clients (curl, Python's http.client, Node) write the size alone.
+    const size = /^([0-9a-fA-F]{1,13})(?:[ \t]*;.*)?$/.exec(line);
     if (size === null) throw chunkError(`invalid chunk size line '${line.slice(0, 40)}'`);
     this.remaining = Number.parseInt(size[1] as string, 16);
     this.state = this.remaining === 0 ? "trailers" : "data";

@@ -47,7 +47,7 @@ describe("14.left: request lines", () => {
         expect(statusOf(answer.text), `${target.name} ${JSON.stringify(method)}`).toBe(400);
         expect(answer.text).toContain("Invalid request: invalid method");
         // The answer never echoes the bytes it refused.
-        expect(answer.text).not.toMatch(/[\x01\x7f@]/);
+        for (const refused of ["\x01", "\x7f", "@"]) expect(answer.text).not.toContain(refused);
         expect(answer.closed).toBe(true);
       }
       // A token naming no method we know stays 405 (spec §3.2).

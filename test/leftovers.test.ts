@@ -76,3 +76,27 @@ describe("14.left: chunked bodies", () => {
     }
   });
 });
+
+describe("14.left: OPTIONS *", () => {
+  it("14.left: (4) OPTIONS * asks about the server: 200 with what OPTIONS /images/* answers; the control service lists its methods", async () => {
+    for (const target of services()) {
+      const answer = await exchange(target, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 1500, { halfClose: true });
+      expect(statusOf(answer.text), target.name).toBe(200);
+      expect(answer.text).toContain("\r\nallow: OPTIONS,GET,PUT,PATCH\r\n");
+      const body = JSON.parse(answer.text.slice(answer.text.indexOf("\r\n\r\n") + 4));
+      expect(body).toEqual({ unix_socket: daemon.localSocket, features: ["checksum", "extents", "flush", "zero"] });
+      // The asterisk form names no resource for any other method.
+      const get = await exchange(target, "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 1500, { halfClose: true });
+      expect(statusOf(get.text), target.name).toBe(405);
+    }
+    const control = await exchange(
+      unixTarget("control", daemon.controlSocket),
+      "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+      1500,
+      { halfClose: true },
+    );
+    expect(statusOf(control.text)).toBe(200);
+    expect(control.text).toContain("\r\nallow: OPTIONS,PUT,GET,PATCH,DELETE\r\n");
+    expect(control.text).toContain("\r\ncontent-length: 0\r\n");
+  });
+});

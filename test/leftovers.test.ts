@@ -3,7 +3,8 @@
  * real daemon process on its TLS port and its unix local socket.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import type { Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addTicket, type DaemonProcess, startDaemon } from "./helpers/daemon.js";
 import { exchange, type RawTarget, tlsTarget, unixTarget } from "./helpers/raw.js";
@@ -39,7 +40,58 @@ async function imageWithTicket(): Promise<{ id: string; path: string; data: Buff
   return { id, path, data };
 }
 
+/** The daemon's open descriptors. */
+async function openDescriptors(): Promise<number> {
+  return (await readdir(`/proc/${daemon.child.pid}/fd`)).length;
+}
+
+/** Polls `probe` until it returns true or `ms` pass; the last value. */
+async function eventually(probe: () => Promise<boolean>, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await probe()) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Sends `data` on a new connection and resolves once the server's answer and FIN arrived; the socket stays open. */
+async function answeredAndKeptOpen(target: RawTarget, data: string): Promise<{ text: string; socket: Socket }> {
+  const socket = await target.open();
+  socket.on("error", () => undefined);
+  // Our side stays open after the server's FIN (Node would otherwise end it at once).
+  socket.allowHalfOpen = true;
+  return new Promise((resolve) => {
+    let text = "";
+    socket.on("data", (chunk: Buffer) => {
+      text += chunk.toString("latin1");
+    });
+    socket.once("end", () => resolve({ text, socket }));
+    socket.write(data);
+  });
+}
+
 describe("14.left: request lines", () => {
+  it("14.left: (1) a connection whose head was refused is closed once answered, not left open until the inactivity timeout", async () => {
+    const before = await openDescriptors();
+    const kept: Socket[] = [];
+    try {
+      for (const target of services()) {
+        for (let round = 0; round < 20; round++) {
+          // A client that reads the 400 but never closes its side (and one sending more after its bad line).
+          const extra = round % 2 === 0 ? "" : "x".repeat(1000);
+          const { text, socket } = await answeredAndKeptOpen(target, `GET /info/ HTTP/1.1 extra\r\n\r\n${extra}`);
+          expect(statusOf(text), target.name).toBe(400);
+          kept.push(socket);
+        }
+      }
+      // 40 connections still open on our side: the daemon's descriptors come back within the linger.
+      expect(await eventually(async () => (await openDescriptors()) <= before, 10_000)).toBe(true);
+    } finally {
+      for (const socket of kept) socket.destroy();
+    }
+  });
+
   it("14.left: (2) a method that is not a token (a control byte in it) is a malformed request line: 400, closed", async () => {
     for (const target of services()) {
       for (const method of ["GE\x01T", "GE\x7fT", "G@T", "GET\t"]) {

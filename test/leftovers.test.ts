@@ -4,7 +4,7 @@
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { readdir, readFile, writeFile } from "node:fs/promises";
-import type { Socket } from "node:net";
+import net, { type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addTicket, type DaemonProcess, startDaemon } from "./helpers/daemon.js";
 import { exchange, type RawTarget, tlsTarget, unixTarget } from "./helpers/raw.js";
@@ -150,5 +150,29 @@ describe("14.left: OPTIONS *", () => {
     expect(statusOf(control.text)).toBe(200);
     expect(control.text).toContain("\r\nallow: OPTIONS,PUT,GET,PATCH,DELETE\r\n");
     expect(control.text).toContain("\r\ncontent-length: 0\r\n");
+  });
+});
+
+describe("14.left: TLS handshakes", () => {
+  it("14.left: (6) a TCP client that sends its FIN before any TLS byte is closed at once, not at the handshake deadline", async () => {
+    const before = await openDescriptors();
+    const closes: Promise<number>[] = [];
+    for (let round = 0; round < 10; round++) {
+      const socket = net.connect({ host: "127.0.0.1", port: daemon.remotePort });
+      socket.on("error", () => undefined);
+      const started = Date.now();
+      closes.push(new Promise((resolve) => socket.once("close", () => resolve(Date.now() - started))));
+      socket.once("connect", () => socket.end());
+    }
+    // The handshake deadline is 60 s: a close within a few seconds is the FIN's doing.
+    const deadline = new Promise<number>((resolve) =>
+      setTimeout(() => resolve(Number.POSITIVE_INFINITY), 5000).unref(),
+    );
+    for (const close of closes) expect(await Promise.race([close, deadline])).toBeLessThan(5000);
+    expect(await eventually(async () => (await openDescriptors()) <= before, 5000)).toBe(true);
+    // A client that half-closes after its request on a finished handshake is still answered.
+    const [remote] = services() as [RawTarget];
+    const answer = await exchange(remote, "GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n", 1500, { halfClose: true });
+    expect(statusOf(answer.text)).toBe(200);
   });
 });

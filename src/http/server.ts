@@ -265,6 +265,7 @@ function createWireService(
     }
   });
   if (files) {
+    closeOnEarlyFin(server as tls.Server);
     enforceHandshakeDeadline(server, deadlineMs, log);
     server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
       logHandshakeFailure(log, error, socket),
@@ -441,6 +442,24 @@ function logHandshakeFailure(log: Logger, error: Error & { code?: string }, sock
   if (error.code !== undefined && DEPARTED_CODES.has(error.code))
     log.debug("TLS peer left before the handshake", fields);
   else log.warning("TLS handshake failed", fields);
+}
+
+/**
+ * A client that sends its FIN before its TLS handshake is done can never finish it (a TCP
+ * health check that connects and closes): its socket closes at once instead of holding its
+ * descriptor until the handshake deadline. The TLS socket Node wraps around each TCP socket
+ * takes the TCP socket's allowHalfOpen when it is made, so it is made without; the images
+ * services' half-close (a client's last request and FIN still answered) is given back once
+ * the handshake is done.
+ */
+function closeOnEarlyFin(server: tls.Server): void {
+  // Before Node's own listener, which wraps the TCP socket in the TLS one.
+  server.prependListener("connection", (tcp: Socket) => {
+    tcp.allowHalfOpen = false;
+  });
+  server.prependListener("secureConnection", (socket: Socket) => {
+    socket.allowHalfOpen = true;
+  });
 }
 
 /**

@@ -400,6 +400,21 @@ describe("14: relay client framing", () => {
     }
   });
 
+  it("14.left: (7) a sink slower than the read timeout does not cut a download the remote sent at once", async () => {
+    for (const secureRemote of [false, true]) {
+      reset();
+      const backend = await open({ secure: secureRemote, readTimeoutMs: 300 });
+      try {
+        // Each write takes longer than the read timeout: reading waits on us, not on the remote.
+        const slow = collectingSink(500);
+        await backend.readTo(0, image.length, slow.sink, relayOptions);
+        expect(sha(await slow.bytes())).toBe(sha(image));
+      } finally {
+        await backend.close();
+      }
+    }
+  });
+
   it("14: new TLS connections to a remote resume its session instead of a full handshake", async () => {
     reset();
     resumed.length = 0;

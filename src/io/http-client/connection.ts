@@ -41,8 +41,17 @@ export interface ReadHooks {
   callback: (length: number, buffer: Buffer) => boolean;
 }
 
+/**
+ * Most interim (1xx) answers one request may get: a 100 Continue and a few hints are all an
+ * images service sends. Each one is fresh activity for the read timeout, so without a bound a
+ * remote answering 102 for ever would hold the request (and its caller) for ever.
+ */
+const MAX_INTERIM_ANSWERS = 10;
+
 interface Exchange {
   method: string;
+  /** Interim answers received so far. */
+  interim: number;
   onHead: (head: ResponseHead) => void;
   onContinue: () => void;
   onFailure: (error: Error) => void;
@@ -122,10 +131,10 @@ export class ClientConnection {
   }
 
   /** Sends a request head; the callbacks hear the response head, 100 Continue, or the failure. */
-  start(method: string, head: string, exchange: Omit<Exchange, "method">, readTimeoutMs: number): void {
+  start(method: string, head: string, exchange: Omit<Exchange, "method" | "interim">, readTimeoutMs: number): void {
     const socket = this.writable;
     if (!this.idle) throw new Error(`connection to ${this.where} is busy`);
-    this.exchange = { method, ...exchange };
+    this.exchange = { ...exchange, method, interim: 0 };
     this.readTimeoutMs = readTimeoutMs;
     socket.write(head, "latin1");
     this.readOn();
@@ -261,6 +270,10 @@ export class ClientConnection {
     const rest = Buffer.from(this.head.subarray(end, this.headLength));
     this.headLength = 0;
     if (head.status < 200) {
+      if (++exchange.interim > MAX_INTERIM_ANSWERS) {
+        this.protocolError(new ResponseFramingError(`sent more than ${MAX_INTERIM_ANSWERS} interim (1xx) answers`));
+        return false;
+      }
       if (head.status === 100) exchange.onContinue();
       // Other interim answers (102, 103) carry nothing for us.
       if (rest.length === 0) return true;

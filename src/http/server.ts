@@ -21,9 +21,9 @@ import { applyCors } from "./handlers/common.js";
 import { get, head } from "./handlers/download.js";
 import { extents } from "./handlers/extents.js";
 import { info } from "./handlers/info.js";
-import { options } from "./handlers/options.js";
+import { options, serverOptions } from "./handlers/options.js";
 import { patch } from "./handlers/patch.js";
-import { addTicket, extendTicket, getTicket, removeTicket } from "./handlers/tickets.js";
+import { addTicket, controlOptions, extendTicket, getTicket, removeTicket } from "./handlers/tickets.js";
 import { put } from "./handlers/upload.js";
 import { type ConnectionSlots, REQUEST_DEADLINE_MS } from "./limits.js";
 import { RequestContext, splitTarget } from "./request.js";
@@ -36,7 +36,11 @@ import { userBufferSupport } from "./wire/user-buffer.js";
 
 export type ServiceKind = "remote" | "local" | "control";
 
+/** The asterisk form of a request target (RFC 9112 §3.2.4): only `OPTIONS *`, about the server. */
+const SERVER_WIDE = "*";
+
 const IMAGE_ROUTES: Route[] = [
+  { pattern: SERVER_WIDE, methods: { OPTIONS: serverOptions } },
   {
     pattern: "/images/{id}",
     methods: { OPTIONS: options, GET: get, HEAD: head, PUT: put, PATCH: patch },
@@ -51,6 +55,7 @@ export const ROUTES: Record<ServiceKind, Route[]> = {
   remote: [...IMAGE_ROUTES, { pattern: "/info/", methods: { GET: info }, cors: ["GET"] }],
   local: IMAGE_ROUTES,
   control: [
+    { pattern: SERVER_WIDE, methods: { OPTIONS: controlOptions } },
     {
       pattern: "/tickets/{id}",
       methods: { PUT: addTicket, GET: getTicket, PATCH: extendTicket, DELETE: removeTicket },
@@ -260,6 +265,7 @@ function createWireService(
     }
   });
   if (files) {
+    closeOnEarlyFin(server as tls.Server);
     enforceHandshakeDeadline(server, deadlineMs, log);
     server.on("tlsClientError", (error: Error & { code?: string }, socket: Socket) =>
       logHandshakeFailure(log, error, socket),
@@ -436,6 +442,24 @@ function logHandshakeFailure(log: Logger, error: Error & { code?: string }, sock
   if (error.code !== undefined && DEPARTED_CODES.has(error.code))
     log.debug("TLS peer left before the handshake", fields);
   else log.warning("TLS handshake failed", fields);
+}
+
+/**
+ * A client that sends its FIN before its TLS handshake is done can never finish it (a TCP
+ * health check that connects and closes): its socket closes at once instead of holding its
+ * descriptor until the handshake deadline. The TLS socket Node wraps around each TCP socket
+ * takes the TCP socket's allowHalfOpen when it is made, so it is made without; the images
+ * services' half-close (a client's last request and FIN still answered) is given back once
+ * the handshake is done.
+ */
+function closeOnEarlyFin(server: tls.Server): void {
+  // Before Node's own listener, which wraps the TCP socket in the TLS one.
+  server.prependListener("connection", (tcp: Socket) => {
+    tcp.allowHalfOpen = false;
+  });
+  server.prependListener("secureConnection", (socket: Socket) => {
+    socket.allowHalfOpen = true;
+  });
 }
 
 /**

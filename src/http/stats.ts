@@ -15,6 +15,7 @@ const OPERATION_NAMES: Record<string, string> = {
   "PUT /images/{id}": "write",
   "PATCH /images/{id}": "patch",
   "OPTIONS /images/{id}": "options",
+  "OPTIONS *": "options",
   "GET /images/{id}/extents": "extents",
   "GET /images/{id}/checksum": "checksum",
   "GET /images/{id}/checksum/algorithms": "algorithms",

@@ -266,8 +266,8 @@ export class HttpBackend implements Backend {
       // The images services' request bodies fill our buffers directly (no Buffer per TLS record).
       ({ bytes, overflow } = isFillingSource(source)
         ? await relayByFilling(source, upload.body, length, {
-            ...relayOptions(options),
             pieceSize: RELAY_HIGH_WATER_MARK,
+            ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
             ...(options.signal === undefined ? {} : { signal: options.signal }),
           })
         : await pump(source, upload.body, { ...relayOptions(options), coalesce: true, limit: length }));

@@ -4,6 +4,7 @@
  * stops the other. Memory stays bounded by the streams' own buffers (and `highWaterMark`).
  */
 import type { Readable, Writable } from "node:stream";
+import { DoubleBufferedWriter, fillInTurns } from "./streaming.js";
 
 export interface PumpOptions {
   /** Called after each chunk with the bytes moved so far; may throw to stop (cancellation). */
@@ -119,10 +120,10 @@ export interface RelayByFillingOptions {
 
 /**
  * Copies `length` bytes of `source` into `sink` (without ending it) through two buffers used
- * in turn: one fills while the other is on its way, and a buffer is filled again only once
- * the sink took it. Against pump() over the source's stream view, no Buffer is made per chunk
- * and the sink gets one write per piece (proxied uploads: the client's TLS records land in
- * the piece as they arrive).
+ * in turn (fillInTurns, as uploads to a backend do): one fills while the other is on its way,
+ * and a buffer is filled again only once the sink took it. Against pump() over the source's
+ * stream view, no Buffer is made per chunk and the sink gets one write per piece (proxied
+ * uploads: the client's TLS records land in the piece as they arrive).
  * @returns the bytes moved (fewer than `length` when the source ended early); never overflow.
  * @throws the source's or the sink's error, an Error when the sink closes first, or what
  *   onProgress throws.
@@ -133,45 +134,51 @@ export async function relayByFilling(
   length: number,
   options: RelayByFillingOptions,
 ): Promise<PumpResult> {
-  const size = Math.max(1, Math.min(options.pieceSize, length));
-  const pieces = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
-  const writes: (Promise<void> | undefined)[] = [undefined, undefined];
   // A sink that fails while the source is still filling stops the fill at its next bytes.
   const stop = new AbortController();
   const onAbort = () => stop.abort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
   let sinkFailure: Error | undefined;
+  // A destroyed sink may never call back the write it was given: its writes end with it.
+  let sinkGone!: (error: Error) => void;
+  const gone = new Promise<never>((_resolve, reject) => {
+    sinkGone = reject;
+  });
+  gone.catch(() => undefined);
   const onSinkFailure = (error?: Error) => {
     sinkFailure ??= error ?? new Error("the receiving side closed before the end of the data");
+    sinkGone(sinkFailure);
     stop.abort();
   };
+  const size = Math.max(1, Math.min(options.pieceSize, length));
+  const writer = new DoubleBufferedWriter(
+    (piece) =>
+      Promise.race([
+        new Promise<void>((resolve, reject) => sink.write(piece, (error) => (error ? reject(error) : resolve()))),
+        gone,
+      ]),
+    [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)],
+    0,
+    undefined,
+  );
   const onSinkClose = () => onSinkFailure();
   sink.once("error", onSinkFailure);
   sink.once("close", onSinkClose);
-  let bytes = 0;
-  let index = 0;
   try {
-    while (bytes < length) {
-      await writes[index];
-      if (sinkFailure !== undefined) throw sinkFailure;
-      const piece = (pieces[index] as Buffer).subarray(0, Math.min(size, length - bytes));
-      const count = await source.fill(piece, stop.signal);
-      if (sinkFailure !== undefined) throw sinkFailure;
-      if (count === 0) break;
-      bytes += count;
-      options.onProgress?.(bytes);
-      if (stop.signal.aborted) break;
-      const written = piece.subarray(0, count);
-      writes[index] = new Promise<void>((resolve, reject) =>
-        sink.write(written, (error) => (error ? reject(error) : resolve())),
-      );
-      // Awaited before this buffer is filled again, or at the end; not unhandled meanwhile.
-      writes[index]?.catch(() => undefined);
-      index ^= 1;
-    }
-    await Promise.all(writes);
+    const { bytes } = await fillInTurns(source, writer, {
+      limit: length,
+      probePastLimit: false,
+      signal: stop.signal,
+      onFilled: (received) => {
+        if (sinkFailure !== undefined) throw sinkFailure;
+        options.onProgress?.(received);
+      },
+    });
     if (sinkFailure !== undefined) throw sinkFailure;
     return { bytes, overflow: false };
+  } catch (error) {
+    // A write that failed because the sink did says less than the sink's own failure.
+    throw sinkFailure ?? error;
   } finally {
     options.signal?.removeEventListener("abort", onAbort);
     sink.off("error", onSinkFailure);

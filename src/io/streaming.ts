@@ -187,7 +187,7 @@ async function writeThroughBuffers(
   options: UploadOptions,
 ): Promise<UploadResult> {
   if (isFillingSource(source)) return writeByFilling(backend, source, offset, options);
-  const writer = new DoubleBufferedWriter(backend, await options.buffers(), offset, options.onProgress);
+  const writer = new DoubleBufferedWriter(backendWrites(backend), await options.buffers(), offset, options.onProgress);
   options.onReady?.();
   let received = 0;
   let overflow = false;
@@ -340,8 +340,43 @@ async function writeByFilling(
   offset: number,
   options: UploadOptions,
 ): Promise<UploadResult> {
-  const writer = new DoubleBufferedWriter(backend, await options.buffers(), offset, options.onProgress);
+  const writer = new DoubleBufferedWriter(backendWrites(backend), await options.buffers(), offset, options.onProgress);
   options.onReady?.();
+  const { bytes, overflow } = await fillInTurns(source, writer, {
+    limit: options.limit,
+    probePastLimit: true,
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+    onFilled: () => options.onProgress?.(writer.done),
+  });
+  return { bytes, overflow, flushed: false };
+}
+
+export interface FillInTurnsOptions {
+  /** Most bytes taken from the source. */
+  limit: number;
+  /** At the limit, one more byte is asked for: whether the source goes on past it (overflow). */
+  probePastLimit: boolean;
+  /** Once aborted, the fill ends at the source's next bytes (a cancelled transfer, a failed sink). */
+  signal?: AbortSignal;
+  /** After each fill, with the bytes received so far; may throw to stop (cancellation). */
+  onFilled?: (received: number) => void;
+}
+
+/**
+ * The two-buffer loop of every copy from a filling source (uploads to a backend, relays to a
+ * remote): the buffer `writer` has free is filled by `source` (its reads land in it
+ * directly), written while the other one fills, and filled again only once that write
+ * completed. A source that fails has what did arrive written before its failure is thrown;
+ * once `signal` is aborted, the loop ends after the fill it cuts short (what it got is written).
+ * @returns the bytes received, and whether the source had more than `limit` (when probed).
+ * @throws the source's failure, a write's failure, or what onFilled throws; writes in flight
+ *   have settled by then.
+ */
+export async function fillInTurns(
+  source: FillingSource,
+  writer: DoubleBufferedWriter,
+  options: FillInTurnsOptions,
+): Promise<{ bytes: number; overflow: boolean }> {
   let received = 0;
   let overflow = false;
   try {
@@ -349,8 +384,7 @@ async function writeByFilling(
       await writer.free();
       const want = Math.min(writer.room().length, options.limit - received);
       if (want === 0) {
-        // At the limit: one more byte tells whether the source goes on past it.
-        overflow = (await source.fill(Buffer.allocUnsafe(1))) > 0;
+        if (options.probePastLimit) overflow = (await source.fill(Buffer.allocUnsafe(1))) > 0;
         break;
       }
       let count: number;
@@ -363,16 +397,23 @@ async function writeByFilling(
       }
       received += count;
       writer.advance(count);
-      // A cancelled transfer stops here (onProgress throws), also when the fill was cut short.
-      options.onProgress?.(writer.done);
-      if (count === 0) break;
+      // A cancelled transfer stops here (onFilled throws), also when the fill was cut short.
+      options.onFilled?.(received);
+      if (count === 0 || options.signal?.aborted) break;
     }
     await writer.finish();
   } catch (error) {
     await writer.settle();
     throw error;
   }
-  return { bytes: received, overflow, flushed: false };
+  return { bytes: received, overflow };
+}
+
+/** Where a DoubleBufferedWriter's full buffers go: `data` belongs at `position` of the output. */
+export type PositionedWrite = (data: Buffer, position: number) => Promise<void>;
+
+function backendWrites(backend: Backend): PositionedWrite {
+  return (data, position) => backend.write(data, position);
 }
 
 /** One buffer's write on its way to the backend. */
@@ -385,11 +426,11 @@ interface WriteInFlight {
 }
 
 /**
- * Fills two aligned buffers in turn and keeps at most two writes in flight. The first buffer
- * holds data at the image offset's position modulo 4096, so every later write starts on a
- * 4096-byte boundary and the aligned parts go to O_DIRECT without copies.
+ * Fills two buffers in turn and keeps at most two writes in flight. The first buffer holds
+ * data at the offset's position modulo 4096, so every later write starts on a 4096-byte
+ * boundary and, to an image, the aligned parts go to O_DIRECT without copies.
  */
-class DoubleBufferedWriter {
+export class DoubleBufferedWriter {
   private index = 0;
   private fill: number;
   private start: number;
@@ -400,7 +441,7 @@ class DoubleBufferedWriter {
   done = 0;
 
   constructor(
-    private readonly backend: Backend,
+    private readonly write: PositionedWrite,
     private readonly buffers: readonly [Buffer, Buffer],
     private readonly offset: number,
     private readonly onProgress: ((bytes: number) => void) | undefined,
@@ -476,7 +517,7 @@ class DoubleBufferedWriter {
     const data = buf.subarray(this.start, this.fill);
     const end = this.position + data.length;
     const slot: WriteInFlight = { write: Promise.resolve(), end, settled: false };
-    slot.write = this.backend.write(data, this.position).then(
+    slot.write = this.write(data, this.position).then(
       () => {
         slot.settled = true;
       },

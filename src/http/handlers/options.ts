@@ -7,6 +7,14 @@ import { clientTag, openForTicket } from "./common.js";
 
 const ALL_FEATURES = ["checksum", "extents", "flush", "zero"];
 
+/**
+ * `OPTIONS *` (RFC 9110 §9.3.7): a question about the server rather than a resource, answered
+ * as upstream answers its server-wide form of this API, `OPTIONS /images/*`.
+ */
+export function serverOptions(ctx: RequestContext, app: App): Promise<void> {
+  return options(ctx, app, "*");
+}
+
 export async function options(ctx: RequestContext, app: App, id: string): Promise<void> {
   requireId(id);
   const info: Record<string, unknown> = {};

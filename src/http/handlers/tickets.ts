@@ -10,6 +10,14 @@ import type { RequestContext } from "../request.js";
 import { send, sendJson } from "../response.js";
 import { redactPath, requireId } from "../router.js";
 
+/** What `OPTIONS *` lists for the control service (RFC 9110 §9.3.7): the methods it serves. */
+const CONTROL_METHODS = "OPTIONS,PUT,GET,PATCH,DELETE";
+
+/** `OPTIONS *` on the control service: a question about the server, not a ticket. */
+export async function controlOptions(ctx: RequestContext): Promise<void> {
+  send(ctx, 200, undefined, [["allow", CONTROL_METHODS]]);
+}
+
 export async function addTicket(ctx: RequestContext, app: App, id: string): Promise<void> {
   requireId(id);
   const body = await ctx.readJsonObject("Ticket is not in a json format:");

@@ -5,8 +5,9 @@
  * bytes then land in the aligned buffers with no copy of ours at all.
  */
 import { Readable } from "node:stream";
+import { ChunkedFraming, ChunkedFramingError } from "../../io/chunked-framing.js";
 import { HttpError } from "../errors.js";
-import { type BodyFraming, FIELD_NAME_COLON, hasControl, MAX_FRAMING_LINE } from "./head.js";
+import type { BodyFraming } from "./head.js";
 
 /** The bytes the connection has received and not yet consumed. */
 export interface Staged {
@@ -27,13 +28,11 @@ interface PendingFill {
   reject: (error: unknown) => void;
 }
 
-type ChunkedState = "size" | "data" | "data-end" | "trailers";
-
 export class BodyReader {
   /** Bytes of the body (or of the current chunk) still to come. */
   private remaining: number;
-  private readonly chunked: boolean;
-  private state: ChunkedState = "size";
+  /** The framing of a chunked body (the shared strict decoder); undefined for Content-Length. */
+  private readonly chunked: ChunkedFraming | undefined;
   private pending: PendingFill | undefined;
   private failure: unknown;
   /** The last byte of the body was read. */
@@ -48,9 +47,9 @@ export class BodyReader {
     /** A fill given up while a read could still go straight into its buffer. */
     private readonly onAbandoned: () => void,
   ) {
-    this.chunked = framing.kind === "chunked";
+    this.chunked = framing.kind === "chunked" ? new ChunkedFraming() : undefined;
     this.remaining = framing.kind === "length" ? framing.length : 0;
-    if (!this.chunked && this.remaining === 0) this.ended = true;
+    if (this.chunked === undefined && this.remaining === 0) this.ended = true;
   }
 
   /**
@@ -79,7 +78,7 @@ export class BodyReader {
   directRegion(most: number): Buffer | undefined {
     const pending = this.pending;
     if (pending === undefined || this.failure !== undefined || this.ended) return undefined;
-    if (this.chunked && this.state !== "data") return undefined;
+    if (this.chunked !== undefined && !this.chunked.inData) return undefined;
     if (this.staged.stagedLength() > 0) return undefined;
     const size = Math.min(pending.dest.length - pending.filled, this.remaining, most);
     return size > 0 ? pending.dest.subarray(pending.filled, pending.filled + size) : undefined;
@@ -89,7 +88,7 @@ export class BodyReader {
   directRead(count: number): void {
     const pending = this.pending as PendingFill;
     pending.filled += count;
-    this.remaining -= count;
+    this.took(count);
     if (this.abandonIfAborted(pending)) return;
     this.pump();
   }
@@ -146,50 +145,38 @@ export class BodyReader {
       this.settle(true);
       return false;
     }
-    if (!this.chunked || this.state === "data") {
-      if (this.remaining === 0) return this.endOfData();
+    const chunked = this.chunked;
+    if (chunked === undefined || chunked.inData) {
+      if (this.remaining === 0) {
+        // The Content-Length body is complete (a chunk's data hands over to its framing at its end).
+        this.ended = true;
+        return false;
+      }
       const take = Math.min(this.remaining, pending.dest.length - pending.filled, this.staged.stagedLength());
       if (take === 0) return false;
       this.staged.bytes().copy(pending.dest, pending.filled, 0, take);
       this.staged.consume(take);
       pending.filled += take;
-      this.remaining -= take;
+      this.took(take);
       return true;
     }
-    const bytes = this.staged.bytes();
-    if (this.state === "data-end") {
-      if (bytes.length < 2) return false;
-      if (bytes[0] !== 0x0d || bytes[1] !== 0x0a) throw chunkError("chunk data not followed by CRLF");
-      this.staged.consume(2);
-      this.state = "size";
-      return true;
+    let used: number;
+    try {
+      used = chunked.read(this.staged.bytes());
+    } catch (error) {
+      throw error instanceof ChunkedFramingError ? chunkError(error.message) : error;
     }
-    const line = framingLine(bytes);
-    if (line === undefined) return false;
-    // A bare LF or CR (or any control byte) in these lines is where a lenient front end and
-    // we would disagree on where the body ends: the rest of the connection is not trusted.
-    if (hasControl(line)) throw chunkError("control character in a chunk size or trailer line");
-    this.staged.consume(line.length + 2);
-    if (this.state === "trailers") {
-      if (line === "") this.ended = true;
-      else if (!FIELD_NAME_COLON.test(line)) throw chunkError(`invalid trailer line '${line.slice(0, 40)}'`);
-      return true;
-    }
-    const size = /^([0-9a-fA-F]{1,13})[ \t]*(;.*)?$/.exec(line);
-    if (size === null) throw chunkError(`invalid chunk size line '${line.slice(0, 40)}'`);
-    this.remaining = Number.parseInt(size[1] as string, 16);
-    this.state = this.remaining === 0 ? "trailers" : "data";
+    if (used === 0) return false;
+    this.staged.consume(used);
+    if (chunked.done) this.ended = true;
+    else if (chunked.inData) this.remaining = chunked.dataLeft;
     return true;
   }
 
-  /** The Content-Length body, or one chunk's data, is complete. */
-  private endOfData(): boolean {
-    if (!this.chunked) {
-      this.ended = true;
-      return false;
-    }
-    this.state = "data-end";
-    return true;
+  /** `count` bytes of the body (of the current chunk's data) were placed in the fill's buffer. */
+  private took(count: number): void {
+    this.remaining -= count;
+    this.chunked?.tookData(count);
   }
 
   /** Resolves or rejects the waiting fill when it is done: full, at the end, or failed. */
@@ -201,17 +188,6 @@ export class BodyReader {
     if (this.failure !== undefined && pending.filled === 0) pending.reject(this.failure);
     else pending.resolve(pending.filled);
   }
-}
-
-/** A CRLF-ended line at the start of `bytes` (without the CRLF), or undefined until complete. */
-function framingLine(bytes: Buffer): string | undefined {
-  const end = bytes.indexOf("\r\n");
-  if (end === -1) {
-    if (bytes.length > MAX_FRAMING_LINE) throw chunkError("chunk size or trailer line too long");
-    return undefined;
-  }
-  if (end > MAX_FRAMING_LINE) throw chunkError("chunk size or trailer line too long");
-  return bytes.toString("latin1", 0, end);
 }
 
 function chunkError(reason: string): HttpError {

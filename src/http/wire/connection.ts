@@ -4,7 +4,7 @@
  * bytes wait in the staging area), the body read by the request's consumer or, when it did
  * not, discarded before the next head. The connection ends when a response closes it, when
  * the client half-closed and every request it sent was answered, or on a framing error
- * (answered, then closed).
+ * (answered, then closed: see refuse).
  */
 import type { Socket } from "node:net";
 import type { Readable } from "node:stream";
@@ -31,6 +31,13 @@ export interface WireOptions {
 /** Bytes read and dropped at a time when a handler left a body unread. */
 const DISCARD_PIECE = 64 * 1024;
 
+/**
+ * How long a connection whose head was refused still reads (and drops) what its client sends
+ * once the answer went out: closing a socket with unread bytes resets it, and a reset can
+ * destroy the answer before the client read it. Bounded, so the descriptor comes back soon.
+ */
+const REFUSED_LINGER_MS = 1000;
+
 export class WireConnection {
   private readonly inbound: Inbound;
   private body: BodyReader | undefined;
@@ -41,6 +48,8 @@ export class WireConnection {
   private finished = false;
   /** What was examined of the head being awaited. */
   private headScan = freshScan();
+  /** A refused head was answered: whatever the client still sends is dropped until we close. */
+  private draining = false;
 
   constructor(
     private readonly socket: Socket,
@@ -79,7 +88,8 @@ export class WireConnection {
   }
 
   private wake(): void {
-    if (!this.awaitingHead) this.body?.wake();
+    if (this.draining) this.drain();
+    else if (!this.awaitingHead) this.body?.wake();
     else if (!this.finished) this.readHead();
   }
 
@@ -104,9 +114,7 @@ export class WireConnection {
     this.headScan = freshScan();
     if (result.kind === "refused") {
       this.awaitingHead = false;
-      this.finished = true;
-      if (this.socket.writable) this.socket.end(result.response);
-      else this.socket.destroy();
+      this.refuse(result.response);
       return;
     }
     this.inbound.consume(result.head.size);
@@ -137,6 +145,39 @@ export class WireConnection {
     this.body = undefined;
     this.awaitingHead = true;
     this.wake();
+  }
+
+  /**
+   * Answers a head we cannot read and closes the connection: FIN once the answer is written,
+   * then the socket destroyed when the client closes its side or REFUSED_LINGER_MS later,
+   * whichever comes first (it used to stay open until the inactivity timeout).
+   */
+  private refuse(response: string): void {
+    this.finished = true;
+    const socket = this.socket;
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    this.draining = true;
+    this.drain();
+    socket.end(response);
+    socket.once("finish", () => {
+      if (this.eof) {
+        socket.destroy();
+        return;
+      }
+      const linger = setTimeout(() => socket.destroy(), REFUSED_LINGER_MS);
+      // The socket, not this timer, is what keeps a stopping daemon waiting.
+      linger.unref();
+      socket.once("close", () => clearTimeout(linger));
+    });
+  }
+
+  /** Drops what a refused client sent; it closing its side after our answer went out ends the connection. */
+  private drain(): void {
+    this.inbound.consume(this.inbound.stagedLength());
+    if (this.eof && this.socket.writableFinished) this.socket.destroy();
   }
 
   /** Reads `body` to its end, dropping it. @returns false when it cannot end (the connection is cut then). */

@@ -4,13 +4,11 @@
  * What makes a head unreadable (framing) is answered here; what a readable head asks for that
  * we do not serve (versions, lengths of the line, header counts, methods) is the dispatcher's.
  */
+import { hasControl, TOKEN_CHAR } from "../../io/http-syntax.js";
 import { rawErrorResponse } from "../response.js";
 
 /** Most bytes a head may have (request line and header lines), as Node's maxHeaderSize was. */
 export const MAX_HEAD_BYTES = 64 * 1024;
-
-/** Longest chunk-size or trailer line of a chunked body. */
-export const MAX_FRAMING_LINE = 4096;
 
 /** How the body that follows a head is framed. */
 export type BodyFraming = { kind: "length"; length: number } | { kind: "chunked" };
@@ -56,19 +54,7 @@ const FIRST_WINS = new Set([
   "user-agent",
 ]);
 
-/** One character of an RFC 9110 token (a method, a field name). */
-const TOKEN_CHAR = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]";
 const TOKEN = new RegExp(`^${TOKEN_CHAR}+$`);
-/** The start of a field line (a header or a chunked body's trailer): a token name, then a colon. */
-export const FIELD_NAME_COLON = new RegExp(`^${TOKEN_CHAR}+:`);
-/** True when `text` holds a control character other than HTAB, which no field value, target or chunked framing line may hold. */
-export function hasControl(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if ((code < 0x20 && code !== 0x09) || code === 0x7f) return true;
-  }
-  return false;
-}
 const VERSION = /^HTTP\/(\d)\.(\d)$/;
 
 const badRequest = (message: string): HeadResult => ({
@@ -146,9 +132,9 @@ function readHead(lines: string[], size: number): HeadResult {
   const [requestLine = "", ...fieldLines] = lines;
   const parts = requestLine.split(" ");
   const [method = "", target = "", version] = parts;
-  if (!TOKEN.test(method)) {
-    return { kind: "refused", response: rawErrorResponse(405, "Method Not Allowed", `Invalid method '${method}'`) };
-  }
+  // RFC 9112 §3: the method is a token. Anything else is a request line we cannot read (400,
+  // not echoed); a token naming no method we serve is the dispatcher's 405 (spec §3.2).
+  if (!TOKEN.test(method)) return badRequest("invalid method");
   if (parts.length > 3 || target === "" || hasControl(target)) return badRequest("invalid request target");
   // A line without a version is HTTP/0.9: read, so that the dispatcher refuses it as such.
   let versionMajor = 0;

@@ -39,6 +39,8 @@ export class Inbound implements Staged {
   private direct = false;
   private paused = false;
   private ended = false;
+  /** Within the socket's read callback: it asks nextBuffer() for the next read right after. */
+  private inReadCallback = false;
 
   constructor(
     private readonly socket: Socket,
@@ -87,7 +89,10 @@ export class Inbound implements Staged {
    * to the staging area instead.
    */
   withdrawDirect(): void {
-    if (!this.direct || this.socket.destroyed) return;
+    // A fill is abandoned when bytes arrive, within the read callback: the buffer the socket
+    // asks for next, as soon as that returns, is then the staging area anyway. Redirecting
+    // there too would leave Node a stream listener per abandoned read, for the connection's life.
+    if (!this.direct || this.inReadCallback || this.socket.destroyed) return;
     redirectNextRead(this.socket, this.nextBuffer());
   }
 
@@ -108,11 +113,16 @@ export class Inbound implements Staged {
   }
 
   private received(count: number): boolean {
-    if (this.direct) {
-      this.consumer.directRead(count);
-    } else {
-      this.end += count;
-      this.consumer.wake();
+    this.inReadCallback = true;
+    try {
+      if (this.direct) {
+        this.consumer.directRead(count);
+      } else {
+        this.end += count;
+        this.consumer.wake();
+      }
+    } finally {
+      this.inReadCallback = false;
     }
     if (this.end - this.start > HIGH_WATER) this.paused = true;
     return !this.paused;

@@ -400,6 +400,50 @@ describe("14: relay client framing", () => {
     }
   });
 
+  it("14.left: (7) a sink slower than the read timeout does not cut a download the remote sent at once", async () => {
+    for (const secureRemote of [false, true]) {
+      reset();
+      const backend = await open({ secure: secureRemote, readTimeoutMs: 300 });
+      try {
+        // Each write takes longer than the read timeout: reading waits on us, not on the remote.
+        const slow = collectingSink(500);
+        await backend.readTo(0, image.length, slow.sink, relayOptions);
+        expect(sha(await slow.bytes())).toBe(sha(image));
+      } finally {
+        await backend.close();
+      }
+    }
+  });
+
+  it("14.left: (8) a remote that sends interim (1xx) answers without end fails the request with a stable code", async () => {
+    reset((_request, socket) => {
+      // Each interim answer is fresh activity for a read timeout: only a bound on them ends this.
+      const endless = setInterval(() => socket.write("HTTP/1.1 102 Processing\r\n\r\n"), 20);
+      socket.once("close", () => clearInterval(endless));
+    });
+    const backend = await open({ readTimeoutMs: 300 });
+    try {
+      const read = backend.readTo(0, 100, collectingSink().sink, relayOptions);
+      const stuck = new Promise((resolve) => setTimeout(() => resolve("still waiting"), 5000).unref());
+      const outcome = await Promise.race([
+        read.then(
+          () => "answered",
+          (error: unknown) => error,
+        ),
+        stuck,
+      ]);
+      expect(outcome).toMatchObject({ code: "IMAGEIO_ERR_REMOTE", status: 502 });
+      expect((outcome as Error).message).toMatch(/sent more than \d+ interim \(1xx\) answers/);
+      // The next request works on a new connection.
+      answer = serveImage;
+      const { sink, bytes } = collectingSink();
+      await backend.readTo(5, 10, sink, relayOptions);
+      expect((await bytes()).equals(image.subarray(5, 15))).toBe(true);
+    } finally {
+      await backend.close();
+    }
+  });
+
   it("14: new TLS connections to a remote resume its session instead of a full handshake", async () => {
     reset();
     resumed.length = 0;

@@ -51,11 +51,44 @@ function keepSession(key: string, session: Buffer): void {
   if (tlsSessions.size > TLS_SESSIONS_KEPT) tlsSessions.delete(tlsSessions.keys().next().value as string);
 }
 
+/** The first wait before connecting again to a unix socket whose backlog is full; it doubles up to the next. */
+const FIRST_BACKLOG_RETRY_MS = 5;
+const MAX_BACKLOG_RETRY_MS = 200;
+
 /**
- * A connection that finished connecting (and its TLS handshake) within `timeoutMs`.
- * @throws RemoteTimeoutError, RemoteUnavailableError (refused, unknown host, verification).
+ * A connection that finished connecting (and its TLS handshake) within `timeoutMs`. A unix
+ * socket whose listen backlog is full refuses a connect at once (EAGAIN) where a TCP one
+ * would make it wait: it is tried again, backing off, until `timeoutMs` ran out.
+ * @throws RemoteTimeoutError, RemoteUnavailableError (refused, unknown host, verification,
+ *   a backlog that stayed full).
  */
-export function openConnection(endpoint: Endpoint, timeoutMs: number): Promise<ClientConnection> {
+export async function openConnection(endpoint: Endpoint, timeoutMs: number): Promise<ClientConnection> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = FIRST_BACKLOG_RETRY_MS; ; delay = Math.min(2 * delay, MAX_BACKLOG_RETRY_MS)) {
+    try {
+      return await connectOnce(endpoint, Math.max(1, deadline - Date.now()));
+    } catch (error) {
+      if (!backlogFull(error)) throw error;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new RemoteUnavailableError(
+          `Cannot reach remote ${endpoint.where}: its listen backlog stayed full for ${timeoutMs} ms (the daemon accepts no more connections)`,
+          { cause: error },
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)));
+    }
+  }
+}
+
+/** The connect failed because the unix socket's listener has no room for another pending connection. */
+function backlogFull(error: unknown): boolean {
+  const cause = error instanceof RemoteUnavailableError ? error.cause : undefined;
+  return (cause as NodeJS.ErrnoException | undefined)?.code === "EAGAIN";
+}
+
+/** One attempt of openConnection. */
+function connectOnce(endpoint: Endpoint, timeoutMs: number): Promise<ClientConnection> {
   const connection = new ClientConnection(endpoint.where);
   const onread = connection.hooks;
   return new Promise((resolve, reject) => {

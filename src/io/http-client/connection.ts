@@ -41,8 +41,17 @@ export interface ReadHooks {
   callback: (length: number, buffer: Buffer) => boolean;
 }
 
+/**
+ * Most interim (1xx) answers one request may get: a 100 Continue and a few hints are all an
+ * images service sends. Each one is fresh activity for the read timeout, so without a bound a
+ * remote answering 102 for ever would hold the request (and its caller) for ever.
+ */
+const MAX_INTERIM_ANSWERS = 10;
+
 interface Exchange {
   method: string;
+  /** Interim answers received so far. */
+  interim: number;
   onHead: (head: ResponseHead) => void;
   onContinue: () => void;
   onFailure: (error: Error) => void;
@@ -78,6 +87,10 @@ export class ClientConnection {
   private reusable = true;
   /** We gave up on the connection (destroy()): bytes already read go nowhere. */
   private abandoned = false;
+  /** The read timeout while we wait for the remote's bytes (0: none). */
+  private readTimeoutMs = 0;
+  /** Reading is stopped on our side (a receiver is not there yet, or holds): no timeout runs. */
+  private held = false;
 
   constructor(
     /** For messages: host:port or the unix socket. */
@@ -87,7 +100,11 @@ export class ClientConnection {
   /** The `onread` option for the socket this connection will own. */
   readonly hooks: ReadHooks = {
     buffer: () => this.nextBuffer(),
-    callback: (length, buffer) => this.onRead(buffer.subarray(0, length)),
+    callback: (length, buffer) => {
+      const more = this.onRead(buffer.subarray(0, length));
+      if (!more) this.hold();
+      return more;
+    },
   };
 
   /** Takes ownership of the socket made with `hooks`. */
@@ -114,18 +131,19 @@ export class ClientConnection {
   }
 
   /** Sends a request head; the callbacks hear the response head, 100 Continue, or the failure. */
-  start(method: string, head: string, exchange: Omit<Exchange, "method">, readTimeoutMs: number): void {
+  start(method: string, head: string, exchange: Omit<Exchange, "method" | "interim">, readTimeoutMs: number): void {
     const socket = this.writable;
     if (!this.idle) throw new Error(`connection to ${this.where} is busy`);
-    this.exchange = { method, ...exchange };
-    socket.setTimeout(readTimeoutMs);
+    this.exchange = { ...exchange, method, interim: 0 };
+    this.readTimeoutMs = readTimeoutMs;
     socket.write(head, "latin1");
-    socket.resume();
+    this.readOn();
   }
 
-  /** Changes the idle timeout while a response is pending (0: the remote is computing). */
+  /** Changes the read timeout while a response is pending (0: the remote is computing). */
   setTimeout(ms: number): void {
-    this.socket?.setTimeout(ms);
+    this.readTimeoutMs = ms;
+    if (!this.held) this.socket?.setTimeout(ms);
   }
 
   /**
@@ -147,13 +165,33 @@ export class ClientConnection {
       if (this.body !== body && !this.reusable) return;
       if (this.failure !== undefined) {
         if (this.body === body) this.settleAfterFailure(body);
-      } else this.socket?.resume();
+      } else this.readOn();
     });
   }
 
   /** Reading went on hold (backpressure): go on. */
   resume(): void {
-    this.socket?.resume();
+    this.readOn();
+  }
+
+  /**
+   * Reading stops on our side (a receiver holds, or is not there yet): the read timeout
+   * measures the remote's silence while we wait for its bytes, so it does not run meanwhile.
+   */
+  private hold(): void {
+    this.held = true;
+    this.socket?.setTimeout(0);
+  }
+
+  /** Reading goes on: the read timeout runs again while a response is awaited. */
+  private readOn(): void {
+    const socket = this.socket;
+    if (socket === undefined) return;
+    this.held = false;
+    // An idle kept connection reads too (to notice the remote closing it), without a timeout.
+    const awaited = this.exchange !== undefined || this.body !== undefined;
+    socket.setTimeout(awaited ? this.readTimeoutMs : 0);
+    socket.resume();
   }
 
   destroy(error?: Error): void {
@@ -232,6 +270,10 @@ export class ClientConnection {
     const rest = Buffer.from(this.head.subarray(end, this.headLength));
     this.headLength = 0;
     if (head.status < 200) {
+      if (++exchange.interim > MAX_INTERIM_ANSWERS) {
+        this.protocolError(new ResponseFramingError(`sent more than ${MAX_INTERIM_ANSWERS} interim (1xx) answers`));
+        return false;
+      }
       if (head.status === 100) exchange.onContinue();
       // Other interim answers (102, 103) carry nothing for us.
       if (rest.length === 0) return true;

@@ -5,6 +5,8 @@
  * instead of guessed at.
  */
 
+import { TOKEN_CHAR } from "../http-syntax.js";
+
 /** Longest response head accepted; images services send a few hundred bytes. */
 export const RESPONSE_HEAD_LIMIT = 64 * 1024;
 
@@ -24,7 +26,7 @@ export interface ResponseHead {
 export class ResponseFramingError extends Error {}
 
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5]\d\d)(?: [\t\x20-\x7e\x80-\xff]*)?$/;
-const HEADER_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[\t ]*([\t\x20-\x7e\x80-\xff]*?)[\t ]*$/;
+const HEADER_LINE = new RegExp(`^(${TOKEN_CHAR}+):[\\t ]*([\\t\\x20-\\x7e\\x80-\\xff]*?)[\\t ]*$`);
 const DIGITS = /^\d{1,16}$/;
 
 /** Where the head in `bytes` ends (just after its blank line), or -1 when it is not complete yet. */

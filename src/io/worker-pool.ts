@@ -83,6 +83,11 @@ export class WorkerPool<Task, Result> {
     return this.slots.length;
   }
 
+  /** Threads running a task now (for tests and diagnostics). */
+  get busyThreads(): number {
+    return this.slots.filter((slot) => slot.task !== undefined).length;
+  }
+
   /**
    * Runs `task` on a thread; `transfer` lists buffers moved there without a copy (they are
    * unusable here until the result hands them back).
@@ -99,6 +104,19 @@ export class WorkerPool<Task, Result> {
       });
       this.dispatch();
     });
+  }
+
+  /**
+   * Runs `task` only where it starts without waiting for another task: on an idle thread, or
+   * on one started for it while fewer than `maxWorkers` run. undefined when every thread is
+   * busy (a task may block for as long as its device does): for work worth doing only when it
+   * costs no wait, such as faulting memory in ahead of use.
+   */
+  runIfFree(task: Task): Promise<Result> | undefined {
+    const idle = this.slots.some((slot) => slot.task === undefined);
+    const room = this.slots.length + this.starting < this.maxWorkers;
+    if (this.queue.length > 0 || !(idle || room)) return undefined;
+    return this.run(task);
   }
 
   private dispatch(): void {

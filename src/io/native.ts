@@ -125,15 +125,18 @@ export function allocAligned(size: number, alignment = 4096): Buffer {
  * MADV_POPULATE_WRITE (before 5.14) or short of memory leaves the pages to fault in on first
  * use, as any memory does.
  *
- * Only where a native thread is free: behind a zeroing or fallocate that blocks for as long
- * as its device does (seconds, or for ever on a dead path), the caller would wait with it.
+ * Never behind a zeroing or fallocate, which blocks for as long as its device does (seconds, or
+ * for ever on a dead path): the caller would wait with it. Behind other populates only.
  * The populate call changes no byte, so a writer racing it loses nothing.
  * @returns whether the pages were faulted in (false: they fault in on first use).
  */
 export async function populatePages(buf: Buffer): Promise<boolean> {
   const length = buf.length - (buf.length % PAGE_SIZE);
   if (length === 0 || !isAligned(buf, PAGE_SIZE)) return false;
-  const populating = nativeThreads.runIfFree({ op: "populate", address: bufferAddress(buf), length });
+  const populating = nativeThreads.runUnlessBlocked(
+    { op: "populate", address: bufferAddress(buf), length },
+    (other) => other.op === "populate",
+  );
   if (populating === undefined) return false;
   return (await populating).errno === 0;
 }

@@ -107,15 +107,17 @@ export class WorkerPool<Task, Result> {
   }
 
   /**
-   * Runs `task` only where it starts without waiting for another task: on an idle thread, or
-   * on one started for it while fewer than `maxWorkers` run. undefined when every thread is
-   * busy (a task may block for as long as its device does): for work worth doing only when it
-   * costs no wait, such as faulting memory in ahead of use.
+   * Runs `task` unless it would wait for a task that may block for long (a device's zeroing,
+   * for as long as the device takes): for work worth doing only when it costs no wait, such as
+   * faulting memory in ahead of use. `quick` tells the tasks that never block for long; `task`
+   * may queue behind those only, and only while a thread is idle, can be started, or runs one.
+   * @returns undefined where the task would wait behind a slow one (it is not run).
    */
-  runIfFree(task: Task): Promise<Result> | undefined {
-    const idle = this.slots.some((slot) => slot.task === undefined);
+  runUnlessBlocked(task: Task, quick: (other: Task) => boolean): Promise<Result> | undefined {
+    const isQuick = (pending: Pending | undefined) => pending === undefined || quick(pending.message as Task);
     const room = this.slots.length + this.starting < this.maxWorkers;
-    if (this.queue.length > 0 || !(idle || room)) return undefined;
+    const turnSoon = room || this.slots.some((slot) => isQuick(slot.task));
+    if (!turnSoon || !this.queue.every(isQuick)) return undefined;
     return this.run(task);
   }
 

@@ -162,7 +162,7 @@ export class BufferPool {
  * native thread that hangs while it starts, or in the kernel while it faults the pages in on
  * a host short of memory, must not hold the buffer's user with it.
  */
-export const POPULATE_WAIT_MS = 1_000;
+const POPULATE_WAIT_MS = 1_000;
 
 /**
  * Faults a buffer's pages in off the event loop, waiting at most POPULATE_WAIT_MS; a failure

@@ -137,7 +137,8 @@ describe("14.huge: bytes across pages given back and faulted in again", () => {
   });
 
   it("14.huge: rounds of 8 concurrent uploads then downloads (HTTPS and unix) keep every byte while the daemon's buffers are given back and faulted in between rounds", async () => {
-    daemon = await startInProcess({ config: { daemon: { max_buffers: 4 } } });
+    // One thread: the images services lend from the main thread's pool, which the test watches.
+    daemon = await startInProcess({ config: { daemon: { max_buffers: 4, workers: 1 } } });
     const running = daemon;
     const part = 6 * MiB + 12 * 1024;
     const parts = 8;

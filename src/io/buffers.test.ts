@@ -79,6 +79,15 @@ describe("BufferPool", () => {
     again.release();
   });
 
+  it("14.huge: in a burst of 8 new leases, every buffer is resident before it is lent", async () => {
+    const pool = new BufferPool(8);
+    const size = 4 * 1024 * 1024;
+    const leases = await Promise.all(Array.from({ length: 8 }, () => pool.lease(size)));
+    const resident = await Promise.all(leases.map((lease) => residentPageCount(lease.buffer)));
+    expect(resident).toEqual(Array(8).fill(size / 4096));
+    for (const lease of leases) lease.release();
+  });
+
   it("14: a new buffer, and one whose pages were given back, is resident before it is lent", async () => {
     const pool = new BufferPool(2, 2, 20);
     const size = 8 * 1024 * 1024;

@@ -157,11 +157,33 @@ export class BufferPool {
   }
 }
 
-/** Faults a buffer's pages in off the event loop; a failure only leaves them to fault in on first use. */
+/**
+ * The longest a lease waits for its buffer's pages (a thread's boot included, about 40 ms): a
+ * native thread that hangs while it starts, or in the kernel while it faults the pages in on
+ * a host short of memory, must not hold the buffer's user with it.
+ */
+const POPULATE_WAIT_MS = 1_000;
+
+/**
+ * Faults a buffer's pages in off the event loop, waiting at most POPULATE_WAIT_MS; a failure
+ * or a late answer only leaves them to fault in on first use (populating changes no byte, so
+ * a lent buffer's writer racing a late populate loses nothing).
+ */
 async function residentPages(buffer: Buffer): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  // Best effort (the native thread could not start, or the kernel refused): usable as before.
+  const populating = populatePages(buffer).catch(() => false);
   try {
-    await populatePages(buffer);
-  } catch {
-    // Best effort (the native thread could not start): the buffer is as usable as before.
+    await Promise.race([
+      populating,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, POPULATE_WAIT_MS);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
+  // The native thread touches the buffer by address: keep its memory mapped until
+  // it is done, even where the lease ended and the pool dropped the buffer meanwhile.
+  void populating.then(() => buffer.length);
 }

@@ -124,11 +124,21 @@ export function allocAligned(size: number, alignment = 4096): Buffer {
  * read). `buf` must stay referenced until the promise settles. Best effort: a kernel without
  * MADV_POPULATE_WRITE (before 5.14) or short of memory leaves the pages to fault in on first
  * use, as any memory does.
+ *
+ * Never behind a zeroing or fallocate, which blocks for as long as its device does (seconds, or
+ * for ever on a dead path): the caller would wait with it. Behind other populates only.
+ * The populate call changes no byte, so a writer racing it loses nothing.
+ * @returns whether the pages were faulted in (false: they fault in on first use).
  */
-export async function populatePages(buf: Buffer): Promise<void> {
+export async function populatePages(buf: Buffer): Promise<boolean> {
   const length = buf.length - (buf.length % PAGE_SIZE);
-  if (length === 0 || !isAligned(buf, PAGE_SIZE)) return;
-  await nativeThreads.run({ op: "populate", address: bufferAddress(buf), length });
+  if (length === 0 || !isAligned(buf, PAGE_SIZE)) return false;
+  const populating = nativeThreads.runUnlessBlocked(
+    { op: "populate", address: bufferAddress(buf), length },
+    (other) => other.op === "populate",
+  );
+  if (populating === undefined) return false;
+  return (await populating).errno === 0;
 }
 
 const PAGE_SIZE = 4096;

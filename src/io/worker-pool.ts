@@ -83,6 +83,11 @@ export class WorkerPool<Task, Result> {
     return this.slots.length;
   }
 
+  /** Threads running a task now (for tests and diagnostics). */
+  get busyThreads(): number {
+    return this.slots.filter((slot) => slot.task !== undefined).length;
+  }
+
   /**
    * Runs `task` on a thread; `transfer` lists buffers moved there without a copy (they are
    * unusable here until the result hands them back).
@@ -99,6 +104,21 @@ export class WorkerPool<Task, Result> {
       });
       this.dispatch();
     });
+  }
+
+  /**
+   * Runs `task` unless it would wait for a task that may block for long (a device's zeroing,
+   * for as long as the device takes): for work worth doing only when it costs no wait, such as
+   * faulting memory in ahead of use. `quick` tells the tasks that never block for long; `task`
+   * may queue behind those only, and only while a thread is idle, can be started, or runs one.
+   * @returns undefined where the task would wait behind a slow one (it is not run).
+   */
+  runUnlessBlocked(task: Task, quick: (other: Task) => boolean): Promise<Result> | undefined {
+    const isQuick = (pending: Pending | undefined) => pending === undefined || quick(pending.message as Task);
+    const room = this.slots.length + this.starting < this.maxWorkers;
+    const turnSoon = room || this.slots.some((slot) => isQuick(slot.task));
+    if (!turnSoon || !this.queue.every(isQuick)) return undefined;
+    return this.run(task);
   }
 
   private dispatch(): void {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { residentPageCount } from "../../test/helpers/memory.js";
+import { nativeThreadReady, residentPageCount } from "../../test/helpers/memory.js";
 import { type BufferLease, BufferPool, isZero, zeroBuffer } from "./buffers.js";
 import { isAligned } from "./native.js";
 
@@ -80,6 +80,7 @@ describe("BufferPool", () => {
   });
 
   it("14.huge: in a burst of 8 new leases, every buffer is resident before it is lent", async () => {
+    await nativeThreadReady();
     const pool = new BufferPool(8);
     const size = 4 * 1024 * 1024;
     const leases = await Promise.all(Array.from({ length: 8 }, () => pool.lease(size)));
@@ -89,6 +90,7 @@ describe("BufferPool", () => {
   });
 
   it("14: a new buffer, and one whose pages were given back, is resident before it is lent", async () => {
+    await nativeThreadReady();
     const pool = new BufferPool(2, 2, 20);
     const size = 8 * 1024 * 1024;
     const pages = size / 4096;

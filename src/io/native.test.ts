@@ -2,7 +2,12 @@ import { spawn } from "node:child_process";
 import { closeSync } from "node:fs";
 import { open, truncate, writeFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { hugePageEligible, residentPageCount, transparentHugePageMode } from "../../test/helpers/memory.js";
+import {
+  hugePageEligible,
+  nativeThreadReady,
+  residentPageCount,
+  transparentHugePageMode,
+} from "../../test/helpers/memory.js";
 import { makeTempDir, type TempDir } from "../../test/helpers/tmp.js";
 import { MiB } from "../units.js";
 import { isZero } from "./buffers.js";
@@ -51,7 +56,8 @@ describe("native", () => {
     expect(bufferAddress(buf) % BigInt(HUGE_PAGE_SIZE)).toBe(0n);
     // Nothing wrote it yet: the wider alignment costs no memory.
     expect(await residentPageCount(buf)).toBe(0);
-    await populatePages(buf);
+    await nativeThreadReady();
+    expect(await populatePages(buf)).toBe(true);
     expect(await residentPageCount(buf)).toBe((8 * MiB) / 4096);
     expect(isZero(buf)).toBe(true);
     const mode = transparentHugePageMode();

@@ -128,11 +128,18 @@ export function allocAligned(size: number, alignment = 4096): Buffer {
  * Never behind a zeroing or fallocate, which blocks for as long as its device does (seconds, or
  * for ever on a dead path): the caller would wait with it. Behind other populates only.
  * The populate call changes no byte, so a writer racing it loses nothing.
+ * While no native thread is up, it starts one and returns at once.
  * @returns whether the pages were faulted in (false: they fault in on first use).
  */
 export async function populatePages(buf: Buffer): Promise<boolean> {
   const length = buf.length - (buf.length % PAGE_SIZE);
   if (length === 0 || !isAligned(buf, PAGE_SIZE)) return false;
+  if (nativeThreads.readyThreads === 0) {
+    // No thread is up (they end after a few idle seconds): booting one takes about 40 ms, more
+    // than the faults it would move off this thread. Start it for the buffers that follow.
+    nativeThreads.warm();
+    return false;
+  }
   const populating = nativeThreads.runUnlessBlocked(
     { op: "populate", address: bufferAddress(buf), length },
     (other) => other.op === "populate",

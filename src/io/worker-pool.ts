@@ -83,6 +83,11 @@ export class WorkerPool<Task, Result> {
     return this.slots.length;
   }
 
+  /** Threads that finished loading their script: a task posted to one starts at once. */
+  get readyThreads(): number {
+    return this.slots.filter((slot) => slot.ready).length;
+  }
+
   /** Threads running a task now (for tests and diagnostics). */
   get busyThreads(): number {
     return this.slots.filter((slot) => slot.task !== undefined).length;

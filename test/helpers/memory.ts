@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { bufferAddress } from "../../src/io/native.js";
+import { nativeThreads } from "../../src/io/native-threads.js";
 
 const PAGE = 4096;
 
@@ -49,4 +50,17 @@ export function hugePageEligible(buf: Buffer): boolean {
     }
   }
   return false;
+}
+
+/**
+ * Waits until a native thread is up: buffers are faulted in ahead of use only then (while
+ * none is, one is started and the pages fault in on first use).
+ */
+export async function nativeThreadReady(): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (nativeThreads.readyThreads === 0) {
+    if (Date.now() > deadline) throw new Error("no native thread came up within 10 s");
+    nativeThreads.warm();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }

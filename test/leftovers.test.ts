@@ -2,15 +2,13 @@
  * Issue 14, the defects its last review noticed and left ("14.left"): raw bytes against the
  * real daemon process on its TLS port and its unix local socket.
  */
-import { randomBytes, randomUUID } from "node:crypto";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import net, { type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addTicket, type DaemonProcess, startDaemon } from "./helpers/daemon.js";
-import { exchange, type RawTarget, tlsTarget, unixTarget } from "./helpers/raw.js";
+import { type DaemonProcess, imageWithTicket, startDaemon } from "./helpers/daemon.js";
+import { exchange, imagesServices, type RawTarget, statusOf, unixTarget } from "./helpers/raw.js";
 
 let daemon: DaemonProcess;
-let counter = 0;
 
 beforeAll(async () => {
   daemon = await startDaemon();
@@ -18,27 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await daemon?.stop();
 });
-
-function services(): RawTarget[] {
-  return [
-    tlsTarget("remote (TLS)", daemon.remotePort, daemon.certs.caFile),
-    unixTarget("local (unix)", daemon.localSocket as string),
-  ];
-}
-
-function statusOf(text: string): number {
-  return Number(/^HTTP\/1\.1 (\d{3}) /.exec(text)?.[1] ?? 0);
-}
-
-/** A small image of random bytes with a read-write ticket. */
-async function imageWithTicket(): Promise<{ id: string; path: string; data: Buffer }> {
-  const path = daemon.tmp.file(`left-${counter++}.raw`);
-  const data = randomBytes(4096);
-  await writeFile(path, data);
-  const id = randomUUID();
-  await addTicket(daemon, { uuid: id, size: data.length, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
-  return { id, path, data };
-}
 
 /** The daemon's open descriptors. */
 async function openDescriptors(): Promise<number> {
@@ -76,7 +53,7 @@ describe("14.left: request lines", () => {
     const before = await openDescriptors();
     const kept: Socket[] = [];
     try {
-      for (const target of services()) {
+      for (const target of imagesServices(daemon)) {
         for (let round = 0; round < 20; round++) {
           // A client that reads the 400 but never closes its side (and one sending more after its bad line).
           const extra = round % 2 === 0 ? "" : "x".repeat(1000);
@@ -93,7 +70,7 @@ describe("14.left: request lines", () => {
   });
 
   it("14.left: (2) a method that is not a token (a control byte in it) is a malformed request line: 400, closed", async () => {
-    for (const target of services()) {
+    for (const target of imagesServices(daemon)) {
       for (const method of ["GE\x01T", "GE\x7fT", "G@T", "GET\t"]) {
         const answer = await exchange(target, `${method} /info/ HTTP/1.1\r\nHost: x\r\n\r\n`);
         expect(statusOf(answer.text), `${target.name} ${JSON.stringify(method)}`).toBe(400);
@@ -111,8 +88,8 @@ describe("14.left: request lines", () => {
 
 describe("14.left: chunked bodies", () => {
   it("14.left: (3) a chunk size followed by spaces is 400 and writes nothing; spaces before an extension stay allowed", async () => {
-    for (const target of services()) {
-      const { id, path, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, path, data } = await imageWithTicket(daemon, 4096);
       const head = `PUT /images/${id} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n`;
       // RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where only a chunk-ext starts with BWS.
       for (const size of ["5  ", "5\t", "5 \t"]) {
@@ -131,7 +108,7 @@ describe("14.left: chunked bodies", () => {
 
 describe("14.left: OPTIONS *", () => {
   it("14.left: (4) OPTIONS * asks about the server: 200 with what OPTIONS /images/* answers; the control service lists its methods", async () => {
-    for (const target of services()) {
+    for (const target of imagesServices(daemon)) {
       const answer = await exchange(target, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 1500, { halfClose: true });
       expect(statusOf(answer.text), target.name).toBe(200);
       expect(answer.text).toContain("\r\nallow: OPTIONS,GET,PUT,PATCH\r\n");
@@ -171,7 +148,7 @@ describe("14.left: TLS handshakes", () => {
     for (const close of closes) expect(await Promise.race([close, deadline])).toBeLessThan(5000);
     expect(await eventually(async () => (await openDescriptors()) <= before, 5000)).toBe(true);
     // A client that half-closes after its request on a finished handshake is still answered.
-    const [remote] = services() as [RawTarget];
+    const [remote] = imagesServices(daemon) as [RawTarget];
     const answer = await exchange(remote, "GET /info/ HTTP/1.1\r\nHost: x\r\n\r\n", 1500, { halfClose: true });
     expect(statusOf(answer.text)).toBe(200);
   });

@@ -2,15 +2,14 @@
  * The review of issues 10 and 13, wire items (numbered as the review numbers them): raw bytes
  * against the real daemon process on its TLS port and its unix local socket.
  */
-import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addTicket, type DaemonProcess, startDaemon } from "./helpers/daemon.js";
-import { exchange, type RawTarget, tlsTarget, unixTarget } from "./helpers/raw.js";
+import { type DaemonProcess, imageWithTicket, startDaemon } from "./helpers/daemon.js";
+import { exchange, imagesServices, type RawTarget, statusOf, unixTarget } from "./helpers/raw.js";
 
 const KiB = 1024;
 let daemon: DaemonProcess;
-let counter = 0;
 
 beforeAll(async () => {
   daemon = await startDaemon();
@@ -21,31 +20,10 @@ afterAll(async () => {
 
 const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex");
 
-function services(): RawTarget[] {
-  return [
-    tlsTarget("remote (TLS)", daemon.remotePort, daemon.certs.caFile),
-    unixTarget("local (unix)", daemon.localSocket as string),
-  ];
-}
-
-/** A 64 KiB image of random bytes with a read-write ticket. */
-async function imageWithTicket(): Promise<{ id: string; path: string; data: Buffer }> {
-  const path = daemon.tmp.file(`review-${counter++}.raw`);
-  const data = randomBytes(64 * KiB);
-  await writeFile(path, data);
-  const id = randomUUID();
-  await addTicket(daemon, { uuid: id, size: data.length, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
-  return { id, path, data };
-}
-
-function statusOf(text: string): number {
-  return Number(/^HTTP\/1\.1 (\d{3}) /.exec(text)?.[1] ?? 0);
-}
-
 describe("review 2: ticket ids in logs", () => {
   it("review 2: 404 and 405 give the client the full path, the log a shortened id", async () => {
-    const { id } = await imageWithTicket();
-    const [local] = services().slice(1) as [RawTarget];
+    const { id } = await imageWithTicket(daemon, 64 * KiB);
+    const [local] = imagesServices(daemon).slice(1) as [RawTarget];
     const notFound = await exchange(local, `GET /images/${id}/nothing HTTP/1.1\r\nConnection: close\r\n\r\n`);
     expect(statusOf(notFound.text)).toBe(404);
     expect(notFound.text).toContain(`No handler for '/images/${id}/nothing'`);
@@ -65,8 +43,8 @@ describe("review 2: ticket ids in logs", () => {
 
 describe("review 3/4: Connection: close with more bytes in the same segment", () => {
   it("review 3/4: the request is answered with connection: close and the PUT after it never runs", async () => {
-    for (const target of services()) {
-      const { id, path, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, path, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(
         target,
         `GET /images/${id} HTTP/1.1\r\nRange: bytes=0-3\r\nConnection: close\r\n\r\n` +
@@ -83,8 +61,8 @@ describe("review 3/4: Connection: close with more bytes in the same segment", ()
 
 describe("review 5: a half-close after a complete request", () => {
   it("review 5: PUT with its whole body then FIN is written and answered", async () => {
-    for (const target of services()) {
-      const { id, path, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, path, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(
         target,
         `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 100-103/*\r\nContent-Length: 4\r\n\r\nWXYZ`,
@@ -100,8 +78,8 @@ describe("review 5: a half-close after a complete request", () => {
   });
 
   it("review 5: a ranged GET and /extents, pipelined then FIN, are both answered", async () => {
-    for (const target of services()) {
-      const { id, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(
         target,
         `GET /images/${id} HTTP/1.1\r\nRange: bytes=10-19\r\n\r\nGET /images/${id}/extents HTTP/1.1\r\n\r\n`,
@@ -116,8 +94,8 @@ describe("review 5: a half-close after a complete request", () => {
   });
 
   it("review 5: a FIN before the body is complete is a disconnect: no answer, nothing written past what came", async () => {
-    for (const target of services()) {
-      const { id, path, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, path, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(
         target,
         `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 0-7/*\r\nContent-Length: 8\r\n\r\nQQQQ`,
@@ -134,8 +112,8 @@ describe("review 5: a half-close after a complete request", () => {
 
 describe("review 9, 10, 12: refusals", () => {
   it("review 9: a 70000-byte header is 431, a 70000-byte request line still 414", async () => {
-    for (const target of services()) {
-      const { id } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id } = await imageWithTicket(daemon, 64 * KiB);
       const header = await exchange(target, `GET /images/${id} HTTP/1.1\r\nX-Big: ${"a".repeat(70_000)}\r\n\r\n`);
       expect(statusOf(header.text), target.name).toBe(431);
       expect(header.text).toContain("Request header fields too large");
@@ -145,8 +123,8 @@ describe("review 9, 10, 12: refusals", () => {
   });
 
   it("review 10: two Content-Length headers are 400 'Multiple Content-Length headers'; nothing is written", async () => {
-    for (const target of services()) {
-      const { id, path, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, path, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(
         target,
         `PUT /images/${id} HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nABCD`,
@@ -159,8 +137,8 @@ describe("review 9, 10, 12: refusals", () => {
   });
 
   it("review 12: a request line without HTTP version (HTTP/0.9) is 505 and closes; no image bytes go out", async () => {
-    for (const target of services()) {
-      const { id, data } = await imageWithTicket();
+    for (const target of imagesServices(daemon)) {
+      const { id, data } = await imageWithTicket(daemon, 64 * KiB);
       const answer = await exchange(target, `GET /images/${id}\r\n\r\n`);
       expect(statusOf(answer.text), target.name).toBe(505);
       expect(answer.text).toContain("HTTP version not supported");

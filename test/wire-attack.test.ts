@@ -2,14 +2,12 @@
  * Issue 14, review of the images services' own HTTP/1.1 framing (src/http/wire/): hostile
  * clients on the local unix socket of an in-process daemon, bytes of the image checked after.
  */
-import { randomBytes, randomUUID } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addTicket, type InProcessDaemon, startInProcess } from "./helpers/daemon.js";
+import { type InProcessDaemon, imageWithTicket, startInProcess } from "./helpers/daemon.js";
 
 let daemon: InProcessDaemon;
-let counter = 0;
 
 beforeAll(async () => {
   daemon = await startInProcess();
@@ -17,15 +15,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await daemon?.stop();
 });
-
-async function imageWithTicket(size = 64): Promise<{ id: string; path: string; data: Buffer }> {
-  const path = daemon.tmp.file(`attack-${counter++}.raw`);
-  const data = randomBytes(size);
-  await writeFile(path, data);
-  const id = randomUUID();
-  await addTicket(daemon, { uuid: id, size, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
-  return { id, path, data };
-}
 
 /** Sends `pieces` one write at a time (each after the previous was flushed), then collects until close or `waitMs`. */
 async function send(pieces: Buffer[], waitMs = 1500, halfClose = true): Promise<{ text: string; closed: boolean }> {
@@ -67,7 +56,7 @@ describe("14.wire: chunked framing lines", () => {
       "4;a\nb\r\nAAAA\r\n0\r\n\r\n",
       "4;a\x00\r\nAAAA\r\n0\r\n\r\n",
     ]) {
-      const { id, path, data } = await imageWithTicket();
+      const { id, path, data } = await imageWithTicket(daemon, 64);
       // A front end taking the bare LF as a line end sees the body end there, and the PUT
       // after it as the next request: we must neither swallow it as trailers nor run it.
       const smuggled = `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 8-11/*\r\nContent-Length: 4\r\n\r\nZZZZ`;
@@ -84,7 +73,7 @@ describe("14.wire: chunked framing lines", () => {
     }
   });
   it("14.wire: extensions and trailers that are well formed still work", async () => {
-    const { id, path } = await imageWithTicket();
+    const { id, path } = await imageWithTicket(daemon, 64);
     const r = await send([
       Buffer.from(
         `PUT /images/${id} HTTP/1.1\r\nContent-Range: bytes 0-3/*\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\t;c="d e"\r\nAA\r\n2\r\nBB\r\n0\r\nX-T: 1\tz\r\nY:\r\n\r\n`,
@@ -97,7 +86,7 @@ describe("14.wire: chunked framing lines", () => {
 
 describe("14.wire: HTTP/1.0", () => {
   it("14.wire: an HTTP/1.0 keep-alive request with Transfer-Encoding is served, then the connection closes (RFC 9112 §6.1)", async () => {
-    const { id, path } = await imageWithTicket();
+    const { id, path } = await imageWithTicket(daemon, 64);
     const r = await send(
       [
         Buffer.from(
@@ -117,7 +106,7 @@ describe("14.wire: HTTP/1.0", () => {
   });
 
   it("14.wire: an HTTP/1.0 keep-alive request without Transfer-Encoding keeps its connection", async () => {
-    const { id, data } = await imageWithTicket();
+    const { id, data } = await imageWithTicket(daemon, 64);
     const get = `GET /images/${id} HTTP/1.0\r\nConnection: keep-alive\r\nRange: bytes=0-3\r\n\r\n`;
     const r = await send([Buffer.from(get + get)], 1500, true);
     expect(statuses(r.text)).toEqual([206, 206]);
@@ -141,7 +130,7 @@ describe("14.wire: refused heads", () => {
 
 describe("14.wire: Expect: 100-continue", () => {
   it("14.wire: a final answer to a request still waiting for its 100 Continue closes the connection; the next request is never read as its body", async () => {
-    const { id, data } = await imageWithTicket();
+    const { id, data } = await imageWithTicket(daemon, 64);
     const socket = net.connect({ path: daemon.localSocket as string });
     socket.on("error", () => undefined);
     let text = "";
@@ -164,7 +153,7 @@ describe("14.wire: Expect: 100-continue", () => {
   });
 
   it("14.wire: after its 100 Continue and body, a request keeps its connection", async () => {
-    const { id, path } = await imageWithTicket();
+    const { id, path } = await imageWithTicket(daemon, 64);
     const r = await send([
       Buffer.from(
         `PUT /images/${id} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Range: bytes 0-3/*\r\nContent-Length: 4\r\n\r\nEEEE` +
@@ -179,7 +168,7 @@ describe("14.wire: Expect: 100-continue", () => {
 
 describe("14.wire: a body nobody reads any more", () => {
   it("14.wire: a PATCH body refused as too large, then cut by the client, never takes the daemon down", async () => {
-    const { id } = await imageWithTicket();
+    const { id } = await imageWithTicket(daemon, 64);
     for (let round = 0; round < 5; round++) {
       // The refusal comes while the body is still arriving; the connection then closes under
       // the body stream's last read.

@@ -4,6 +4,7 @@
  * http/https clients and raw sockets.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -273,6 +274,19 @@ export async function addTicket(daemon: Endpoints, ticket: Record<string, unknow
     body: JSON.stringify(ticket),
   });
   if (response.status !== 200) throw new Error(`adding ticket failed: ${response.status} ${response.text}`);
+}
+
+/** An image of `size` random bytes in the daemon's temp dir, with a read-write ticket. */
+export async function imageWithTicket(
+  daemon: Endpoints,
+  size: number,
+): Promise<{ id: string; path: string; data: Buffer }> {
+  const id = randomUUID();
+  const path = daemon.tmp.file(`image-${id}.raw`);
+  const data = randomBytes(size);
+  await writeFile(path, data);
+  await addTicket(daemon, { uuid: id, size, url: `file://${path}`, timeout: 300, ops: ["read", "write"] });
+  return { id, path, data };
 }
 
 export async function ticketStatus(daemon: Endpoints, id: string): Promise<Record<string, unknown>> {

@@ -49,6 +49,23 @@ export function unixTarget(name: string, path: string): RawTarget {
   };
 }
 
+/** The daemon's two images services: the remote one over TLS and the local unix socket. */
+export function imagesServices(daemon: {
+  remotePort: number;
+  localSocket: string | undefined;
+  certs: { caFile: string };
+}): RawTarget[] {
+  return [
+    tlsTarget("remote (TLS)", daemon.remotePort, daemon.certs.caFile),
+    unixTarget("local (unix)", daemon.localSocket as string),
+  ];
+}
+
+/** The status code of the first response in `text`, 0 when there is none. */
+export function statusOf(text: string): number {
+  return Number(/^HTTP\/1\.1 (\d{3}) /.exec(text)?.[1] ?? 0);
+}
+
 function connected(socket: net.Socket, event: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     socket.once(event, () => {

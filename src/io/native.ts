@@ -116,6 +116,13 @@ export function allocAligned(size: number, alignment = 4096): Buffer {
   return buffer;
 }
 
+const PAGE_SIZE = 4096;
+
+/** Bytes of `buf` in whole pages, which madvise can act on; 0 when `buf` does not start on a page. */
+function wholePagesOf(buf: Buffer): number {
+  return isAligned(buf, PAGE_SIZE) ? buf.length - (buf.length % PAGE_SIZE) : 0;
+}
+
 /**
  * Makes the pages of a page-aligned buffer resident (madvise MADV_POPULATE_WRITE) on a native
  * thread, before anyone writes into it. A huge page faulted in by a first write may make the
@@ -132,8 +139,8 @@ export function allocAligned(size: number, alignment = 4096): Buffer {
  * @returns whether the pages were faulted in (false: they fault in on first use).
  */
 export async function populatePages(buf: Buffer): Promise<boolean> {
-  const length = buf.length - (buf.length % PAGE_SIZE);
-  if (length === 0 || !isAligned(buf, PAGE_SIZE)) return false;
+  const length = wholePagesOf(buf);
+  if (length === 0) return false;
   if (nativeThreads.readyThreads === 0) {
     // No thread is up (they end after a few idle seconds): booting one takes about 40 ms, more
     // than the faults it would move off this thread. Start it for the buffers that follow.
@@ -148,7 +155,6 @@ export async function populatePages(buf: Buffer): Promise<boolean> {
   return (await populating).errno === 0;
 }
 
-const PAGE_SIZE = 4096;
 const MADV_DONTNEED = 4;
 
 /**
@@ -160,8 +166,8 @@ const MADV_DONTNEED = 4;
  * @throws SystemError when the kernel refuses.
  */
 export function releasePages(buf: Buffer): void {
-  const length = buf.length - (buf.length % PAGE_SIZE);
-  if (length === 0 || !isAligned(buf, PAGE_SIZE)) return;
+  const length = wholePagesOf(buf);
+  if (length === 0) return;
   check(libcMadvise(buf, length, MADV_DONTNEED) as number, "madvise");
 }
 
